@@ -1,0 +1,40 @@
+"""The project's typed errors: raised deep, turned into one clear line by ``p2p.cli``.
+
+Every message names the file (or value) at fault and, where there is a closed set of
+choices, lists what is allowed. No module outside ``cli/`` prints a traceback for these.
+This module lives in ``runtime/`` because runtime is the bottom layer that every other
+package may import (runtime itself imports no other p2p package and never torch).
+"""
+
+
+class P2PError(Exception):
+    """Base class: a user-facing problem with input, files or environment."""
+
+
+class DataError(P2PError):
+    """A dataset folder or image pair is missing, empty or malformed."""
+
+
+class CheckpointError(P2PError):
+    """A checkpoint is missing, corrupt, truncated, unsafe or not a p2p/pix2pix file."""
+
+
+class ExportError(P2PError):
+    """Export or its verification failed (checker, tolerance, batch invariance)."""
+
+
+class ModelError(P2PError):
+    """An ONNX model file is missing, unreadable, unsafe or lacks p2p metadata."""
+
+
+class ProviderError(P2PError):
+    """An execution provider was requested but cannot run here (and says why)."""
+
+
+class ImageError(P2PError):
+    """One image cannot be decoded or converted; the batch goes on without it."""
+
+
+def choices(values) -> str:
+    """'a|b|c' for error messages that list what is allowed."""
+    return "|".join(str(v) for v in values)

@@ -1,0 +1,111 @@
+"""The one schema of what an exported model says about itself.
+
+``p2p.export`` writes it into the ONNX file's ``metadata_props``; ``p2p.runtime`` reads it
+back. Nothing else holds these facts, so ``p2p-translate`` needs no architecture flags.
+All values are strings in ONNX; this module owns the conversion both ways.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+from .errors import ModelError, choices
+
+PREFIX = "p2p."
+SCHEMA_VERSION = 1
+
+DIRECTIONS = ("AtoB", "BtoA")
+COLOR_SPACES = ("rgb", "lab")  # lab: input is L (1 channel), output is ab (2 channels)
+NORM_MODES = ("per-image", "running")
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    direction: str  # which half of an A|B dataset image is the input
+    image_size: int  # the size the model was trained at (square)
+    size_multiple: int  # H and W must be multiples of this (2 ** number of downsamplings)
+    dynamic_size: bool  # True when H and W are dynamic axes (else exactly image_size)
+    color_space: str
+    in_channels: int
+    out_channels: int
+    norm_mode: str
+    input_dtype: str = "float32"
+    output_dtype: str = "float32"
+    input_name: str = "input"
+    output_name: str = "output"
+    layout: str = "NCHW"
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    training_step: int = 0
+    checkpoint_sha256: str = ""
+    source: str = "p2p"  # "p2p" or "junyanz" (pytorch-CycleGAN-and-pix2pix state_dict)
+    p2p_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        for name, value, allowed in (
+            ("direction", self.direction, DIRECTIONS),
+            ("color_space", self.color_space, COLOR_SPACES),
+            ("norm_mode", self.norm_mode, NORM_MODES),
+            ("input_dtype", self.input_dtype, DTYPES),
+            ("output_dtype", self.output_dtype, DTYPES),
+        ):
+            if value not in allowed:
+                raise ModelError(f"metadata {name}={value!r} is not one of {choices(allowed)}")
+        if self.layout != "NCHW":
+            raise ModelError(f"metadata layout={self.layout!r} is not NCHW")
+        if self.image_size <= 0 or self.size_multiple <= 0 or self.image_size % self.size_multiple:
+            raise ModelError(
+                f"metadata image_size={self.image_size} is not a positive multiple of "
+                f"size_multiple={self.size_multiple}"
+            )
+
+    def to_props(self) -> dict[str, str]:
+        """ONNX ``metadata_props``: every field as a string under the ``p2p.`` prefix."""
+        return {PREFIX + k: json.dumps(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], where: str = "model") -> "ModelMetadata":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for key, raw in props.items():
+            if key.startswith(PREFIX) and key[len(PREFIX):] in fields:
+                try:
+                    values[key[len(PREFIX):]] = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise ModelError(f"{where}: metadata {key} is not valid JSON: {e}") from None
+        if not values:
+            raise ModelError(
+                f"{where}: no p2p metadata (export it with p2p-export, which records direction, "
+                "image size, colour space and norm mode)"
+            )
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in values]
+        if missing:
+            raise ModelError(f"{where}: metadata lacks {', '.join(PREFIX + k for k in missing)}")
+        if values.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise ModelError(
+                f"{where}: metadata schema {values['schema_version']} is newer than this p2p "
+                f"understands ({SCHEMA_VERSION}); upgrade p2p"
+            )
+        if "value_range" in values:
+            values["value_range"] = tuple(values["value_range"])
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ModelError(f"{where}: bad metadata: {e}") from None
+        except ModelError as e:
+            raise ModelError(f"{where}: {e}") from None
+
+    @property
+    def input_half(self) -> str:
+        """Which half of a side-by-side A|B dataset image feeds the model."""
+        return "left" if self.direction == "AtoB" else "right"
+
+    @property
+    def target_half(self) -> str:
+        return "right" if self.direction == "AtoB" else "left"

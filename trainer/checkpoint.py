@@ -1,0 +1,100 @@
+"""Checkpoints: atomic save, safe load (``weights_only=True``), and the file's contract.
+
+A p2p checkpoint is a plain dict (only tensors, numbers, strings, lists, dicts), so it loads
+with ``torch.load(weights_only=True)`` and a file from a stranger can never run code:
+
+    format          "p2p-checkpoint"
+    format_version  1
+    model           ModelConfig as a dict (rebuilds G and D)
+    task            {"direction": "AtoB"|"BtoA", "color_space": "rgb"|"lab", "data": str}
+    train           TrainConfig as a JSON-able dict
+    step, epoch     ints: optimizer steps done, epochs completed
+    generator, discriminator        state_dicts
+    opt_g, opt_d, sched_g, sched_d  optimizer / LR scheduler state_dicts (resume only)
+    rng             {"torch": ByteTensor, "python": list, "numpy": list, "cuda": [ByteTensor]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from p2p.runtime.errors import CheckpointError
+
+FORMAT = "p2p-checkpoint"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never torn."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(state: dict, path: Path) -> Path:
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: Path) -> dict:
+    """Load any ``.pt``/``.pth`` dict safely; every failure is one ``CheckpointError`` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (an interrupted copy?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses globals it does not know: exactly what a code-running pickle has.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects that could run code, and p2p "
+            f"only loads plain weights ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
+                              f"corrupt?): {msg[:200]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of weights")
+    return state
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a p2p checkpoint and check its contract (not a junyanz state_dict)."""
+    state = load_state(path)
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a p2p checkpoint (no 'format: {FORMAT}' entry)")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is newer "
+                              f"than this p2p reads ({FORMAT_VERSION}); upgrade p2p")
+    missing = [k for k in ("model", "task", "step", "generator") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: p2p checkpoint lacks {', '.join(missing)}")
+    return state
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
