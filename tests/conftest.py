@@ -1,0 +1,19 @@
+"""Shared fixtures. The real facades pairs live beside the checkout in ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FACADES = Path(os.environ.get("P2P_FACADES", REPO.parent / "shared" / "datasets" / "facades"))
+
+
+@pytest.fixture(scope="session")
+def facades() -> Path:
+    """The facades dataset folder (train/ and val/, 512x256 A|B JPEGs)."""
+    if not (FACADES / "val").is_dir():
+        pytest.fail(f"facades dataset not found at {FACADES}; set P2P_FACADES")
+    return FACADES
