@@ -1,0 +1,165 @@
+"""p2p-eval: metric values against known answers, pairing, and its one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from p2p.cli.eval import main
+from p2p.runtime.evaluate import PSNR_CAP, l1, psnr, ssim
+
+
+def save(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def textured(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """Smooth structure plus noise, so SSIM is neither ~0 nor ~1."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = 128 + 60 * np.sin(x / 5.0 + seed)[..., None] * np.cos(y / 7.0)[..., None]
+    return np.clip(base + rng.normal(0, 15, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [*map(str, args), "--quiet"])
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def test_identical_images_score_perfectly():
+    a = textured(0)
+    assert l1(a, a) == 0.0
+    assert psnr(a, a) == PSNR_CAP == 100.0
+    assert ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_known_noise_level_gives_expected_l1_and_psnr():
+    target = np.full((32, 32, 3), 128, np.uint8)
+    sign = np.where((np.indices((32, 32)).sum(0) % 2) == 0, 1, -1)[..., None]
+    pred = (target.astype(int) + 10 * sign).astype(np.uint8)  # |error| = 10 everywhere
+    assert l1(pred, target) == pytest.approx(10 / 255)
+    assert psnr(pred, target) == pytest.approx(10 * math.log10(255 ** 2 / 100), abs=1e-9)
+    assert psnr(pred, target) == pytest.approx(28.1308, abs=1e-4)
+
+
+def test_ssim_of_flat_images_matches_the_formula():
+    # Flat images: no variance, so SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1) exactly.
+    c1 = (0.01 * 255) ** 2
+    a, b = np.full((20, 20), 100, np.uint8), np.full((20, 20), 150, np.uint8)
+    assert ssim(a, b) == pytest.approx((2 * 100 * 150 + c1) / (100 ** 2 + 150 ** 2 + c1))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(a[:10], b[:10])
+
+
+def test_ssim_matches_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    a, b = textured(1), textured(2)
+    ours = ssim(a, b)
+    ref = skm.structural_similarity(a, b, data_range=255, channel_axis=-1, gaussian_weights=True,
+                                    sigma=1.5, use_sample_covariance=False)
+    assert 0.05 < ours < 0.95
+    assert ours == pytest.approx(ref, abs=1e-9)
+    gray = skm.structural_similarity(a[..., 0], b[..., 0], data_range=255, gaussian_weights=True,
+                                     sigma=1.5, use_sample_covariance=False)
+    assert ssim(a[..., 0], b[..., 0]) == pytest.approx(gray, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------- command
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    """pred/ and target/ with nested names, one target stored under another extension."""
+    preds, targets = tmp_path / "pred", tmp_path / "target"
+    for i, rel in enumerate(["a.png", "sub/b.png", "c.png"]):
+        t = textured(10 + i)
+        save(targets / rel, t)
+        save(preds / rel, t if i == 0 else textured(20 + i))
+    # c: the target is a lossless .tif, the prediction a .png: matched by stem
+    (targets / "c.png").rename(targets / "c.tif")
+    return preds, targets
+
+
+def test_eval_folders_csv_json_and_means(pairs, tmp_path):
+    preds, targets = pairs
+    listing = sorted(preds.rglob("*"))
+    r = invoke(preds, targets)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("3 images  L1 ")
+    assert sorted(preds.rglob("*")) == listing  # nothing written unless asked
+
+    out_csv, out_json = tmp_path / "m" / "metrics.csv", tmp_path / "m" / "metrics.json"
+    r = invoke(preds, targets, "--csv", out_csv, "--json", out_json)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [row["pred"] for row in rows] == ["a.png", "c.png", "sub/b.png"]
+    assert rows[1]["target"] == "c.tif"
+    assert float(rows[0]["l1"]) == 0 and float(rows[0]["psnr"]) == 100
+    assert float(rows[0]["ssim"]) == pytest.approx(1.0)
+    p = np.asarray(Image.open(preds / "sub" / "b.png"))
+    t = np.asarray(Image.open(targets / "sub" / "b.png"))
+    assert float(rows[2]["psnr"]) == pytest.approx(psnr(p, t), abs=1e-4)
+    assert float(rows[2]["ssim"]) == pytest.approx(ssim(p, t), abs=1e-6)
+    summary = json.loads(out_json.read_text())
+    assert summary["count"] == 3
+    for key in ("l1", "psnr", "ssim"):
+        assert summary[key] == pytest.approx(np.mean([float(row[key]) for row in rows]), abs=1e-4)
+    assert f"L1 {summary['l1']:.4f}" in r.output and f"SSIM {summary['ssim']:.4f}" in r.output
+
+
+def test_eval_targets_from_side_by_side_inputs(tmp_path):
+    data, preds = tmp_path / "val", tmp_path / "val-translated"
+    a, b = textured(1, 32, 32), textured(2, 32, 32)
+    save(data / "1.png", np.concatenate([a, b], axis=1))
+    save(preds / "1.png", b)  # a perfect AtoB prediction
+
+    r = invoke(preds, "--targets-from", data, "--direction", "AtoB", "--json", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["l1"] == 0 and s["psnr"] == 100 and s["ssim"] == pytest.approx(1.0)
+    assert s["target_half"] == "right"
+    r = invoke(preds, "--targets-from", data, "--direction", "BtoA", "--json", tmp_path / "s.json")
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["psnr"] == pytest.approx(psnr(b, a)) and s["target_half"] == "left"
+
+    r = invoke(preds, "--targets-from", data)
+    assert r.exit_code == 1 and "--direction" in r.output
+    r = invoke(preds, data)  # the A|B folder given as plain targets
+    assert r.exit_code == 1 and "--targets-from" in r.output and "32x32 vs 64x32" in r.output
+
+
+def test_eval_name_and_size_mismatches_are_one_line_errors(pairs, tmp_path):
+    preds, targets = pairs
+    save(preds / "extra.png", textured(5))
+    r = invoke(preds, targets)
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert "1 of 4 predictions" in r.output and "extra.png" in r.output
+    (preds / "extra.png").unlink()
+
+    (preds / "sub" / "b.png").unlink()
+    r = invoke(preds, targets)
+    assert r.exit_code == 1 and "no prediction" in r.output and "sub/b.png" in r.output
+    save(preds / "sub" / "b.png", textured(3, 24, 32))  # half size
+
+    r = invoke(preds, targets)
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert "32x24 vs 64x48" in r.output and "--resize-pred" in r.output
+    r = invoke(preds, targets, "--resize-pred")
+    assert r.exit_code == 0, r.output
+
+    r = invoke(tmp_path / "nope", targets)
+    assert r.exit_code == 1 and "no such predictions folder" in r.output
+    (preds / "c.png").write_bytes(b"broken")
+    r = invoke(preds, targets)
+    assert r.exit_code == 1 and "c.png: cannot decode" in r.output

@@ -1,0 +1,215 @@
+"""p2p-process on tiny generated images: each operation, bad files, existing outputs, safety."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from p2p.cli.process import main
+from p2p.trainer.process import split_assignment
+
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def save(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def bands(w: int, h: int) -> np.ndarray:
+    """Red | blue | green vertical bands; the middle band is exactly the centre square."""
+    a = np.zeros((h, w, 3), np.uint8)
+    side = min(w, h)
+    a[:, :] = RED
+    a[:, (w - side) // 2:(w + side) // 2] = BLUE
+    a[:, (w + side) // 2:] = GREEN
+    return a
+
+
+def add_bad_files(folder: Path) -> None:
+    (folder / "garbage.jpg").write_bytes(b"this is not a jpeg")
+    good = folder / "trunc_src.png"
+    save(good, bands(40, 20))
+    (folder / "truncated.png").write_bytes(good.read_bytes()[:60])
+    good.unlink()
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [*args, "--quiet"])
+
+
+def no_temp_files(root: Path) -> bool:
+    return not [p for p in root.rglob("*") if p.name.startswith(".")]
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    d = tmp_path / "photos"
+    save(d / "wide.png", bands(120, 60))
+    save(d / "sub" / "tall.png", bands(60, 120))
+    rgba = np.zeros((50, 50, 4), np.uint8)  # fully transparent: composited on white
+    save(d / "alpha.png", rgba)
+    (d / "notes.txt").write_text("not an image, ignored")
+    add_bad_files(d)
+    return d
+
+
+def test_resize_crop_bad_files_and_existing_output(photos, tmp_path):
+    out = tmp_path / "out"
+    sentinel = save(out / "alpha.png", np.full((8, 8, 3), 7, np.uint8))
+    before = sentinel.read_bytes()
+    inputs_before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+
+    r = invoke("resize", "--input", str(photos), "--output", str(out), "--size", "32",
+               "--workers", "2")
+    assert r.exit_code == 1, r.output
+    assert "2 written, 1 skipped" in r.output and "2 failed" in r.output
+    assert "garbage.jpg" in r.output and "truncated.png" in r.output
+    wide = np.asarray(Image.open(out / "wide.png"))
+    assert wide.shape == (32, 32, 3)
+    assert np.abs(wide.astype(int) - BLUE).max() <= 2  # only the centre band survives the crop
+    tall = np.asarray(Image.open(out / "sub" / "tall.png"))
+    assert tall.shape == (32, 32, 3) and np.abs(tall.astype(int) - BLUE).max() <= 2
+    assert sentinel.read_bytes() == before  # existing output left alone
+    assert not (out / "garbage.png").exists() and not (out / "notes.png").exists()
+    assert {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()} == inputs_before
+    assert no_temp_files(out)
+
+    r = invoke("resize", "--input", str(photos), "--output", str(out), "--size", "32",
+               "--overwrite")
+    assert "3 written, 0 skipped" in r.output
+    assert np.asarray(Image.open(sentinel)).tolist() == [[list(WHITE)] * 32] * 32
+
+
+def test_resize_pad_uses_white(tmp_path):
+    src = tmp_path / "in"
+    save(src / "wide.png", np.zeros((30, 60, 3), np.uint8))  # black, 2:1
+    r = invoke("resize", "--input", str(src), "--output", str(tmp_path / "o"), "--size", "60",
+               "--pad")
+    assert r.exit_code == 0, r.output
+    a = np.asarray(Image.open(tmp_path / "o" / "wide.png")).astype(int)
+    assert a.shape == (60, 60, 3)
+    assert (a[:10] == 255).all() and (a[-10:] == 255).all()  # white bands top and bottom
+    assert (a[20:40] == 0).all()  # the image itself, centred
+
+
+def test_refuses_output_equal_to_inside_or_around_input(photos, tmp_path):
+    listing = sorted(p for p in photos.rglob("*"))
+    for out in (photos, photos / "sub" / "x", tmp_path):
+        r = invoke("grayscale", "--input", str(photos), "--output", str(out))
+        assert r.exit_code == 1
+        assert r.output.count("\n") == 1 and "must not be" in r.output
+    assert sorted(p for p in photos.rglob("*")) == listing
+    r = invoke("grayscale", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"))
+    assert r.exit_code == 1 and "no such input folder" in r.output
+
+
+def test_grayscale_edges_blank(photos, tmp_path):
+    r = invoke("grayscale", "--input", str(photos), "--output", str(tmp_path / "g"))
+    assert r.exit_code == 1 and "3 written" in r.output and "2 failed" in r.output
+    g = Image.open(tmp_path / "g" / "wide.png")
+    assert g.mode == "L" and g.size == (120, 60)
+    assert np.array_equal(np.asarray(g), np.asarray(Image.open(photos / "wide.png").convert("L")))
+
+    shapes = tmp_path / "shapes"
+    square = np.full((64, 64, 3), 255, np.uint8)
+    square[16:48, 16:48] = 40
+    save(shapes / "square.png", square)
+    save(shapes / "flat.png", np.full((64, 64, 3), 128, np.uint8))
+    r = invoke("edges", "--input", str(shapes), "--output", str(tmp_path / "e"))
+    assert r.exit_code == 0, r.output
+    e = np.asarray(Image.open(tmp_path / "e" / "square.png"))
+    assert e.dtype == np.uint8 and e.ndim == 2 and set(np.unique(e)) == {0, 255}
+    black = np.argwhere(e == 0)  # black edges on white, only around the square's outline
+    assert black[:, 0].min() >= 13 and black[:, 0].max() <= 50
+    assert (e[:8] == 255).all() and (e[28:36, 28:36] == 255).all()
+    assert e[14:18, 30].min() == 0 and e[30, 46:50].min() == 0
+    assert (np.asarray(Image.open(tmp_path / "e" / "flat.png")) == 255).all()
+
+    r = invoke("blank", "--input", str(shapes), "--output", str(tmp_path / "b"))
+    assert r.exit_code == 0, r.output
+    b = np.asarray(Image.open(tmp_path / "b" / "flat.png"))
+    assert (b[16:48, 16:48] == 255).all()
+    assert (b[:16] == 128).all() and (b[48:] == 128).all() and (b[:, :16] == 128).all()
+
+
+def test_combine_pairs_sizes_and_unmatched_names(tmp_path):
+    a, b, out = tmp_path / "A", tmp_path / "B", tmp_path / "AB"
+    rng = np.random.default_rng(0)
+    imgs = {n: rng.integers(0, 256, (16, 24, 3), dtype=np.uint8) for n in ("1", "2")}
+    for n, arr in imgs.items():
+        save(a / f"{n}.png", arr)
+        save(b / f"{n}.png", 255 - arr)
+    save(a / "3.png", bands(24, 16))
+    save(b / "3.png", bands(16, 16))  # size mismatch
+    save(a / "only_a.png", bands(24, 16))
+    save(b / "only_b.png", bands(24, 16))
+    save(a / "4.png", bands(24, 16))
+    Image.fromarray(bands(24, 16)).save(b / "4.jpg")  # matches across extensions
+    add_bad_files(a)
+    (b / "garbage.jpg").write_bytes(b"also not a jpeg")
+
+    r = invoke("combine", "--a", str(a), "--b", str(b), "--output", str(out))
+    assert r.exit_code == 1
+    assert "3 written" in r.output and "5 failed" in r.output, r.output
+    assert "size mismatch" in r.output and "24x16" in r.output and "16x16" in r.output
+    assert "only_a.png: no B image" in r.output and "only_b.png: no A image" in r.output
+    assert "truncated.png: no B image" in r.output
+    for n, arr in imgs.items():
+        ab = np.asarray(Image.open(out / f"{n}.png"))
+        assert ab.shape == (16, 48, 3)
+        assert np.array_equal(ab[:, :24], arr) and np.array_equal(ab[:, 24:], 255 - arr)
+    assert (out / "4.png").exists() and not (out / "3.png").exists()
+    assert no_temp_files(out)
+
+
+def test_split_is_deterministic_copies_and_reports_bad_files(tmp_path):
+    src = tmp_path / "ab"
+    for i in range(20):
+        save(src / f"{i:02d}.png", np.full((8, 16, 3), i, np.uint8))
+    add_bad_files(src)  # 22 files: 2 bad
+
+    def run_split(out, seed, ratios="0.8,0.1,0.1"):
+        r = invoke("split", "--input", str(src), "--output", str(out), "--ratios", ratios,
+                   "--seed", str(seed))
+        parts = {d.name: sorted(p.name for p in d.iterdir()) for d in out.iterdir()}
+        return r, parts
+
+    r, first = run_split(tmp_path / "s1", 7)
+    assert r.exit_code == 1 and "20 written" in r.output and "2 failed" in r.output
+    assert sum(len(v) for v in first.values()) == 20
+    assert set(first) == {"train", "val", "test"}
+    # 22 names: rounded cumulative cuts at 17.6 -> 18 and 19.8 -> 20 give 18 / 2 / 2.
+    counts = {k: len(v) for k, v in split_assignment(
+        [Path(f"{i}") for i in range(22)], (0.8, 0.1, 0.1), 7).items()}
+    assert counts == {"train": 18, "val": 2, "test": 2}
+    _, again = run_split(tmp_path / "s2", 7)
+    assert again == first
+    _, other = run_split(tmp_path / "s3", 8)
+    assert other != first
+    part, name = next((k, v[0]) for k, v in first.items() if v)
+    assert (tmp_path / "s1" / part / name).read_bytes() == (src / name).read_bytes()
+
+    r, _ = run_split(tmp_path / "s1", 7)  # rerun: everything already there
+    assert "0 written, 20 skipped" in r.output
+
+    r = invoke("split", "--input", str(src), "--output", str(tmp_path / "s4"),
+               "--ratios", "0.9,0.2")
+    assert r.exit_code != 0 and "sum to 1" in r.output
+    assert not (tmp_path / "s4").exists()
+    r = invoke("split", "--input", str(src), "--output", str(tmp_path / "s4"), "--ratios", "a,b")
+    assert r.exit_code != 0 and "--ratios" in r.output
+
+
+def test_process_module_does_not_import_torch_or_cv2():
+    code = ("import sys, p2p.trainer.process, p2p.cli.process, p2p.cli.eval; "
+            "print('torch' in sys.modules, 'cv2' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
