@@ -213,3 +213,37 @@ def test_process_module_does_not_import_torch_or_cv2():
             "print('torch' in sys.modules, 'cv2' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def _doc_commands(section: str) -> list[list[str]]:
+    """The commands of one docs/walkthrough.md section, as a user would paste them."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "walkthrough.md").read_text()
+    body = text.split(f"### {section}", 1)[1].split("\n### ", 1)[0]
+    block = body.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("section", ["Two folders", "A folder of photos"])
+def test_walkthrough_process_commands_run_as_written(section, tmp_path, monkeypatch):
+    """docs/walkthrough.md stays true: its p2p-process commands build a p2p-train layout."""
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        photo = rng.integers(0, 256, (60 + i, 80, 3), dtype=np.uint8)
+        if section == "Two folders":  # same names, different extensions
+            save(tmp_path / "photos" / "A" / f"{i:04d}.png", photo)
+            save(tmp_path / "photos" / "B" / f"{i:04d}.jpg", 255 - photo)
+        else:
+            save(tmp_path / "photos" / f"{i:04d}.{'jpg' if i % 2 else 'png'}", photo)
+    monkeypatch.chdir(tmp_path)
+    commands = _doc_commands(section)
+    assert [c[0] for c in commands][-1] == "p2p-train"
+    for cmd in commands:
+        if cmd[0] == "p2p-process":
+            r = CliRunner().invoke(main, cmd[1:] + ["--quiet"])
+            assert r.exit_code == 0, (cmd, r.output)
+    data = Path(commands[-1][commands[-1].index("--data") + 1])
+    train = sorted((data / "train").iterdir())
+    assert len(train) in (8, 9) and (data / "val").is_dir()
+    assert Image.open(train[0]).size == (512, 256)  # A|B, each 256x256
