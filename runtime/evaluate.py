@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from .errors import DataError, ImageError, choices
 
@@ -247,8 +248,6 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
     half = None if cfg.targets_from is None else ("right" if cfg.direction == "AtoB" else "left")
     pairs = pair_files(pred_dir, tgt_dir)
     jobs = [(pred_dir / p, tgt_dir / t, half, cfg.resize_pred) for p, t in pairs]
-    from tqdm import tqdm
-
     with ThreadPoolExecutor(max_workers=cfg.workers or os.cpu_count() or 1) as pool:
         # numpy and Pillow release the GIL in the heavy parts; map keeps the pair order.
         results = list(tqdm(pool.map(_measure, jobs), total=len(jobs), desc="eval",
@@ -263,7 +262,8 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
         listed = _listed(f"{p} {pw}x{ph} vs {tw}x{th}" for p, pw, ph, tw, th in mismatched)
         raise DataError(f"{len(mismatched)} of {len(jobs)} predictions differ in size from their "
                         f"targets (pred vs target): {listed}{hint}")
-    rows = [{"pred": p.as_posix(), "target": t.as_posix(), **r} for (p, t), r in zip(pairs, results)]
+    rows = [{"pred": p.as_posix(), "target": t.as_posix(), **r}
+            for (p, t), r in zip(pairs, results)]
     n = len(rows)
     summary = {
         "count": n,

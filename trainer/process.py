@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from p2p.runtime.errors import DataError, P2PError, choices
 
@@ -334,8 +335,6 @@ def run(cfg: ProcessConfig) -> Report:
     workers = cfg.workers or os.cpu_count() or 1
     # Threads, not processes: Pillow and OpenCV release the GIL while decoding, resizing,
     # running Canny and encoding, and threads need no pickling of the work closures.
-    from tqdm import tqdm
-
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(todo), desc=cfg.op, unit="img", disable=not cfg.progress) as bar:
         futures = {pool.submit(work): name for name, work in todo}
