@@ -80,7 +80,11 @@ def load_state(path: Path) -> dict:
 
 def load_checkpoint(path: Path) -> dict:
     """Load a p2p checkpoint and check its contract (not a junyanz state_dict)."""
-    state = load_state(path)
+    return check_checkpoint(load_state(path), path)
+
+
+def check_checkpoint(state: dict, path: Path) -> dict:
+    """The contract check of ``load_checkpoint`` for a dict already loaded by ``load_state``."""
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a p2p checkpoint (no 'format: {FORMAT}' entry)")
     if state.get("format_version", 0) > FORMAT_VERSION:
