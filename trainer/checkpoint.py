@@ -12,6 +12,7 @@ with ``torch.load(weights_only=True)`` and a file from a stranger can never run 
     generator, discriminator        state_dicts
     opt_g, opt_d, sched_g, sched_d  optimizer / LR scheduler state_dicts (resume only)
     rng             {"torch": ByteTensor, "python": list, "numpy": list, "cuda": [ByteTensor]}
+                    (``rng_state()`` / ``set_rng_state()`` convert to and from these plain types)
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import random
 import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from p2p.runtime.errors import CheckpointError
@@ -102,3 +105,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def rng_state() -> dict:
+    """Every RNG a training step may draw from, as plain types (weights_only-loadable)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of ``rng_state``."""
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
