@@ -67,10 +67,18 @@ def load_state(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses globals it does not know: exactly what a code-running pickle has.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # Its first line is the same boilerplate for every failure, so pick the telling one;
+        # without a GLOBAL the bytes were never a pickle of weights (random, cut short).
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        glob = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if glob is None:
+            why = next((ln for ln in lines if ln.startswith(("Unsupported", "invalid"))),
+                       lines[0])
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
+                                  f"corrupt?): {why[:160]}") from None
         raise CheckpointError(
             f"{path}: refused: the file holds Python objects that could run code, and p2p "
-            f"only loads plain weights ({first[:160]})"
+            f"only loads plain weights ({glob[:160]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
