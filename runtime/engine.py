@@ -1,17 +1,27 @@
 """``Engine``: one inference session for an exported p2p model.
 
-Minimal first version (CPU provider only); the runtime issue grows it into the
-TensorRT / CUDA / CPU / OpenVINO engine. The public surface below is the contract that
-``p2p.export`` (validation), ``p2p-translate``, ``p2p-serve`` and the benchmarks use:
+The public surface is the contract that ``p2p.export`` (validation), ``p2p-translate``,
+``p2p-serve`` and the benchmarks use:
 
     engine = Engine(path, provider="auto", batch_size=8, threads=None)
     engine.metadata   # ModelMetadata read from the file
     engine.provider   # the provider that actually runs ("cpu", "cuda", ...), never a wish
     engine.run(x)     # NCHW float32 in [-1, 1], any batch size -> NCHW float32 in [-1, 1]
+
+Everything about the model (names, sizes, dtype, colour space) comes from its metadata. The
+session itself lives in a backend (``p2p.runtime.backends``): onnxruntime today for cpu, cuda
+and tensorrt; a second backend (OpenVINO) plugs in behind the same three methods. A provider
+that was asked for and cannot run is a ``ProviderError`` that says why: never a silent CPU run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import platform
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,45 +32,219 @@ from .metadata import ModelMetadata
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 
 
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ProviderError("onnxruntime is not installed: pip install 'p2p[cpu]' "
-                            "(or 'p2p[gpu]' for CUDA/TensorRT)") from None
-    return onnxruntime
+@dataclass(frozen=True)
+class EngineOptions:
+    """What a backend needs besides the model; one object so a new backend needs no new plumbing."""
 
+    batch_size: int = 8
+    threads: int | None = None  # CPU intra-op threads; None = physical cores
+    cache_dir: Path | None = None  # None = $P2P_CACHE or ~/.cache/p2p
+    fp16: bool | None = None  # TensorRT precision; None = FP16 (pix2pix's tanh output tolerates it)
+    device_id: int = 0
+    cuda_graphs: bool = False  # cuda only, fixed-size models only; unmeasured, so opt-in
+    optimized_cache: bool = True  # cpu: reuse onnxruntime's optimised graph from the cache
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("P2P_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "p2p"
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: SMT siblings share one core's FP units, and
+    onnxruntime's convolution threads run slower, not faster, when two share a core."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        cpus = set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(),
+                       (topo / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(cpus))  # no topology (containers, macOS): count logical CPUs
+    return max(1, len(cores))
+
+
+_HASHES: dict[tuple, str] = {}
+_HASH_LOCK = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash for cache keys, remembered per (path, size, mtime) within the process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _HASH_LOCK:
+        if key in _HASHES:
+            return _HASHES[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    with _HASH_LOCK:
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def cpu_identity() -> str:
+    """Model name + ISA flags: onnxruntime's optimised CPU graph is specific to them."""
+    text = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        pass
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    ident = "|".join(fields.get(k, "").strip() for k in ("model name", "flags"))
+    return ident or f"{platform.machine()}|{platform.processor()}"
+
+
+# --- reading metadata without onnxruntime or onnx -------------------------------------------
+# The metadata decides how to build the session (input shape for TensorRT profiles, dtype),
+# so it is read before any backend exists, straight from the protobuf wire format: a
+# ModelProto's field 14 is ``repeated StringStringEntryProto metadata_props`` (key=1, value=2).
+# Large fields (the graph and its weights) are skipped with a seek, so this costs microseconds.
+
+def _varint(f) -> int:
+    shift = result = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            raise EOFError
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def read_metadata_props(path: Path) -> dict[str, str]:
+    props: dict[str, str] = {}
+    saw_graph = False
+    with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        try:
+            while f.tell() < end:
+                key = _varint(f)
+                field, wire = key >> 3, key & 7
+                if wire == 0:
+                    _varint(f)
+                elif wire in (1, 5):
+                    f.seek(8 if wire == 1 else 4, 1)
+                elif wire == 2:
+                    n = _varint(f)
+                    if f.tell() + n > end:
+                        raise EOFError
+                    if field == 14:
+                        props.update([_entry(f.read(n))])
+                    else:
+                        saw_graph |= field == 7
+                        f.seek(n, 1)
+                else:
+                    raise ValueError(f"wire type {wire}")
+        except (EOFError, ValueError, UnicodeDecodeError):
+            raise ModelError(f"{path}: not an ONNX model (unreadable or truncated protobuf)") from None
+    if not saw_graph:
+        raise ModelError(f"{path}: not an ONNX model (no graph)")
+    return props
+
+
+def _entry(data: bytes) -> tuple[str, str]:
+    f, key, value = io.BytesIO(data), "", ""
+    while f.tell() < len(data):
+        tag = _varint(f)
+        if tag & 7 != 2:
+            raise ValueError("metadata entry")
+        s = f.read(_varint(f)).decode()
+        key, value = (s, value) if tag >> 3 == 1 else (key, s)
+    return key, value
+
+
+def read_metadata(path) -> ModelMetadata:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    return ModelMetadata.from_props(read_metadata_props(path), where=str(path))
+
+
+# --- the engine -------------------------------------------------------------------------------
 
 class Engine:
     def __init__(self, model, provider: str = "auto", batch_size: int = 8,
-                 threads: int | None = None):
+                 threads: int | None = None, *, cache_dir: Path | None = None,
+                 fp16: bool | None = None, device_id: int = 0, cuda_graphs: bool = False,
+                 optimized_cache: bool = True):
         if provider not in PROVIDERS:
             raise ProviderError(f"unknown provider {provider!r}; allowed: {choices(PROVIDERS)}")
-        if provider not in ("auto", "cpu"):
-            raise ProviderError(f"provider {provider!r} is not implemented yet")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.path = Path(model)
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such model file")
-        ort = _ort()
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"{self.path}: onnxruntime cannot load it: "
-                             f"{str(e).splitlines()[0][:200]}") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = ModelMetadata.from_props(props, where=str(self.path))
-        self.provider = "cpu"
-        self.batch_size = batch_size
+        self.metadata = read_metadata(self.path)
+        self.options = EngineOptions(batch_size, threads, cache_dir, fp16, device_id,
+                                     cuda_graphs, optimized_cache)
+        # auto: what was tried before the provider that runs, and why it was passed over.
+        self.passed_over: list[tuple[str, str]] = []
+        from . import backends  # imported here: backends import this module's helpers
+
+        if provider == "auto":
+            self._backend = None
+            for candidate in backends.auto_order():
+                try:
+                    self._backend = backends.create(candidate, self.path, self.metadata,
+                                                    self.options)
+                    break
+                except ProviderError as e:
+                    self.passed_over.append((candidate, str(e)))
+            if self._backend is None:  # cpu is always last, so this is cpu's own error
+                raise ProviderError(self.passed_over[-1][1])
+        else:
+            self._backend = backends.create(provider, self.path, self.metadata, self.options)
+        self.provider = self._backend.provider
+        # A model exported with a fixed batch dimension runs in chunks of that size.
+        fixed = self._backend.fixed_batch
+        self.batch_size = fixed if fixed else batch_size
         self._dtype = np.float16 if self.metadata.input_dtype == "float16" else np.float32
 
+    def describe(self) -> str:
+        return f"{self._backend.describe()}, batch {self.batch_size}"
+
+    def check_shape(self, shape) -> None:
+        """Raise ValueError unless an NCHW batch of this shape can run on this model."""
+        m = self.metadata
+        if len(shape) != 4 or shape[1] != m.in_channels:
+            raise ValueError(f"expected NCHW with {m.in_channels} channels, got shape {tuple(shape)}")
+        h, w = shape[2], shape[3]
+        if not m.dynamic_size and (h, w) != (m.image_size, m.image_size):
+            raise ValueError(f"model takes {m.image_size}x{m.image_size} images, got {h}x{w}")
+        if m.dynamic_size and (h % m.size_multiple or w % m.size_multiple or not h or not w):
+            raise ValueError(f"model takes H and W multiples of {m.size_multiple}, got {h}x{w}")
+        self._backend.check_size(h, w)
+
     def run(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        self.check_shape(x.shape)
+        n, _, h, w = x.shape
+        if n == 0:
+            return np.zeros((0, self.metadata.out_channels, h, w), np.float32)
         outs = []
-        for i in range(0, len(x), self.batch_size):
+        for i in range(0, n, self.batch_size):
             chunk = np.ascontiguousarray(x[i:i + self.batch_size], dtype=self._dtype)
-            (y,) = self.session.run([self.metadata.output_name], {self.metadata.input_name: chunk})
-            outs.append(y.astype(np.float32, copy=False))
-        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+            outs.append(np.asarray(self._backend.run(chunk), dtype=np.float32))
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,65 @@
+"""``p2p-translate``: translate images and folders with an exported p2p model.
+
+Exit status: 0 when every image was translated (or already there), 1 when any failed or the
+run could not start (bad model, provider that cannot run here), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from p2p.cli.common import handle_errors
+from p2p.runtime.engine import PROVIDERS
+from p2p.runtime.images import FORMATS, SPLITS
+from p2p.runtime.pipeline import TranslateConfig, translate
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Exported .onnx model [default: the newest *.onnx under runs/].")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder; the input tree is mirrored under it "
+                   "[default: <input>-translated beside each input].")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
+              help="Where the model runs; anything but auto fails rather than fall back.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU inference threads [default: physical cores].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True,
+              help="Half of side-by-side images to translate; auto: the model's input half "
+                   "of exactly 2:1 (pix2pix dataset) images, else the whole image.")
+@click.option("--model-size", is_flag=True,
+              help="Keep the model's output size instead of resizing to the input's.")
+@click.option("--glob", "pattern", default=None,
+              help="Only files in folders matching this pattern (e.g. '*.jpg') "
+                   "[default: every image type Pillow reads].")
+@click.option("--html", is_flag=True, help="Write index.html: input | output | target.")
+@click.option("--overwrite", is_flag=True, help="Redo outputs that already exist.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode and encode threads (each) [default: min(4, CPUs)].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@handle_errors
+def main(inputs, model, output, provider, batch_size, threads, fmt, split, model_size, pattern,
+         html, overwrite, workers, quiet):
+    """Translate INPUT images and folders (recursive) with a p2p model."""
+    if len(inputs) > 1 and output is None:
+        click.echo("note: several inputs and no --output: each goes to its own "
+                   "<input>-translated folder", err=True)
+    cfg = TranslateConfig(inputs=tuple(inputs), model=model, output=output, provider=provider,
+                          batch_size=batch_size, threads=threads, fmt=fmt, split=split,
+                          model_size=model_size, glob=pattern, html=html, overwrite=overwrite,
+                          workers=workers, progress=not quiet)
+    summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
+    for line in summary.lines():
+        click.echo(line)
+    sys.exit(1 if summary.failed else 0)
+
+
+if __name__ == "__main__":
+    main()

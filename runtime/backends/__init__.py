@@ -1,0 +1,48 @@
+"""Backends: where an ``Engine``'s session lives.
+
+``Engine`` owns the contract (metadata, shape checks, batching, float32 out); a backend owns
+one session and runs one chunk. A backend is any object with
+
+    provider: str              # what actually runs: "cpu", "cuda", "tensorrt", "openvino"
+    fixed_batch: int | None    # the model's static batch dimension, None when dynamic
+    describe() -> str          # one line for logs: provider, threads, precision, cache
+    check_size(h, w) -> None   # ValueError for sizes this backend cannot run (TensorRT profile)
+    run(x) -> np.ndarray       # x: (n <= batch_size, C, H, W) in the model's input dtype
+    close() -> None
+
+and raises ``ProviderError`` from its constructor when its provider cannot run here.
+onnxruntime (``ort.py``) serves cpu, cuda and tensorrt. OpenVINO is meant to be a second
+backend (``openvino.py``, extra ``p2p[openvino]``) reading the same ONNX file: one more
+branch in ``create`` and one more entry in ``auto_order``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ProviderError
+from ..metadata import ModelMetadata
+
+
+def auto_order() -> list[str]:
+    """Providers for ``auto``, fastest first; each is tried until one loads."""
+    from .ort import available_providers
+
+    have = available_providers()
+    order = []
+    if "TensorrtExecutionProvider" in have:
+        order.append("tensorrt")
+    if "CUDAExecutionProvider" in have:
+        order.append("cuda")
+    # openvino belongs here (it beats onnxruntime's CPU provider on x86) once its backend exists.
+    order.append("cpu")
+    return order
+
+
+def create(provider: str, path: Path, metadata: ModelMetadata, options):
+    if provider == "openvino":
+        raise ProviderError("provider openvino: the OpenVINO backend is not installed/implemented "
+                            "in this p2p yet; use --provider cpu")
+    from .ort import OrtBackend
+
+    return OrtBackend(provider, path, metadata, options)

@@ -1,0 +1,339 @@
+"""onnxruntime backend: the cpu, cuda and tensorrt execution providers.
+
+onnxruntime quietly drops a GPU provider it cannot load and runs on the CPU instead. This
+backend checks, before and after creating the session, that the provider asked for is the one
+running, and otherwise raises a ``ProviderError`` that names the reason (not in this build,
+or which library failed to load, from onnxruntime's own log).
+
+The cuda and tensorrt paths are written against onnxruntime-gpu's documented API but were not
+run on a GPU in this repository's CI (see docs/notes); cpu is tested.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import cache_root, cpu_identity, file_sha256, physical_cores
+from ..errors import ModelError, ProviderError
+from ..metadata import ModelMetadata
+
+EP_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+            "tensorrt": "TensorrtExecutionProvider"}
+TRT_MAX_SIDE = 1024  # TensorRT profile upper bound for H and W of dynamic-size models
+KEEP_CPU_CACHE = 4  # optimised CPU graphs kept (each is as large as the model)
+
+
+def import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ProviderError("onnxruntime is not installed: pip install 'p2p[cpu]' "
+                            "(or 'p2p[gpu]' for CUDA/TensorRT)") from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    try:
+        return import_ort().get_available_providers()
+    except ProviderError:
+        return []
+
+
+def _short(names) -> str:
+    return ", ".join(n.replace("ExecutionProvider", "") for n in names)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+@contextmanager
+def captured_stderr():
+    """Collect what native code writes to fd 2 (onnxruntime logs provider load failures there)."""
+    box: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield box
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            box.append(buf.read().decode(errors="replace"))
+
+
+def gpu_identity(device_id: int) -> str:
+    """'<name>-sm<cc>-drv<version>' from the CUDA driver API (no torch, no pycuda)."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        dev, major, minor, drv = (ctypes.c_int() for _ in range(4))
+        name = ctypes.create_string_buffer(256)
+        ok = (cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(dev), device_id) == 0
+              and cuda.cuDeviceGetName(name, 256, dev) == 0
+              and cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) == 0
+              and cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) == 0
+              and cuda.cuDriverGetVersion(ctypes.byref(drv)) == 0)
+        if ok:
+            return f"{name.value.decode()}-sm{major.value}{minor.value}-drv{drv.value}"
+    except (OSError, AttributeError):
+        pass
+    return "unknown-gpu"
+
+
+def tensorrt_version() -> str:
+    try:
+        import tensorrt  # the pip wheel that onnxruntime-gpu can use
+
+        return tensorrt.__version__
+    except ImportError:
+        pass
+    for lib in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            v = ctypes.CDLL(lib).getInferLibVersion()
+            return f"{v // 10000}.{v // 100 % 100}.{v % 100}" if v > 10000 else str(v)
+        except (OSError, AttributeError):
+            continue
+    return "unknown"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+
+
+class OrtBackend:
+    def __init__(self, provider: str, path: Path, metadata: ModelMetadata, options):
+        ort = self.ort = import_ort()
+        self.provider, self.path, self.meta, self.opts = provider, Path(path), metadata, options
+        self.ep = EP_NAMES[provider]
+        available = ort.get_available_providers()
+        if self.ep not in available:
+            raise ProviderError(self._not_in_build(available))
+        if options.cuda_graphs and (provider != "cuda" or metadata.dynamic_size):
+            raise ProviderError(f"provider {provider}: CUDA graphs need provider cuda and a "
+                                "fixed-size model (one input shape to capture)")
+        self.threads = options.threads or physical_cores()
+        self.cached_graph: Path | None = None
+        self.trt_cache: Path | None = None
+        self.fp16 = bool(options.fp16 is None or options.fp16) and provider == "tensorrt"
+        if provider == "cpu":
+            self.session = self._cpu_session()
+        else:
+            self.session = self._gpu_session()
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        if (inp.name, out.name) != (metadata.input_name, metadata.output_name):
+            raise ModelError(f"{path}: graph input/output are {inp.name!r}/{out.name!r} but its "
+                             f"metadata says {metadata.input_name!r}/{metadata.output_name!r}")
+        batch = inp.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self._batch = self.fixed_batch or options.batch_size
+        self._out_dtype = np.float16 if metadata.output_dtype == "float16" else np.float32
+        self._bound: OrderedDict = OrderedDict()  # input shape -> (binding, in value, out value)
+        self._lock = threading.Lock()  # IO bindings are per-shape buffers: one run at a time
+
+    # --- session creation -------------------------------------------------------------------
+    def _options(self, level=None):
+        ort = self.ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level or ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        # Spinning workers would burn the cores that decode/encode threads need between runs.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The "optimised model is hardware specific" warning: the cache key covers the CPU.
+        so.log_severity_level = 3
+        return so
+
+    def _create(self, model: Path, so, providers):
+        try:
+            return self.ort.InferenceSession(str(model), so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{self.path}: onnxruntime cannot load it: {_first_line(e)}") from None
+
+    def _cpu_session(self):
+        """ORT_ENABLE_ALL; the optimised graph is cached on disk (keyed by model hash,
+        onnxruntime version and CPU), which makes a second load ~2-3x faster on a U-Net."""
+        cached = None
+        if self.opts.optimized_cache:
+            key = hashlib.sha256(f"{file_sha256(self.path)}|{self.ort.__version__}|"
+                                 f"{cpu_identity()}".encode()).hexdigest()[:24]
+            cached = cache_root(self.opts.cache_dir) / "ort-cpu" / f"{_safe(self.path.stem)}-{key}.onnx"
+        cpu = ["CPUExecutionProvider"]
+        if cached is not None and cached.is_file():
+            try:
+                # Already optimised: running the optimisers again only costs load time.
+                s = self.ort.InferenceSession(str(cached), self._options(
+                    self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers=cpu)
+                os.utime(cached)  # recently used: pruning keeps it
+                self.cached_graph = cached
+                return s
+            except Exception:
+                cached.unlink(missing_ok=True)  # corrupt or stale: rebuild it below
+        if cached is not None:
+            # Written under a temporary name and renamed: a killed load leaves no torn cache.
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                so = self._options()
+                so.optimized_model_filepath = str(tmp)
+                s = self.ort.InferenceSession(str(self.path), so, providers=cpu)
+                os.replace(tmp, cached)
+                self.cached_graph = cached
+                self._prune(cached.parent)
+                return s
+            except Exception:  # unwritable cache or a bad model: load plainly (errors there)
+                tmp.unlink(missing_ok=True)
+        return self._create(self.path, self._options(), cpu)
+
+    @staticmethod
+    def _prune(folder: Path) -> None:
+        files = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in files[KEEP_CPU_CACHE:]:
+            old.unlink(missing_ok=True)
+
+    def _gpu_providers(self):
+        dev = str(self.opts.device_id)
+        cuda = {"device_id": dev, "cudnn_conv_algo_search": "EXHAUSTIVE",
+                "do_copy_in_default_stream": "1"}
+        if self.opts.cuda_graphs:
+            cuda["enable_cuda_graph"] = "1"
+        if self.provider == "cuda":
+            return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        m, b = self.meta, self.opts.batch_size
+        c, s = m.in_channels, m.image_size
+        lo, hi = (m.size_multiple, max(s, TRT_MAX_SIDE)) if m.dynamic_size else (s, s)
+        name = m.input_name
+        self.trt_cache = cache_root(self.opts.cache_dir) / "tensorrt" / _safe(
+            f"{file_sha256(self.path)[:16]}-{gpu_identity(self.opts.device_id)}"
+            f"-ort{self.ort.__version__}-trt{tensorrt_version()}"
+            f"-{'fp16' if self.fp16 else 'fp32'}-b{b}-{lo}-{hi}")
+        self.trt_cache.mkdir(parents=True, exist_ok=True)
+        if not any(self.trt_cache.iterdir()):
+            print(f"p2p: building a TensorRT engine for {self.path.name} (first run on this GPU "
+                  f"only, can take minutes); cache: {self.trt_cache}", file=sys.stderr)
+        trt = {"device_id": dev, "trt_fp16_enable": "1" if self.fp16 else "0",
+               "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(self.trt_cache),
+               "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(self.trt_cache),
+               "trt_profile_min_shapes": f"{name}:1x{c}x{lo}x{lo}",
+               "trt_profile_opt_shapes": f"{name}:{b}x{c}x{s}x{s}",
+               "trt_profile_max_shapes": f"{name}:{b}x{c}x{hi}x{hi}"}
+        self._trt_sides = (lo, hi)
+        return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda),
+                "CPUExecutionProvider"]
+
+    def _gpu_session(self):
+        ort, err, session = self.ort, None, None
+        providers = self._gpu_providers()
+        with captured_stderr() as log:
+            if hasattr(ort, "preload_dlls"):  # finds CUDA/cuDNN installed from pip wheels
+                try:
+                    ort.preload_dlls()
+                except Exception:
+                    pass
+            try:
+                session = ort.InferenceSession(str(self.path), self._options(), providers=providers)
+            except Exception as e:
+                err = e
+        text = log[0] if log else ""
+        if err is not None:
+            raise ProviderError(f"provider {self.provider}: onnxruntime could not create the "
+                                f"session for {self.path}: {_first_line(err)}{self._why(text, ' (')}")
+        got = session.get_providers()
+        if self.ep not in got:
+            raise ProviderError(
+                f"provider {self.provider}: {self.ep} is in this onnxruntime build but did not "
+                f"load (the session would run on {_short(got)}){self._why(text, ': ')}; "
+                f"{self._install_hint()}")
+        if text.strip():
+            sys.stderr.write(text)  # onnxruntime's own warnings still reach the user
+        return session
+
+    def _why(self, log: str, sep: str) -> str:
+        libs = sorted(set(re.findall(r"lib[\w.+-]*?\.so(?:\.\d+)*", log)))
+        if libs:
+            reason = "missing or unloadable " + ", ".join(libs)
+        else:
+            lines = [ln.strip() for ln in log.splitlines() if "error" in ln.lower()]
+            reason = lines[-1][-300:] if lines else ""
+        return f"{sep}{reason}{')' if sep == ' (' else ''}" if reason else ""
+
+    def _install_hint(self) -> str:
+        if self.provider == "tensorrt":
+            return ("TensorRT needs its libraries (libnvinfer, e.g. pip install tensorrt) "
+                    "on LD_LIBRARY_PATH, plus CUDA and cuDNN")
+        return (f"onnxruntime-gpu {self.ort.__version__} needs the CUDA 12 and cuDNN 9 "
+                "libraries: pip install 'onnxruntime-gpu[cuda,cudnn]' or put them on LD_LIBRARY_PATH")
+
+    def _not_in_build(self, available) -> str:
+        what = {"cuda": "CUDA", "tensorrt": "TensorRT", "cpu": "CPU"}[self.provider]
+        return (f"provider {self.provider}: this onnxruntime build ({self.ort.__version__}, "
+                f"providers: {_short(available)}) has no {what}; install p2p[gpu] "
+                "(pip uninstall onnxruntime && pip install 'p2p[gpu]')")
+
+    # --- running ----------------------------------------------------------------------------
+    def describe(self) -> str:
+        if self.provider == "cpu":
+            cache = ", optimised graph cached" if self.cached_graph else ""
+            return f"cpu ({self.threads} threads{cache})"
+        if self.provider == "cuda":
+            graphs = ", CUDA graphs" if self.opts.cuda_graphs else ""
+            return f"cuda (device {self.opts.device_id}, IO binding{graphs})"
+        return (f"tensorrt (device {self.opts.device_id}, {'fp16' if self.fp16 else 'fp32'}, "
+                f"engine cache {self.trt_cache})")
+
+    def check_size(self, h: int, w: int) -> None:
+        if self.provider == "tensorrt":
+            lo, hi = self._trt_sides
+            if not (lo <= h <= hi and lo <= w <= hi):
+                raise ValueError(f"the TensorRT profile covers sides {lo}..{hi}, got {h}x{w}")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self.provider == "cpu":
+            return self.session.run([self.meta.output_name], {self.meta.input_name: x})[0]
+        with self._lock:
+            return self._run_bound(x)
+
+    def _run_bound(self, x: np.ndarray) -> np.ndarray:
+        """Inputs and outputs in device buffers reused per shape: no per-run allocation, and
+        the fixed addresses CUDA graphs need (they replay one captured shape: pad to it)."""
+        n = len(x)
+        if self.opts.cuda_graphs and n < self._batch:
+            x = np.concatenate([x, np.zeros((self._batch - n,) + x.shape[1:], x.dtype)])
+        slot = self._bound.get(x.shape)
+        if slot is None:
+            while len(self._bound) >= 4:  # a few shapes at most (dynamic-size models)
+                self._bound.popitem(last=False)
+            dev = self.opts.device_id
+            xin = self.ort.OrtValue.ortvalue_from_numpy(x, "cuda", dev)
+            yout = self.ort.OrtValue.ortvalue_from_shape_and_type(
+                (x.shape[0], self.meta.out_channels, x.shape[2], x.shape[3]), self._out_dtype,
+                "cuda", dev)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(self.meta.input_name, xin)
+            binding.bind_ortvalue_output(self.meta.output_name, yout)
+            slot = self._bound[x.shape] = (binding, xin, yout)
+        else:
+            slot[1].update_inplace(x)
+            self._bound.move_to_end(x.shape)
+        binding = slot[0]
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return binding.copy_outputs_to_cpu()[0][:n]
+
+    def close(self) -> None:
+        self._bound.clear()
+        self.session = None

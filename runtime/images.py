@@ -1,0 +1,203 @@
+"""Images in and out of a model: decode, normalise, split, resize or pad; and the way back.
+
+Pillow + numpy only. ``prepare`` turns a file into the array the model takes (C, H, W in the
+metadata's value range) plus what is needed to undo it; ``to_image`` turns the model's output
+back into a uint8 image at the input's size (after the split), or at the model's with
+``model_size``. Every decoding problem is an ``ImageError`` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import color
+from .errors import ImageError
+from .metadata import ModelMetadata
+
+SPLITS = ("auto", "left", "right", "none")
+FORMATS = ("png", "jpg", "webp")
+_DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Pillow warns between its limit and twice it; ``open_rgb`` turns anything over the limit into
+# an ImageError itself, so the warning would only repeat that, once per file.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def max_pixels() -> int:
+    """The decompression-bomb limit: Pillow's default unless $P2P_MAX_IMAGE_PIXELS says."""
+    env = os.environ.get("P2P_MAX_IMAGE_PIXELS")
+    try:
+        return int(env) if env else _DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ImageError(f"P2P_MAX_IMAGE_PIXELS={env!r} is not an integer") from None
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB. Transparency is composited on white (what viewers show)."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit greyscale: Pillow's convert("L") clips at 255 instead of scaling.
+        a = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8))
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Decode ``path`` to an upright RGB image (first frame of animations)."""
+    limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # allowed more: Pillow's own check must not refuse it
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise ImageError(f"{path}: {w}x{h} = {w * h} pixels is over the decompression-"
+                                 f"bomb limit {limit} (raise P2P_MAX_IMAGE_PIXELS to allow it)")
+            im.seek(0)
+            im.load()
+            return _flatten(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        raise ImageError(f"{path}: cannot decode: {e}") from None
+
+
+def choose_half(size: tuple[int, int], split: str, meta: ModelMetadata) -> str | None:
+    """Which half of the image feeds the model: 'left', 'right' or None (the whole image).
+    auto: only an exactly 2:1 image is a pix2pix A|B pair, and the model's direction names
+    its input half."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {'|'.join(SPLITS)}")
+    if split == "auto":
+        w, h = size
+        return meta.input_half if w == 2 * h else None
+    return None if split == "none" else split
+
+
+def crop_half(img: Image.Image, half: str | None) -> Image.Image:
+    if half is None:
+        return img
+    w, h = img.size
+    return img.crop((0, 0, w // 2, h) if half == "left" else (w - w // 2, 0, w, h))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    array: np.ndarray  # (C, H, W) float32, what the model sees (padded for dynamic models)
+    size: tuple[int, int]  # (width, height) after the split: the default output size
+    half: str | None  # the half taken from a side-by-side image, None for the whole image
+    lightness: np.ndarray | None = None  # Lab models: L (0..100) at ``size``, kept at full res
+
+
+def prepare(path: Path, meta: ModelMetadata, split: str = "auto") -> Prepared:
+    img = open_rgb(path)
+    half = choose_half(img.size, split, meta)
+    img = crop_half(img, half)
+    try:
+        return _to_array(img, half, meta)
+    except MemoryError:
+        raise ImageError(f"{path}: {img.size[0]}x{img.size[1]} does not fit in memory") from None
+
+
+def _to_array(orig: Image.Image, half: str | None, meta: ModelMetadata) -> Prepared:
+    img = orig
+    if not meta.dynamic_size and img.size != (meta.image_size,) * 2:
+        # pix2pix resizes (bicubic) to the training size at test time, aspect not kept.
+        img = img.resize((meta.image_size,) * 2, Image.BICUBIC)
+    lightness = None
+    if meta.color_space == "lab":
+        # The model sees L of the model-sized image; the full-resolution L is kept for the
+        # way back, so only the colour (ab) is ever upsampled.
+        lightness = _model_L(orig)
+        x = (lightness if img is orig else _model_L(img))[None]
+    else:
+        if meta.in_channels == 1:
+            img = img.convert("L")
+        a = np.asarray(img, np.float32)
+        a = a[:, :, None] if a.ndim == 2 else a
+        lo, hi = meta.value_range
+        x = (a * ((hi - lo) / 255.0) + lo).transpose(2, 0, 1)
+    if meta.dynamic_size:
+        x = pad_to_multiple(x, meta.size_multiple)
+    return Prepared(np.ascontiguousarray(x, np.float32), orig.size, half, lightness)
+
+
+def _model_L(img: Image.Image) -> np.ndarray:
+    """(H, W) L scaled to the model's [-1, 1], by ``p2p.runtime.color``'s one convention."""
+    L, _ = color.lab_to_model(color.rgb_to_lab(np.asarray(img, np.float32) / 255.0))
+    return L[..., 0].astype(np.float32)
+
+
+def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad (C, H, W) at the bottom and right up to multiples; reflect (no hard edge for the
+    convolutions to see), edge when the image is too small to reflect. Cropped after."""
+    _, h, w = x.shape
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return x
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode=mode)
+
+
+def _resize_float(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) float -> (size[1], size[0], C), bicubic per channel (Pillow's mode F)."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., i], np.float32))
+                                .resize(size, Image.BICUBIC)) for i in range(a.shape[-1])], -1)
+
+
+def to_image(y: np.ndarray, prep: Prepared, meta: ModelMetadata,
+             model_size: bool = False) -> Image.Image:
+    """The model's (C, H, W) output -> uint8 image at the input's size (after the split), or
+    at the model's size with ``model_size`` (fixed-size models; dynamic ones are always cropped
+    back to the input's size, since the model ran at that size)."""
+    y = np.asarray(y, np.float32)
+    w, h = prep.size
+    if meta.dynamic_size:
+        y = y[:, :h, :w]  # the padding is not part of the image
+    target = (meta.image_size,) * 2 if model_size and not meta.dynamic_size else prep.size
+    if meta.color_space == "lab":
+        ab = y.transpose(1, 2, 0)
+        if ab.shape[1::-1] != target:
+            ab = _resize_float(ab, target)
+        L = prep.lightness if target == prep.size else prep.array[0]
+        rgb = color.lab_to_rgb(color.model_to_lab(L[..., None], ab))
+        return Image.fromarray(np.rint(rgb * 255.0).astype(np.uint8))
+    lo, hi = meta.value_range
+    u8 = np.clip(np.rint((y - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    img = Image.fromarray(u8[0]) if len(u8) == 1 else Image.fromarray(
+        np.ascontiguousarray(u8[:3].transpose(1, 2, 0)))
+    return img if img.size == target else img.resize(target, Image.BICUBIC)
+
+
+def encode(img: Image.Image, fmt: str) -> bytes:
+    """Bytes of ``img`` in ``fmt``, tuned so encoding never holds up inference: PNG at
+    compress_level 1 (Pillow's default level 6 costs several times more for ~10% smaller
+    files), JPEG at quality 95, lossy WebP at quality 90."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, "PNG", compress_level=1)
+    elif fmt == "jpg":
+        img.save(buf, "JPEG", quality=95)
+    elif fmt == "webp":
+        img.save(buf, "WEBP", quality=90, method=2)
+    else:
+        raise ValueError(f"format {fmt!r} is not one of {'|'.join(FORMATS)}")
+    return buf.getvalue()

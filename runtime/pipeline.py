@@ -1,0 +1,327 @@
+"""reader -> batcher -> engine -> writer: what ``p2p-translate`` runs.
+
+Decoding (Pillow releases the GIL) runs in a thread pool ahead of inference; encoding and
+the atomic write run in another pool behind it; the engine runs in the calling thread. Both
+pools are bounded windows of futures consumed in submission order, so memory stays flat,
+outputs pair with their inputs, and results come back in input order. A file that fails to
+decode, run or write is recorded with its reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import sys
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import gallery, images
+from .engine import Engine
+from .errors import DataError, ImageError, ModelError, P2PError
+
+TMP_SUFFIX = ".p2p-tmp"
+# Extensions of formats Pillow can open (not save-only ones such as .pdf).
+IMAGE_EXTS = frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                       if fmt in Image.OPEN)
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    inputs: tuple[Path, ...]
+    model: Path | None = None  # None: the newest *.onnx under runs/
+    output: Path | None = None  # None: "<input>-translated" beside each input
+    provider: str = "auto"
+    batch_size: int = 8
+    threads: int | None = None
+    fmt: str = "png"
+    split: str = "auto"
+    model_size: bool = False
+    glob: str | None = None
+    html: bool = False
+    overwrite: bool = False
+    workers: int | None = None  # decode and encode threads each; None: min(4, CPUs)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Job:
+    src: Path
+    dst: Path
+    root: Path  # the output folder this job's tree is mirrored into (gallery location)
+
+
+@dataclass
+class Summary:
+    provider: str = ""
+    translated: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    galleries: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        rate = len(self.translated) / self.seconds if self.seconds else 0.0
+        out = [f"translated {len(self.translated)}, skipped {len(self.skipped)}, "
+               f"failed {len(self.failed)} ({rate:.1f} images/s on {self.provider})"]
+        out += [f"failed: {reason}" for _, reason in self.failed]
+        out += [f"gallery: {g}" for g in self.galleries]
+        return out
+
+
+# --- files --------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Readers (and a rerun after kill -9) see the old file or the whole new one, never a torn
+    one. No fsync: a killed process loses nothing that was written; only a power cut could."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temp files of runs that were killed (their pid is gone); live runs keep theirs."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for e in entries:
+        m = re.fullmatch(r"\..+\.(\d+)\.\d+" + re.escape(TMP_SUFFIX), e.name)
+        if m and not _alive(int(m.group(1))):
+            Path(e.path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_model(runs: Path = Path("runs")) -> Path:
+    """The newest exported model: runs/*/export/*.onnx first, else any *.onnx under runs/."""
+    found = list(runs.glob("*/export/*.onnx")) or list(runs.glob("**/*.onnx"))
+    if not found:
+        raise ModelError(f"no --model given and no *.onnx under {runs}/; export one with "
+                         "p2p-export or pass --model PATH")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def _natural(s: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def scan(folder: Path, pattern: str | None, exclude: Path | None) -> list[Path]:
+    """Image files under ``folder`` (recursive, hidden entries and ``exclude`` skipped), as
+    paths relative to it, in natural order (2.jpg before 10.jpg)."""
+    found = []
+    for dirpath, dirs, files in os.walk(folder):
+        here = Path(dirpath)
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")
+                          and (exclude is None or (here / d).resolve() != exclude)), key=_natural)
+        for name in sorted(files, key=_natural):
+            rel = (here / name).relative_to(folder)
+            if name.startswith("."):
+                continue
+            if pattern is None:
+                ok = Path(name).suffix.lower() in IMAGE_EXTS
+            else:
+                ok = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
+            if ok:
+                found.append(rel)
+    return found
+
+
+def default_root(src: Path) -> Path:
+    src = src.resolve()
+    if not src.name:
+        raise DataError(f"cannot name a default output folder for {src}; pass --output")
+    return src.parent / f"{src.name if src.is_dir() else src.stem}-translated"
+
+
+def plan(cfg: TranslateConfig) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Every (input, output) pair in input order, and the inputs refused up front."""
+    pairs: list[tuple[Path, Path, Path]] = []  # (src, rel output path without suffix, root)
+    refused: list[tuple[Path, str]] = []
+    several = len(cfg.inputs) > 1
+    for given in cfg.inputs:
+        root = Path(cfg.output).resolve() if cfg.output else default_root(given)
+        if given.is_dir():
+            base = Path(given.resolve().name) if several and cfg.output else Path()
+            for rel in scan(given, cfg.glob, exclude=root):
+                pairs.append((given / rel, base / rel, root))
+        else:
+            pairs.append((given, Path(given.name), root))
+    # Outputs are named <stem>.<fmt>; inputs that would share one keep their suffix in it.
+    ext = "." + cfg.fmt
+    first = [(root / rel.parent / (rel.stem + ext)) for _, rel, root in pairs]
+    clash = {d for d, n in Counter(first).items() if n > 1}
+    jobs, seen = [], set()
+    for (src, rel, root), dst in zip(pairs, first):
+        if dst in clash:
+            dst = root / rel.parent / (rel.name + ext)
+        real = dst.resolve()
+        if not real.is_relative_to(root):
+            refused.append((src, f"{src}: output path {dst} escapes the output folder {root}"))
+        elif real == src.resolve():
+            refused.append((src, f"{src}: the output would overwrite the input itself"))
+        elif real in seen:
+            refused.append((src, f"{src}: another input already writes {dst}"))
+        else:
+            seen.add(real)
+            jobs.append(Job(src, dst, root))
+    return jobs, refused
+
+
+# --- running ------------------------------------------------------------------------------
+
+def _prepare(job: Job, meta, split: str):
+    return images.prepare(job.src, meta, split)
+
+
+def _finish(job: Job, prep, y, meta, cfg: TranslateConfig) -> None:
+    img = images.to_image(y, prep, meta, cfg.model_size)
+    data = images.encode(img, cfg.fmt)
+    try:
+        job.dst.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(job.dst, data)
+    except OSError as e:
+        raise ImageError(f"{job.src}: cannot write {job.dst}: {e.strerror or e}") from None
+
+
+def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) -> list[str | None]:
+    """Translate ``jobs``; returns, in input order, None for success or the failure reason."""
+    meta, bs = engine.metadata, engine.batch_size
+    workers = cfg.workers or min(4, os.cpu_count() or 1)
+    window = 2 * bs + workers  # decoded images waiting for the engine, and outputs waiting to write
+    results: list[str | None] = [None] * len(jobs)
+
+    def done(i: int, reason: str | None = None) -> None:
+        results[i] = reason
+        if bar is not None:
+            bar.update(1)
+
+    decoding: deque = deque()
+    writing: deque = deque()
+    batch: list[tuple[int, object]] = []
+    upcoming = iter(range(len(jobs)))
+
+    def drain(limit: int) -> None:
+        while len(writing) > limit:
+            i, fut = writing.popleft()
+            try:
+                fut.result()
+                done(i)
+            except P2PError as e:
+                done(i, str(e))
+            except Exception as e:  # an encoder bug must not cost the other outputs
+                done(i, f"{jobs[i].src}: cannot encode: {e}")
+
+    def infer(items) -> None:
+        try:
+            ys = engine.run(np.stack([p.array for _, p in items]))
+        except Exception as e:
+            if len(items) > 1:  # find the one image that fails; the rest still run
+                for item in items:
+                    infer([item])
+                return
+            i = items[0][0]
+            return done(i, f"{jobs[i].src}: inference failed: {str(e).splitlines()[0][:300]}")
+        for (i, prep), y in zip(items, ys):
+            writing.append((i, writers.submit(_finish, jobs[i], prep, y, meta, cfg)))
+        drain(window)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="p2p-decode") as readers, \
+            ThreadPoolExecutor(workers, thread_name_prefix="p2p-encode") as writers:
+        try:
+            while True:
+                while len(decoding) < window:  # keep the readers ahead of the engine
+                    i = next(upcoming, None)
+                    if i is None:
+                        break
+                    decoding.append((i, readers.submit(_prepare, jobs[i], meta, cfg.split)))
+                if not decoding:
+                    break
+                i, fut = decoding.popleft()
+                try:
+                    prep = fut.result()
+                except P2PError as e:
+                    done(i, str(e))
+                    continue
+                except Exception as e:
+                    done(i, f"{jobs[i].src}: cannot decode: {e}")
+                    continue
+                if batch and prep.array.shape != batch[0][1].array.shape:
+                    infer(batch)  # dynamic-size models: one batch holds one shape
+                    batch = []
+                batch.append((i, prep))
+                if len(batch) == bs:
+                    infer(batch)
+                    batch = []
+            if batch:
+                infer(batch)
+            drain(0)
+        finally:
+            for _, fut in list(decoding) + list(writing):
+                fut.cancel()
+    return results
+
+
+def translate(cfg: TranslateConfig, log=None) -> Summary:
+    """The whole command: engine first (a provider that cannot run fails before anything is
+    written), then plan, skip what exists, run, gallery."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    model = Path(cfg.model) if cfg.model else find_model()
+    engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads)
+    log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
+        f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")
+    for provider, why in engine.passed_over:
+        log(f"auto: skipped {provider}: {why}")
+    jobs, refused = plan(cfg)
+    summary = Summary(provider=engine.provider, failed=list(refused))
+    todo = []
+    for job in jobs:
+        (todo if cfg.overwrite or not job.dst.exists() else summary.skipped).append(job)
+    for folder in {j.dst.parent for j in todo}:
+        remove_stale_temps(folder)
+    bar = None
+    if cfg.progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="img", desc="translate", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        results = run_jobs(engine, todo, cfg, bar)
+    finally:
+        if bar:
+            bar.close()
+        engine.close()
+    summary.seconds = time.perf_counter() - t0
+    reasons = {}
+    for job, reason in zip(todo, results):
+        if reason is None:
+            summary.translated.append(job)
+        else:
+            summary.failed.append((job.src, reason))
+            reasons[job.src] = reason
+    if cfg.html:
+        for page, text in gallery.pages(jobs, reasons, engine.metadata, cfg.split).items():
+            page.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(page, text.encode())
+            summary.galleries.append(page)
+    return summary

@@ -1,0 +1,221 @@
+"""p2p-translate end to end: files, summary, exit codes, resume after kill -9, gallery."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from onnx_models import identity_model, slow_model
+from p2p.cli.translate import main
+from p2p.runtime.pipeline import TMP_SUFFIX
+
+
+def translate(*args):
+    return CliRunner().invoke(main, [str(a) for a in args] + ["--quiet"])
+
+
+def noise(path: Path, w=32, h=32, seed=0) -> np.ndarray:
+    a = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+    return a
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {"dyn": identity_model(d / "dyn.onnx", dynamic_size=True, size_multiple=8),
+            "atob": identity_model(d / "atob.onnx", image_size=32),
+            "btoa": identity_model(d / "btoa.onnx", image_size=32, direction="BtoA")}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path_factory.getbasetemp() / "p2p-cache"))
+
+
+def test_folder_tree_mirrored_in_order_with_a_ragged_last_batch(models, tmp_path):
+    src = tmp_path / "in"
+    want = {f"{i}.png": noise(src / f"{i}.png", seed=i) for i in range(4)}
+    want.update({f"sub/{i}.png": noise(src / "sub" / f"{i}.png", seed=10 + i) for i in range(3)})
+    want["sub/deep/odd.png"] = noise(src / "sub/deep/odd.png", w=20, h=13, seed=99)
+    r = translate(src, "--model", models["dyn"], "--batch-size", "3", "--split", "none")
+    assert r.exit_code == 0, r.output
+    assert "translated 8, skipped 0, failed 0" in r.stdout
+    out = tmp_path / "in-translated"
+    for rel, a in want.items():  # identity model: each output is exactly its own input
+        np.testing.assert_array_equal(np.asarray(Image.open(out / rel)), a, err_msg=rel)
+
+
+def test_bad_files_fail_alone_and_the_run_goes_on(models, tmp_path):
+    src = tmp_path / "mixed"
+    good = [noise(src / "a.png", seed=1), noise(src / "c.jpg", seed=2)]
+    (src / "b.png").write_text("not an image")
+    (src / "d.jpg").write_bytes((src / "c.jpg").read_bytes()[:200])
+    (src / "notes.txt").write_text("ignored: not an image type")
+    r = translate(src, "--model", models["dyn"], "-o", tmp_path / "out", "--split", "none")
+    assert r.exit_code == 1
+    assert "translated 2, skipped 0, failed 2" in r.stdout
+    failed = [ln for ln in r.stdout.splitlines() if ln.startswith("failed: ")]
+    assert len(failed) == 2
+    assert "b.png: not an image Pillow can read" in failed[0]
+    assert "d.jpg: cannot decode" in failed[1]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/a.png")), good[0])
+    assert (tmp_path / "out/c.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(models, tmp_path):
+    for i in range(3):
+        noise(tmp_path / "in" / f"{i}.png", seed=i)
+    args = [tmp_path / "in", "--model", models["atob"], "--split", "none"]
+    assert translate(*args).exit_code == 0
+    stamp = (tmp_path / "in-translated/0.png").stat().st_mtime_ns
+    r = translate(*args)
+    assert r.exit_code == 0 and "translated 0, skipped 3, failed 0" in r.stdout
+    assert (tmp_path / "in-translated/0.png").stat().st_mtime_ns == stamp
+    r = translate(*args, "--overwrite")
+    assert "translated 3, skipped 0, failed 0" in r.stdout
+
+
+def test_cuda_on_this_machine_fails_at_once_and_writes_nothing(models, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA")
+    noise(tmp_path / "in" / "a.png")
+    r = translate(tmp_path / "in", "--model", models["atob"], "--provider", "cuda")
+    assert r.exit_code == 1
+    assert "has no CUDA" in r.output and "p2p[gpu]" in r.output
+    r = translate(tmp_path / "in", "--model", models["atob"], "--provider", "cuda",
+                  "-o", tmp_path / "out")
+    assert r.exit_code == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_usage_errors_exit_2(models, tmp_path):
+    noise(tmp_path / "a.png")
+    assert translate(tmp_path / "a.png", "--model", models["atob"], "--provider", "metal").exit_code == 2
+    assert translate().exit_code == 2
+    assert translate(tmp_path / "missing.png", "--model", models["atob"]).exit_code == 2
+
+
+def test_split_auto_on_dataset_images_and_html_gallery(models, tmp_path):
+    src = tmp_path / "val"
+    pairs = [noise(src / f"{i}.png", w=64, h=32, seed=i) for i in (1, 2, 10)]
+    noise(src / "square.png", w=32, h=32, seed=5)
+    r = translate(src, "--model", models["btoa"], "--html")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "val-translated"
+    for i, pair in zip((1, 2, 10), pairs):  # BtoA: the right half is the input
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{i}.png")), pair[:, 32:])
+    page = (out / "index.html").read_text()
+    rows = page.split("<tr>")[2:]
+    assert [re.search(r"<td>(.*?)</td>", row).group(1) for row in rows] == \
+        ["1.png", "2.png", "10.png", "square.png"]
+    for src_url in re.findall(r'src="([^"]+)"', page):
+        assert (out / unquote(src_url)).resolve().is_file(), src_url
+    assert rows[0].count("object-position: right") == 1  # input = right half
+    assert rows[0].count("object-position: left") == 1  # target = left half
+    assert "object-position" not in rows[3]  # not a pair: no split, no target
+
+
+def test_real_facades_pairs(facades, models, tmp_path):
+    files = [facades / "val" / f"{i}.jpg" for i in (1, 2)]
+    r = translate(*files, "--model", models["btoa"], "-o", tmp_path / "out", "--model-size")
+    assert r.exit_code == 0, r.output
+    for f in files:
+        right = Image.open(f).convert("RGB").crop((256, 0, 512, 256)).resize((32, 32),
+                                                                             Image.BICUBIC)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{f.stem}.png")),
+                                      np.asarray(right))
+
+
+def test_formats_model_size_and_glob(models, tmp_path):
+    noise(tmp_path / "in/a.jpg", w=50, h=40)
+    noise(tmp_path / "in/b.png", w=50, h=40)
+    r = translate(tmp_path / "in", "--model", models["atob"], "--format", "webp", "--glob", "*.jpg",
+                  "--split", "none")
+    assert r.exit_code == 0 and "translated 1," in r.stdout
+    out = Image.open(tmp_path / "in-translated/a.webp")
+    assert out.format == "WEBP" and out.size == (50, 40)
+    r = translate(tmp_path / "in", "--model", models["atob"], "--format", "jpg", "--model-size",
+                  "-o", tmp_path / "small")
+    assert Image.open(tmp_path / "small/b.jpg").size == (32, 32)
+
+
+def test_outputs_stay_inside_output_and_names_never_collide(models, tmp_path):
+    noise(tmp_path / "x.png")
+    noise(tmp_path / "d/a.jpg", seed=1)
+    noise(tmp_path / "d/a.png", seed=2)
+    dotted = tmp_path / "d" / ".." / "x.png"
+    r = translate(dotted, tmp_path / "d", "--model", models["atob"], "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    files = sorted(p.relative_to(tmp_path / "out").as_posix()
+                   for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert files == ["d/a.jpg.png", "d/a.png.png", "x.png"]
+    # A link inside the output folder that points elsewhere is refused, not followed.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "d").symlink_to(outside)
+    r = translate(tmp_path / "d", tmp_path / "x.png", "--model", models["atob"],
+                  "-o", tmp_path / "o2")
+    assert r.exit_code == 1 and "escapes the output folder" in r.stdout
+    assert list(outside.iterdir()) == []
+
+
+def test_default_model_is_the_newest_export_under_runs(models, tmp_path, monkeypatch):
+    for name in ("old", "new"):
+        d = tmp_path / "runs" / name / "export"
+        d.mkdir(parents=True)
+        (d / f"{name}.onnx").write_bytes(models["atob"].read_bytes())
+        time.sleep(0.02)
+    noise(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    r = translate("a.png")
+    assert r.exit_code == 0, r.output
+    assert f"model {Path('runs/new/export/new.onnx')}" in r.output
+    monkeypatch.chdir(tmp_path / "runs" / "old")
+    r = translate(tmp_path / "a.png")
+    assert r.exit_code == 1 and "no --model given" in r.output
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_leaves_no_partial_files(tmp_path):
+    model = slow_model(tmp_path / "slow.onnx", image_size=64, size_multiple=64)
+    n = 160
+    for i in range(n):
+        noise(tmp_path / "in" / f"{i}.png", w=64, h=64, seed=i)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "p2p.cli.translate", str(tmp_path / "in"), "--model", str(model),
+           "-o", str(out), "--batch-size", "4", "--quiet"]
+    env = {**os.environ, "P2P_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 8:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = list(out.glob("*.png"))
+    assert 0 < len(done) < n, "the run was not killed mid-way"
+    for f in done:  # every file under its final name is complete
+        with Image.open(f) as im:
+            im.load()
+            assert im.size == (64, 64)
+    r = translate(tmp_path / "in", "--model", model, "-o", out, "--batch-size", "4")
+    assert r.exit_code == 0, r.output
+    assert f"translated {n - len(done)}, skipped {len(done)}, failed 0" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.png" for i in range(n))
+    assert not [p for p in out.iterdir() if p.name.endswith(TMP_SUFFIX)]
