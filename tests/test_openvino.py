@@ -1,0 +1,190 @@
+"""The OpenVINO backend against onnxruntime's CPU provider on a tiny U-Net, and its refusals."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from p2p.runtime.errors import ModelError, ProviderError
+from p2p.runtime.metadata import ModelMetadata
+
+ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'p2p[openvino]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference here")
+torch = pytest.importorskip("torch", reason="torch builds the tiny test model")
+
+from p2p.runtime.engine import EngineOptions  # noqa: E402
+from p2p.runtime.openvino import CACHE_SIZE, OpenVINOSession, backend  # noqa: E402
+
+SIZE = 32
+
+
+def export_tiny(path, with_metadata=True, axes=None):
+    """A tiny U-Net-32 (ngf 4, per-image instance norm) as ONNX with a dynamic batch axis."""
+    import onnx
+    from p2p.trainer.models import ModelConfig, UnetGenerator, init_weights
+
+    torch.manual_seed(0)
+    g = init_weights(UnetGenerator(ModelConfig(image_size=SIZE, ngf=4, norm="instance")), 0.2).eval()
+    with warnings.catch_warnings():  # the TorchScript exporter's tracer chatter
+        warnings.simplefilter("ignore")
+        torch.onnx.export(g, (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["input"],
+                          output_names=["output"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input": {0: "N"}, "output": {0: "N"}}
+                          if axes is None else axes)
+    if with_metadata:
+        model = onnx.load(str(path))
+        meta = ModelMetadata(direction="BtoA", image_size=SIZE, size_multiple=SIZE,
+                             dynamic_size=bool(axes and 2 in axes["input"]), color_space="rgb", in_channels=3,
+                             out_channels=3, norm_mode="per-image")
+        for k, v in meta.to_props().items():
+            prop = model.metadata_props.add()
+            prop.key, prop.value = k, v
+        onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("ov") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    return rng.uniform(-1, 1, (5, 3, SIZE, SIZE)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, batch):
+    session = ort.InferenceSession(str(tiny), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": batch})[0]
+
+
+def psnr(a, b):  # images in [-1, 1]: peak-to-peak 2
+    return 10 * np.log10(4.0 / np.mean((a - b) ** 2))
+
+
+def test_fp32_matches_onnxruntime(tiny, batch, reference):
+    # batch_size 2 over 5 images: full batches plus a smaller last one, each compiled.
+    session = OpenVINOSession(tiny, precision="fp32", threads=1, batch_size=2)
+    out = session.run(batch)
+    assert session.provider == "openvino"
+    assert session.compiled_precision == "f32"
+    assert out.dtype == np.float32 and out.shape == reference.shape
+    assert np.abs(out - reference).max() < 1e-4
+    assert np.abs(reference).max() > 0.1  # the comparison is not between two near-zero outputs
+
+
+def test_subpixel_rewrite_is_exact(tiny, batch, reference):
+    # U-Net-32 has 5 up-convolutions; all become sub-pixel convolutions, none is left.
+    rewritten = OpenVINOSession(tiny, batch_size=5)
+    plain = OpenVINOSession(tiny, batch_size=5, subpixel=False)
+    assert rewritten.subpixel_layers == 5 and plain.subpixel_layers == 0
+    ops = {op.get_type_name() for op in rewritten.model.get_ordered_ops()}
+    assert "ConvolutionBackpropData" not in ops and "DepthToSpace" in ops
+    assert np.abs(rewritten.run(batch) - reference).max() < 1e-4
+    assert np.abs(plain.run(batch) - reference).max() < 1e-4
+
+
+def test_batch_invariant_and_outputs_not_aliased(tiny, batch, reference):
+    session = OpenVINOSession(tiny, batch_size=1)
+    first = session.run(batch[:1])
+    second = session.run(batch[1:2])  # same request, same output buffer inside openvino
+    assert np.abs(first - reference[:1]).max() < 1e-4
+    assert np.abs(second - reference[1:2]).max() < 1e-4
+
+
+def test_compiled_model_cache_is_bounded(tiny, batch):
+    session = OpenVINOSession(tiny, batch_size=4)
+    for n in (1, 2, 3, 4, 5):
+        assert session.run(batch[:n]).shape[0] == n
+    assert len(session._compiled) == CACHE_SIZE
+    assert (4, 3, SIZE, SIZE) in session._compiled  # 5 = 4 + 1: the full batch stays warm
+
+
+def test_bf16_close_to_fp32_or_refused(tiny, batch, reference):
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" not in caps:  # never a silent FP32 run under a bf16 label
+        with pytest.raises(ProviderError, match="no native BF16"):
+            OpenVINOSession(tiny, precision="bf16")
+        return
+    session = OpenVINOSession(tiny, precision="bf16", batch_size=5)
+    out = session.run(batch)
+    assert session.compiled_precision == "bf16"
+    assert out.dtype == np.float32
+    assert 0 < np.abs(out - reference).max()  # really ran in reduced precision
+    assert psnr(out, reference) > 35
+
+
+def test_dynamic_size_model_runs_any_multiple(tmp_path):
+    axes = {"input": {0: "N", 2: "H", 3: "W"}, "output": {0: "N", 2: "H", 3: "W"}}
+    path = export_tiny(tmp_path / "dyn.onnx", axes=axes)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = OpenVINOSession(path, batch_size=2)
+    assert session.metadata.dynamic_size
+    rng = np.random.default_rng(1)
+    for h, w in ((32, 32), (64, 96)):
+        x = rng.uniform(-1, 1, (3, 3, h, w)).astype(np.float32)
+        out = session.run(x)
+        assert out.shape == (3, 3, h, w)
+        assert np.abs(out - ref.run(None, {"input": x})[0]).max() < 1e-4
+
+
+def test_fixed_batch_model_runs_in_chunks_of_it(tmp_path, batch, reference):
+    path = export_tiny(tmp_path / "fixed.onnx", axes={})  # batch exported as 1
+    session = OpenVINOSession(path, batch_size=8)
+    assert session.fixed_batch == 1 and session.batch_size == 1
+    assert np.abs(session.run(batch[:3]) - reference[:3]).max() < 1e-4
+
+
+def test_engine_backend_factory(tiny, batch, reference):
+    # Without a precision field (today's EngineOptions) the backend runs fp32.
+    b = backend("openvino", tiny, None, EngineOptions(batch_size=3, threads=1))
+    assert b.provider == "openvino" and b.precision == "fp32" and b.fixed_batch is None
+    assert "openvino (CPU, fp32, 1 thread" in b.describe()
+    b.check_size(SIZE, SIZE)
+    assert np.abs(b.run(batch) - reference).max() < 1e-4
+    b.close()
+
+
+def test_metadata_read_without_onnxruntime(tiny):
+    session = OpenVINOSession(tiny)
+    assert session.metadata.direction == "BtoA"
+    assert session.metadata.image_size == SIZE
+    assert session.metadata.norm_mode == "per-image"
+
+
+def test_missing_openvino_is_a_provider_error(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import now raises ImportError
+    with pytest.raises(ProviderError, match=r"pip install 'p2p\[openvino\]'"):
+        OpenVINOSession(tiny)
+
+
+def test_missing_device_is_a_provider_error(tiny):
+    with pytest.raises(ProviderError, match="no NOSUCHDEVICE device here"):
+        OpenVINOSession(tiny, device="NOSUCHDEVICE")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"precision": "fp16"}, "fp32|bf16"),
+    ({"batch_size": 0}, "batch size"),
+    ({"threads": 0}, "threads"),
+])
+def test_bad_arguments(tiny, kwargs, match):
+    with pytest.raises(ProviderError, match=match):
+        OpenVINOSession(tiny, **kwargs)
+
+
+def test_bad_model_files(tmp_path):
+    with pytest.raises(ModelError, match="no such model file"):
+        OpenVINOSession(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    with pytest.raises(ModelError, match="garbage.onnx: openvino cannot read it"):
+        OpenVINOSession(garbage)
+    bare = export_tiny(tmp_path / "bare.onnx", with_metadata=False)
+    with pytest.raises(ModelError, match="no p2p metadata"):
+        OpenVINOSession(bare)
