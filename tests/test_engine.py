@@ -133,6 +133,10 @@ def test_model_file_errors(tmp_path):
     junk.write_bytes(b"\xff\xfe not a protobuf at all")
     with pytest.raises(ModelError, match="not an ONNX model"):
         Engine(junk)
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(conv_model(tmp_path / "whole.onnx").read_bytes()[:200])
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        Engine(cut)
     import onnx
 
     bare = tmp_path / "bare.onnx"

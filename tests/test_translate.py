@@ -214,8 +214,14 @@ def test_resume_after_kill_9_leaves_no_partial_files(tmp_path):
         with Image.open(f) as im:
             im.load()
             assert im.size == (64, 64)
+    # What kill -9 can leave mid-write: a temp file of the dead process; a live one's is kept.
+    (out / f".7.png.{proc.pid}.1{TMP_SUFFIX}").write_bytes(b"torn")
+    live = out / f".8.png.{os.getpid()}.1{TMP_SUFFIX}"
+    live.write_bytes(b"in progress elsewhere")
     r = translate(tmp_path / "in", "--model", model, "-o", out, "--batch-size", "4")
     assert r.exit_code == 0, r.output
+    assert live.exists()
+    live.unlink()
     assert f"translated {n - len(done)}, skipped {len(done)}, failed 0" in r.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.png" for i in range(n))
     assert not [p for p in out.iterdir() if p.name.endswith(TMP_SUFFIX)]
