@@ -1,0 +1,283 @@
+"""Checkpoint -> inference graph -> ONNX (FP32, optionally FP16) -> checks -> files.
+
+The trap this module exists for is test-time semantics. The paper normalises every test
+image with its own statistics (BatchNorm in train mode at batch 1) and keeps dropout on, so
+a naive eval-mode export gives different images, and a train-mode BatchNorm export makes an
+image's output depend on the rest of its batch. The exported graph therefore makes both
+explicit:
+- dropout is removed (deterministic: the same input always gives the same image);
+- ``per-image`` (default): each BatchNorm becomes an InstanceNormalization that carries the
+  BatchNorm's learned gamma/beta and eps, i.e. exactly train-mode BN at batch 1, now
+  batch-invariant by construction;
+- ``running``: eval-mode BatchNorm with the running statistics, folded into the preceding
+  convolution (what a deployment that wants the statistics of the training set uses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import helper
+from torch import nn
+
+from p2p.runtime.errors import ExportError, choices
+from p2p.runtime.metadata import NORM_MODES, ModelMetadata
+
+from .fp16 import to_fp16
+from .load import Loaded, Overrides, load
+
+INPUT, OUTPUT = "input", "output"
+MIN_OPSET = 16  # torch's exporter builds opset 18 and converts down; below 16 it cannot
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    source: Path | None = None  # checkpoint file or run folder; None: newest run in runs_dir
+    runs_dir: Path = Path("runs")
+    output: Path | None = None  # None: <run>/export/generator.onnx
+    fp16: bool = False  # also write <output stem>.fp16.onnx
+    opset: int = 17
+    norm_mode: str = "per-image"
+    dynamic_size: bool = False
+    triton: Path | None = None  # model repository folder
+    triton_name: str | None = None  # None: the run folder's name
+    triton_max_batch: int = 16
+    verify: bool = True
+    val_images: int = 4  # the batch >= 4 check
+    overrides: Overrides = field(default_factory=Overrides)
+
+
+# --- the inference graph ---------------------------------------------------------------
+
+def inference_graph(generator: nn.Module, norm: str, norm_mode: str) -> nn.Module:
+    """A copy of the generator with dropout removed and normalisation made explicit."""
+    if norm_mode not in NORM_MODES:
+        raise ExportError(f"norm mode {norm_mode!r} is not one of {choices(NORM_MODES)}")
+    if norm == "instance" and norm_mode == "running":
+        raise ExportError("--norm-mode running needs BatchNorm running statistics, but this "
+                          "generator uses instance norm (already per-image); use per-image")
+    graph = copy.deepcopy(generator).eval()
+    for seq in [m for m in graph.modules() if isinstance(m, nn.Sequential)]:
+        for i, layer in enumerate(seq):
+            if isinstance(layer, nn.Dropout):
+                seq[i] = nn.Identity()
+            elif isinstance(layer, nn.BatchNorm2d) and norm_mode == "per-image":
+                seq[i] = per_image_norm(layer)
+            elif isinstance(layer, nn.BatchNorm2d):
+                if i == 0 or not isinstance(seq[i - 1], (nn.Conv2d, nn.ConvTranspose2d)):
+                    raise ExportError("cannot fold a BatchNorm that does not follow a convolution")
+                seq[i - 1], seq[i] = fold_batchnorm(seq[i - 1], layer), nn.Identity()
+    return graph
+
+
+def per_image_norm(bn: nn.BatchNorm2d) -> nn.InstanceNorm2d:
+    """Train-mode BN at batch 1 == instance norm with BN's gamma, beta and eps.
+
+    Both use the biased variance over H x W; ONNX gets one InstanceNormalization node.
+    """
+    norm = nn.InstanceNorm2d(bn.num_features, eps=bn.eps, affine=True,
+                             track_running_stats=False)
+    with torch.no_grad():
+        norm.weight.copy_(bn.weight)
+        norm.bias.copy_(bn.bias)
+    return norm
+
+
+def fold_batchnorm(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+    """conv then eval-mode BN == one conv with scaled weights and a shifted bias."""
+    fused = copy.deepcopy(conv)
+    with torch.no_grad():
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        shift = bn.bias.double() - bn.running_mean.double() * scale
+        w = conv.weight.double()
+        # Conv2d weights are (out, in, kh, kw); ConvTranspose2d weights are (in, out, kh, kw).
+        axis = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
+        shape = [1, 1, 1, 1]
+        shape[axis] = -1
+        fused.weight = nn.Parameter((w * scale.view(shape)).float())
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        fused.bias = nn.Parameter((bias * scale + shift).float())
+    return fused
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx and onnxscript narrate every step (prints, log lines, warnings); p2p-export
+    prints its own summary, so silence them unless something fails."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def export_graph(graph: nn.Module, loaded: Loaded, opset: int,
+                 dynamic_size: bool) -> onnx.ModelProto:
+    """torch.onnx (dynamo) export with a dynamic batch axis (and H, W with dynamic_size).
+
+    Why the dynamo exporter: it is torch's default and maintained path (the TorchScript one
+    is deprecated since torch 2.9), both verify equally here, and its graph is clean (no
+    Identity nodes). It builds opset 18 and converts down; when it cannot, it silently keeps
+    18, so the opset of the result is checked against the request.
+    """
+    cfg, multiple = loaded.model, 2 ** loaded.model.num_downs
+    # Trace with 2 on every dynamic axis: torch.export specialises axes of size 0/1.
+    side = 2 * multiple if dynamic_size else cfg.image_size
+    x = torch.randn(2, cfg.in_channels, side, side)
+    shapes = {0: torch.export.Dim("batch", min=1)}
+    if dynamic_size:
+        shapes[2] = torch.export.Dim("h", min=1) * multiple
+        shapes[3] = torch.export.Dim("w", min=1) * multiple
+    try:
+        with _quiet():
+            program = torch.onnx.export(graph, (x,), None, dynamo=True, opset_version=opset,
+                                        input_names=[INPUT], output_names=[OUTPUT],
+                                        dynamic_shapes=(shapes,), external_data=False,
+                                        optimize=True, verbose=False)
+        model = program.model_proto
+    except Exception as e:  # the exporter raises many untyped errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"torch.onnx export failed: {first[:300]}") from None
+    got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise ExportError(f"asked for opset {opset} but the exporter produced opset {got}; "
+                          f"use --opset {MIN_OPSET} or newer")
+    return model
+
+
+# --- metadata and files ------------------------------------------------------------------
+
+def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool) -> ModelMetadata:
+    try:
+        p2p_version = version("p2p")
+    except PackageNotFoundError:
+        p2p_version = "unknown"
+    cfg = loaded.model
+    return ModelMetadata(
+        direction=loaded.direction, image_size=cfg.image_size,
+        size_multiple=2 ** cfg.num_downs, dynamic_size=dynamic_size,
+        color_space=loaded.color_space, in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels, norm_mode=norm_mode,
+        input_dtype="float16" if fp16 else "float32", output_dtype="float32",
+        input_name=INPUT, output_name=OUTPUT, training_step=loaded.step,
+        checkpoint_sha256=loaded.sha256, source=loaded.source, p2p_version=p2p_version)
+
+
+def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProto:
+    props = {p.key: p.value for p in model.metadata_props}
+    helper.set_model_props(model, {**props, **meta.to_props()})
+    model.doc_string = (f"pix2pix generator ({meta.direction}, {meta.color_space}, "
+                        f"{meta.norm_mode} norm, dropout removed) exported by p2p "
+                        f"{meta.p2p_version}")
+    return model
+
+
+def staged(final: Path) -> Path:
+    """A temp file beside ``final``: os.replace onto it is atomic (same filesystem)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp" + final.suffix,
+                               dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def default_output(loaded: Loaded) -> Path:
+    return loaded.run_dir / "export" / "generator.onnx"
+
+
+def fp16_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".fp16" + output.suffix)
+
+
+def triton_name(cfg: ExportConfig, loaded: Loaded) -> str:
+    name = cfg.triton_name or re.sub(r"[^A-Za-z0-9_.-]", "_", loaded.run_dir.resolve().name)
+    return name or "pix2pix"
+
+
+# --- the stage ---------------------------------------------------------------------------
+
+def main(cfg: ExportConfig) -> list[Path]:
+    """Export, verify, then publish every file at once; a failure leaves no new file."""
+    from . import triton, verify  # verify imports onnxruntime: only when needed
+
+    if not MIN_OPSET <= cfg.opset <= onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {cfg.opset} is outside {MIN_OPSET}.."
+                          f"{onnx.defs.onnx_opset_version()}")
+    t0 = time.perf_counter()
+    loaded = load(cfg.source, cfg.overrides, cfg.runs_dir)
+    mc = loaded.model
+    print(f"checkpoint {loaded.path} ({loaded.source}, step {loaded.step}, "
+          f"sha256 {loaded.sha256[:12]}...)")
+    print(f"generator: U-Net-{mc.image_size} ngf={mc.ngf} norm={mc.norm} "
+          f"{mc.in_channels}->{mc.out_channels} channels, {loaded.direction}, "
+          f"{loaded.color_space}; norm mode {cfg.norm_mode}, dropout removed")
+    graph = inference_graph(loaded.generator, mc.norm, cfg.norm_mode)
+    fp32 = export_graph(graph, loaded, cfg.opset, cfg.dynamic_size)
+    out = cfg.output or default_output(loaded)
+    metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False)}
+    models = {out: with_metadata(fp32, metas[out])}
+    if cfg.fp16:
+        metas[fp16_path(out)] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=True)
+        models[fp16_path(out)] = with_metadata(to_fp16(fp32), metas[fp16_path(out)])
+    print(f"exported opset {cfg.opset} with torch.onnx (dynamo) in "
+          f"{time.perf_counter() - t0:.1f} s")
+
+    temps: dict[Path, Path] = {}
+    new_dirs = [d for d in {p.parent for p in models} if not d.exists()]
+    published = False
+    try:
+        for final, model in models.items():
+            temps[final] = staged(final)
+            onnx.save_model(model, temps[final])
+        if cfg.verify:
+            inputs = verify.Inputs.build(loaded, cfg.val_images, cfg.dynamic_size)
+            refs = verify.References(loaded.generator, cfg.norm_mode, inputs)
+            for final, tmp in temps.items():
+                verify.verify(tmp, final.name, refs, metas[final])
+        else:
+            print("verification skipped (--no-verify): the files are unchecked")
+        for final, tmp in temps.items():
+            publish(tmp, final)
+            print(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB)")
+        published = True
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        for d in new_dirs if not published else []:
+            with contextlib.suppress(OSError):  # only if empty: ours, and nothing else there
+                d.rmdir()
+    written = list(models)
+    if cfg.triton:
+        name = triton_name(cfg, loaded)
+        for final in list(models):
+            model_name = name + ("_fp16" if metas[final].input_dtype == "float16" else "")
+            written += triton.write_model(cfg.triton, model_name, final, metas[final],
+                                          cfg.triton_max_batch)
+        print(f"Triton model repository: {cfg.triton}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return written

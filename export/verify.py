@@ -1,0 +1,252 @@
+"""Checks every exported file passes before it is published.
+
+1. ``onnx.checker`` (full) and strict shape inference: the output shape must come out as
+   (batch, out_channels, H, W).
+2. onnxruntime, through the same ``Engine`` users run, against PyTorch on real-looking
+   inputs (the run's val images when they can be found, else smooth generated images):
+   batch 1 and batch >= 4, max abs error and PSNR printed for each.
+3. Batch invariance: image k alone gives the same output as image k inside the batch.
+4. The metadata reads back (through ``Engine``) exactly as written.
+
+The PyTorch reference is the *original* generator, not the exported graph's PyTorch form,
+so the checks also prove the graph rewrite: per-image = BatchNorm in train mode at batch 1
+with dropout off (the paper's test-time behaviour, minus the noise); running = eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from p2p.runtime.color import lab_to_model, rgb_to_lab
+from p2p.runtime.engine import Engine
+from p2p.runtime.errors import ExportError, P2PError
+from p2p.runtime.metadata import ModelMetadata
+
+from .fp16 import emulate
+from .load import Loaded
+
+FP32_MAX_ABS = 1e-4  # onnxruntime vs PyTorch, FP32 model, values in [-1, 1]
+FP16_MIN_PSNR = 40.0  # dB over the [-1, 1] range, FP16 model vs FP32 PyTorch
+# Image k alone vs inside a batch: the same arithmetic, so only kernel-choice rounding.
+INVARIANCE_TOL = {"float32": 1e-5, "float16": 2e-3}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def psnr(a: np.ndarray, b: np.ndarray, value_range: float = 2.0) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(value_range ** 2 / mse)
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+def val_folder(data: str | None) -> Path | None:
+    """The val/ split of the training data: a folder path, or a dataset name looked up where
+    the trainer keeps named datasets ($P2P_DATA, then ~/.cache/p2p/datasets)."""
+    if not data:
+        return None
+    roots = [Path(data)]
+    if os.environ.get("P2P_DATA"):
+        roots.append(Path(os.environ["P2P_DATA"]) / data)
+    roots.append(Path.home() / ".cache" / "p2p" / "datasets" / data)
+    for root in roots:
+        for val in (root / "val", root.parent / "val"):
+            if val.is_dir():
+                return val
+    return None
+
+
+def load_val_images(folder: Path, loaded: Loaded, n: int, hw: tuple[int, int]) -> list:
+    """Up to n model inputs (C, H, W) in [-1, 1] from A|B val pairs, the paper's way."""
+    from PIL import Image, UnidentifiedImageError
+
+    cfg, out = loaded.model, []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if loaded.color_space == "rgb":  # A|B side by side: take the input half
+                    w = im.width // 2
+                    im = im.crop((0, 0, w, im.height) if loaded.direction == "AtoB"
+                                 else (w, 0, 2 * w, im.height))
+                im = im.resize((hw[1], hw[0]), Image.BICUBIC)
+        except (OSError, UnidentifiedImageError):
+            continue  # an unreadable val image is not the model's problem
+        rgb = np.asarray(im, dtype=np.float32) / 255.0
+        if loaded.color_space == "lab":  # colorization: the whole photo's L channel
+            x = lab_to_model(rgb_to_lab(rgb))[0].astype(np.float32)
+        elif cfg.in_channels == 1:
+            x = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None] * 2 - 1
+        elif cfg.in_channels == 3:
+            x = rgb * 2 - 1
+        else:
+            return []
+        out.append(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
+        if len(out) == n:
+            break
+    return out
+
+
+def smooth_images(n: int, channels: int, hw: tuple[int, int], seed: int = 0) -> list:
+    """Image-like inputs: a few low-frequency waves per channel, squashed into [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:hw[0], 0:hw[1]] / max(hw)
+    out = []
+    for _ in range(n):
+        img = np.zeros((channels, *hw))
+        for c in range(channels):
+            for _ in range(4):
+                fx, fy, phase = rng.uniform(0.5, 4), rng.uniform(0.5, 4), rng.uniform(0, 6.3)
+                img[c] += rng.uniform(0.3, 1) * np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
+        out.append(np.tanh(img).astype(np.float32))
+    return out
+
+
+@dataclass(frozen=True)
+class Inputs:
+    x: np.ndarray  # (N, C, S, S), N >= 4
+    source: str  # what they are, for the printout
+    x_dynamic: np.ndarray | None  # (2, C, 2m, m) when H and W are dynamic
+
+    @classmethod
+    def build(cls, loaded: Loaded, n: int, dynamic_size: bool) -> "Inputs":
+        cfg, m, n = loaded.model, 2 ** loaded.model.num_downs, max(n, 4)
+        size, folder = (cfg.image_size, cfg.image_size), val_folder(loaded.data)
+        images = load_val_images(folder, loaded, n, size) if folder else []
+        source = f"{len(images)} val images from {folder}" if images else ""
+        if len(images) < n:  # top up with generated ones
+            images += smooth_images(n - len(images), cfg.in_channels, size)
+            source = (source + " + " if source else "") + "generated smooth images"
+        x_dyn = None
+        if dynamic_size:  # a taller-than-wide size the model was not traced at
+            x_dyn = np.stack([np.asarray(torch.nn.functional.interpolate(
+                torch.from_numpy(images[k][None]), size=(2 * m, m), mode="bilinear",
+                align_corners=False)[0]) for k in range(2)])
+        return cls(np.stack(images), source, x_dyn)
+
+
+# --- the PyTorch reference ------------------------------------------------------------------
+
+class References:
+    """PyTorch FP32 outputs of the original generator for the test inputs."""
+
+    def __init__(self, generator: nn.Module, norm_mode: str, inputs: Inputs):
+        self.norm_mode, self.inputs = norm_mode, inputs
+        self.y = reference(generator, inputs.x, norm_mode)
+        self.y_dynamic = (reference(generator, inputs.x_dynamic, norm_mode)
+                          if inputs.x_dynamic is not None else None)
+
+
+@torch.no_grad()
+def reference(generator: nn.Module, x: np.ndarray, norm_mode: str) -> np.ndarray:
+    net = copy.deepcopy(generator)
+    if norm_mode == "running":
+        return net.eval()(torch.from_numpy(x)).numpy()
+    # Train-mode BatchNorm uses the statistics of its batch: one image at a time gives each
+    # image its own statistics. Dropout off: the export is deterministic by design.
+    net.train()
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    return np.concatenate([net(torch.from_numpy(x[k:k + 1])).numpy() for k in range(len(x))])
+
+
+# --- the checks ------------------------------------------------------------------------
+
+def check_graph(path: Path, meta: ModelMetadata) -> tuple[str, onnx.ModelProto]:
+    """onnx.checker (full) and strict shape inference; returns the output shape and model."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as e:  # onnx raises ValidationError / InferenceError / others
+        raise ExportError(f"{path.name}: onnx checker: {str(e).strip().splitlines()[0]}") \
+            from None
+    dims = [d.dim_param or d.dim_value
+            for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    hw = [] if meta.dynamic_size else [meta.image_size, meta.image_size]
+    if len(dims) != 4 or isinstance(dims[0], int) or dims[1] != meta.out_channels or (
+            hw and dims[2:] != hw):
+        raise ExportError(f"{path.name}: shape inference gives output {dims}, expected "
+                          f"(batch, {meta.out_channels}, H, W)")
+    return "[" + ", ".join(map(str, dims)) + "]", model
+
+
+def verify(path: Path, label: str, refs: References, meta: ModelMetadata) -> dict:
+    """Run every check on ``path``; print the numbers; raise ExportError on any failure."""
+    t0 = time.perf_counter()
+    shape, model = check_graph(path, meta)
+    print(f"{label}: onnx.checker (full) ok, shape inference: output {shape}")
+    try:
+        # No optimised-graph cache: it would be keyed to this temporary file's name.
+        engine = Engine(path, provider="cpu", batch_size=len(refs.inputs.x),
+                        optimized_cache=False)
+    except P2PError as e:
+        raise ExportError(f"{label}: {e}") from None
+    if engine.metadata != meta:
+        raise ExportError(f"{label}: metadata reads back as {engine.metadata}, wrote {meta}")
+    x, y = refs.inputs.x, refs.y
+    t = time.perf_counter()
+    alone = np.concatenate([engine.run(x[k:k + 1]) for k in range(len(x))])
+    t1 = (time.perf_counter() - t) / len(x)
+    t = time.perf_counter()
+    together = engine.run(x)
+    tn = (time.perf_counter() - t) / len(x)
+    fp16 = meta.input_dtype == "float16"
+    r = {"max_abs_b1": float(np.abs(alone - y).max()), "psnr_b1": psnr(alone, y),
+         "max_abs_bn": float(np.abs(together - y).max()), "psnr_bn": psnr(together, y),
+         "invariance": float(np.abs(alone - together).max()), "batch": len(x)}
+    # onnxruntime's CPU runs FP16 ops in FP32 (only weights and input are rounded): say so.
+    what = ("FP16 model vs FP32 PyTorch (CPU: FP16 weights, FP32 arithmetic)" if fp16
+            else "FP32 model vs PyTorch")
+    print(f"  onnxruntime (cpu) {what}, {refs.norm_mode} norm, on {refs.inputs.source}:")
+    print(f"    batch 1: max abs error {r['max_abs_b1']:.3g}, PSNR {r['psnr_b1']:.1f} dB "
+          f"({t1 * 1e3:.0f} ms/image)")
+    print(f"    batch {len(x)}: max abs error {r['max_abs_bn']:.3g}, PSNR {r['psnr_bn']:.1f} dB "
+          f"({tn * 1e3:.0f} ms/image)")
+    print(f"    batch invariance (image alone vs in a batch of {len(x)}): max diff "
+          f"{r['invariance']:.3g}")
+    if fp16:  # the bound that matters: FP16 activations too, as a GPU computes them
+        t = time.perf_counter()
+        emulated = emulate(model, x)
+        r["max_abs_gpu"], r["psnr_gpu"] = float(np.abs(emulated - y).max()), psnr(emulated, y)
+        print(f"    FP16 arithmetic emulated (FP16 activations, FP32 accumulation, as on a "
+              f"GPU), batch {len(x)}: max abs error {r['max_abs_gpu']:.3g}, PSNR "
+              f"{r['psnr_gpu']:.1f} dB ({time.perf_counter() - t:.1f} s)")
+    if refs.y_dynamic is not None:
+        xd = refs.inputs.x_dynamic
+        out = engine.run(xd)
+        r["max_abs_dynamic"] = float(np.abs(out - refs.y_dynamic).max())
+        r["psnr_dynamic"] = psnr(out, refs.y_dynamic)
+        print(f"    dynamic size {xd.shape[2]}x{xd.shape[3]}: max abs error "
+              f"{r['max_abs_dynamic']:.3g}, PSNR {r['psnr_dynamic']:.1f} dB")
+    failures = _failures(r, fp16, meta.input_dtype)
+    if failures:
+        raise ExportError(f"{label}: verification failed: {'; '.join(failures)}; "
+                          "nothing was written")
+    print(f"  {label} verified in {time.perf_counter() - t0:.1f} s")
+    return r
+
+
+def _failures(r: dict, fp16: bool, dtype: str) -> list[str]:
+    bad = []
+    for key, name in (("b1", "batch 1"), ("bn", f"batch {r['batch']}"),
+                      ("dynamic", "dynamic size"), ("gpu", "FP16 emulated")):
+        if f"psnr_{key}" not in r:
+            continue
+        if fp16 and not r[f"psnr_{key}"] >= FP16_MIN_PSNR:
+            bad.append(f"{name} PSNR {r[f'psnr_{key}']:.1f} dB < {FP16_MIN_PSNR} dB")
+        if not fp16 and not r[f"max_abs_{key}"] <= FP32_MAX_ABS:
+            bad.append(f"{name} max abs error {r[f'max_abs_{key}']:.3g} > {FP32_MAX_ABS}")
+    if not r["invariance"] <= INVARIANCE_TOL[dtype]:
+        bad.append(f"batch invariance {r['invariance']:.3g} > {INVARIANCE_TOL[dtype]}")
+    return bad
