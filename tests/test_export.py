@@ -73,10 +73,12 @@ def train_mode_per_image(net: nn.Module, x: np.ndarray) -> np.ndarray:
     return verify.reference(net, x, "per-image")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Engines built here keep their optimised graphs out of the user's cache."""
-    monkeypatch.setenv("P2P_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """Engines built here (and in p2p-export's checks) keep their graphs out of ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("P2P_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
