@@ -1,0 +1,211 @@
+"""Paired training data: side-by-side A|B images, two folders of same-named images, or one
+folder of colour images for Lab colorization (L -> ab).
+
+Every sample is (input, target) in [-1, 1], CHW float32, already arranged for the model's
+direction. Augmentation is the paper's jitter: resize to ``load_size`` (286), take the SAME
+random ``image_size`` (256) crop of A and B, and the SAME horizontal flip.
+
+Reproducibility: jitter is not drawn from a global RNG but derived from (seed, epoch, index),
+and each epoch's order from (seed, epoch). So a run resumed in the middle of an epoch sees
+exactly the batches an uninterrupted run would have seen, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from p2p.runtime import color
+from p2p.runtime.errors import DataError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MODES = ("side-by-side", "two-folders", "lab")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Sorted image files directly in ``folder``; a missing or empty folder is a DataError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such data folder")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+    return files
+
+
+def split_dirs(root: Path) -> tuple[Path, Path | None]:
+    """pix2pix layout: ``root/train`` and ``root/val`` (or ``test``); else ``root`` is flat."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder")
+    if (root / "train").is_dir():
+        val = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+        return root / "train", val
+    return root, None
+
+
+def _open(path: Path) -> Image.Image:
+    """Decode fully (lazy PIL decoding would hide a truncated file until later)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable image ({str(e).splitlines()[0][:120]})") from None
+
+
+def _check_header(path: Path, side_by_side: bool) -> None:
+    """Cheap up-front check (header only), so a bad file fails now, not hours into training."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable image ({str(e).splitlines()[0][:120]})") from None
+    if side_by_side and w % 2:
+        raise DataError(f"{path}: width {w} is odd, so it is not an A|B side-by-side pair")
+
+
+def pair_files(dir_a: Path, dir_b: Path) -> list[tuple[Path, Path]]:
+    """Same-named images in two folders; any name on one side only is an error."""
+    a = {p.name: p for p in list_images(dir_a)}
+    b = {p.name: p for p in list_images(dir_b)}
+    only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+    if only_a:
+        raise DataError(f"{a[only_a[0]]}: no image of the same name in {dir_b} "
+                        f"({len(only_a)} unmatched in {dir_a})")
+    if only_b:
+        raise DataError(f"{b[only_b[0]]}: no image of the same name in {dir_a} "
+                        f"({len(only_b)} unmatched in {dir_b})")
+    return [(a[n], b[n]) for n in sorted(a)]
+
+
+def jitter_params(seed: int, epoch: int, index: int, load_size: int, image_size: int,
+                  flip: bool) -> tuple[int, int, bool]:
+    """Crop corner and flip for one sample, a pure function of (seed, epoch, index)."""
+    rng = np.random.default_rng([seed, epoch, index])
+    x, y = (int(v) for v in rng.integers(0, load_size - image_size + 1, size=2))
+    return x, y, bool(flip and rng.random() < 0.5)
+
+
+def _jitter(im: Image.Image, size: int, crop: tuple[int, int] | None, image_size: int,
+            flip: bool) -> Image.Image:
+    # Bicubic resize, as the reference's transforms.Resize(..., BICUBIC).
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    if crop is not None:
+        x, y = crop
+        im = im.crop((x, y, x + image_size, y + image_size))
+    if flip:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    return im
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """uint8 HWC RGB -> float32 CHW in [-1, 1]."""
+    a = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+
+
+class PairDataset(Dataset):
+    """``ds[(epoch, i)]`` -> jittered (input, target); ``ds[i]`` -> plain resize, no jitter.
+
+    items: paths (side-by-side, lab) or (a, b) path pairs (two-folders).
+    """
+
+    def __init__(self, items: list, mode: str, direction: str = "AtoB", image_size: int = 256,
+                 load_size: int = 286, flip: bool = True, seed: int = 0):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}")
+        if load_size < image_size:
+            raise DataError(f"load size {load_size} is smaller than image size {image_size}")
+        self.items, self.mode, self.direction = list(items), mode, direction
+        self.image_size, self.load_size, self.flip, self.seed = image_size, load_size, flip, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def name(self, i: int) -> str:
+        item = self.items[i]
+        return str(item[0] if isinstance(item, tuple) else item)
+
+    def _load(self, i: int) -> tuple[Image.Image, Image.Image | None]:
+        item = self.items[i]
+        if self.mode == "two-folders":
+            return _open(item[0]), _open(item[1])
+        im = _open(item)
+        if self.mode == "lab":
+            return im, None
+        w, h = im.size
+        if w % 2:
+            raise DataError(f"{item}: width {w} is odd, so it is not an A|B side-by-side pair")
+        return im.crop((0, 0, w // 2, h)), im.crop((w // 2, 0, w, h))
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):  # (epoch, index): training sample with jitter
+            epoch, i = key
+            x, y, flip = jitter_params(self.seed, epoch, i, self.load_size, self.image_size,
+                                       self.flip)
+            size, crop = self.load_size, (x, y)
+        else:  # evaluation / samples: the image at the model's size, untouched otherwise
+            i, size, crop, flip = key, self.image_size, None, False
+        a, b = self._load(i)
+        a = _jitter(a, size, crop, self.image_size, flip)
+        if self.mode == "lab":
+            lab = color.rgb_to_lab(np.asarray(a, dtype=np.float64) / 255.0)
+            L, ab = color.lab_to_model(lab)
+            return (torch.from_numpy(L.transpose(2, 0, 1).astype(np.float32)),
+                    torch.from_numpy(ab.transpose(2, 0, 1).astype(np.float32)))
+        b = _jitter(b, size, crop, self.image_size, flip)
+        a, b = to_tensor(a), to_tensor(b)
+        return (a, b) if self.direction == "AtoB" else (b, a)
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) keys: a permutation fixed by (seed, epoch), from ``start`` on.
+
+    Set ``epoch`` and ``start`` before iterating; resuming mid-epoch sets ``start`` to the
+    number of samples the interrupted run had already consumed in that epoch.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return iter([(self.epoch, int(i)) for i in order[self.start:]])
+
+
+def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
+                   lab_colorization: bool, direction: str, image_size: int, load_size: int,
+                   flip: bool, seed: int) -> tuple[PairDataset, PairDataset]:
+    """(train set, sample set). The sample set is ``val/`` (or ``test/``) when there is one,
+    else the training images themselves, without jitter."""
+    if data_a is not None or data_b is not None:
+        if data_a is None or data_b is None:
+            raise DataError("--data-a and --data-b go together: give both folders")
+        train_a, val_a = split_dirs(data_a)
+        train_b, val_b = split_dirs(data_b)
+        train_items = pair_files(train_a, train_b)
+        val_items = pair_files(val_a, val_b) if val_a and val_b else train_items
+        mode = "two-folders"
+        for a, b in train_items:
+            _check_header(a, False)
+            _check_header(b, False)
+    else:
+        train_dir, val_dir = split_dirs(data)
+        mode = "lab" if lab_colorization else "side-by-side"
+        train_items = list_images(train_dir)
+        val_items = list_images(val_dir) if val_dir else train_items
+        for p in train_items:
+            _check_header(p, mode == "side-by-side")
+    kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
+              flip=flip, seed=seed)
+    return PairDataset(train_items, **kw), PairDataset(val_items, **kw)

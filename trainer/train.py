@@ -1,0 +1,478 @@
+"""The pix2pix training loop: conditional GAN + L1, exactly the paper's recipe.
+
+    D:  0.5 * (BCE(D(x, y), 1) + BCE(D(x, G(x)), 0))           (halved: D learns slower)
+    G:  BCE(D(x, G(x)), 1) + l1_weight * |G(x) - y|_1           (l1_weight = 100)
+    Adam(lr 2e-4, beta1 0.5); batch 1; constant LR for ``epochs``, then linear decay
+    towards zero over ``epochs_decay`` (the reference's LambdaLR formula).
+
+A run folder holds config.json, checkpoints/latest.pt (+ step_NNNNNN.pt snapshots),
+metrics.jsonl, samples/step_NNNNNN.png and, when tensorboard is installed, tensorboard/.
+``--resume`` restores every piece of state (weights, BN statistics, Adam moments, LR
+schedule, RNGs, position in the epoch), so it reproduces an uninterrupted run's losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from p2p.runtime import color
+from p2p.runtime.errors import CheckpointError, DataError, P2PError, ProviderError, choices
+from p2p.trainer import checkpoint, data, datasets
+from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LOSSES = ("loss_G_GAN", "loss_G_L1", "loss_D_real", "loss_D_fake")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str | None = None  # folder (A|B side by side, or colour images) or a classic name
+    data_a: str | None = None  # or two folders of same-named images
+    data_b: str | None = None
+    lab_colorization: bool = False
+    direction: str = "AtoB"
+    output: str = "runs/run"
+    image_size: int = 256
+    load_size: int = 286
+    flip: bool = True
+    ngf: int = 64
+    ndf: int = 64
+    norm: str = "batch"
+    l1_weight: float = 100.0
+    lr: float = 2e-4
+    beta1: float = 0.5
+    batch_size: int = 1
+    epochs: int = 100  # at the initial LR
+    epochs_decay: int = 100  # then linear decay to zero
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: full schedule)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False  # mixed precision, CUDA only
+    workers: int = 1
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    log_every: int = 10  # metrics.jsonl: means over this many steps
+    sample_every: int = 500
+    num_samples: int = 4
+    save_every: int = 2000  # checkpoints/latest.pt
+    snapshot_every: int = 20000  # checkpoints/step_NNNNNN.pt, kept (0: none)
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+# What defines the training trajectory: a resume must not change any of these.
+RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "image_size",
+          "load_size", "flip", "ngf", "ndf", "norm", "l1_weight", "lr", "beta1", "batch_size",
+          "epochs", "epochs_decay", "seed")
+
+
+def default_output(data: str | None, data_a: str | None) -> str:
+    src = data or data_a
+    return f"runs/{Path(src.rstrip('/')).name}" if src else "runs/run"
+
+
+def load_run_config(output: Path) -> dict:
+    """The TrainConfig fields a previous run saved in ``output/config.json``."""
+    path = Path(output) / "config.json"
+    try:
+        return json.loads(path.read_text())["train"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no run to resume here (no config.json)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a p2p run config ({e})") from None
+
+
+def resolve_device(name: str, amp: bool) -> torch.device:
+    """Never silently falls back: a CUDA request runs on CUDA or stops with one line."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+        print(f"device: {name} (auto)")
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise ProviderError(f"--device cuda: CUDA is not available (torch {torch.__version__} "
+                            "sees no CUDA GPU); use --device cpu or auto")
+    elif name == "mps" and not has_mps:
+        raise ProviderError("--device mps: Apple MPS is not available here; use --device cpu "
+                            "or auto")
+    elif name not in DEVICES:
+        raise ProviderError(f"--device {name}: unknown; allowed: {choices(DEVICES)}")
+    if amp and name != "cuda":
+        raise ProviderError(f"--amp: mixed precision needs CUDA, and this run is on {name}; "
+                            "drop --amp or use --device cuda")
+    return torch.device(name)
+
+
+def lr_lambda(epochs: int, epochs_decay: int):
+    """The reference's rule: factor 1 for ``epochs`` epochs, then down by 1/(decay+1) each."""
+    def rule(epoch: int) -> float:
+        return 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
+    return rule
+
+
+class Trainer:
+    """Networks, optimizers, schedules and counters: everything a checkpoint holds."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, task: dict, device):
+        self.cfg, self.model_cfg, self.task, self.device = cfg, model_cfg, task, device
+        self.G = init_weights(UnetGenerator(model_cfg)).to(device)
+        self.D = init_weights(PatchDiscriminator(model_cfg)).to(device)
+        # fused Adam: one kernel per step instead of a dozen passes over 57M parameters.
+        fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+        betas = (cfg.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas, **fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas, **fused)
+        rule = lr_lambda(cfg.epochs, cfg.epochs_decay)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, rule)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, rule)
+        self.scaler_g = torch.amp.GradScaler(device.type, enabled=cfg.amp)
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=cfg.amp)
+        self.bce, self.l1 = nn.BCEWithLogitsLoss(), nn.L1Loss()
+        self.step = self.epoch = 0
+        self.schedule_epochs = cfg.epochs + cfg.epochs_decay
+        self.window = torch.zeros(len(LOSSES), device=device)  # loss sums since the last log
+        self.window_n = 0
+        self.stop = False
+
+    def state_dict(self) -> dict:
+        return {
+            "model": asdict(self.model_cfg), "task": dict(self.task), "train": asdict(self.cfg),
+            "step": self.step, "epoch": self.epoch,
+            "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "window": {"sum": self.window.cpu(), "n": self.window_n},
+        }
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        missing = [k for k in ("discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng")
+                   if k not in state]
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume: no {', '.join(missing)} "
+                                  "(a weights-only file?)")
+        saved = state.get("train", {})
+        mine = asdict(self.cfg)
+        diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE if saved.get(k) != mine[k]]
+        if diff:
+            raise CheckpointError(f"{path}: this run was trained with {'; '.join(diff)}; "
+                                  "drop those flags or use another --output")
+        try:
+            self.G.load_state_dict(state["generator"])
+            self.D.load_state_dict(state["discriminator"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights do not fit this model: "
+                                  f"{str(e).splitlines()[0][:200]}") from None
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        if self.cfg.amp:
+            self.scaler_g.load_state_dict(state.get("scaler_g") or {})
+            self.scaler_d.load_state_dict(state.get("scaler_d") or {})
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        window = state.get("window", {"sum": torch.zeros(len(LOSSES)), "n": 0})
+        self.window, self.window_n = window["sum"].to(self.device), int(window["n"])
+        checkpoint.set_rng_state(state["rng"])
+
+
+def train_step(t: Trainer, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.Tensor:
+    """One D update then one G update on a batch; returns the 4 losses (no host sync)."""
+    amp = torch.autocast(t.device.type, enabled=t.cfg.amp)
+    with amp:
+        fake_b = t.G(real_a)
+    # Discriminator: real pairs -> 1, generated pairs -> 0; G is not updated here.
+    t.D.requires_grad_(True)
+    t.opt_d.zero_grad(set_to_none=True)
+    with amp:
+        pred_fake = t.D(torch.cat([real_a, fake_b.detach()], 1))
+        pred_real = t.D(torch.cat([real_a, real_b], 1))
+        loss_d_fake = t.bce(pred_fake, torch.zeros_like(pred_fake))
+        loss_d_real = t.bce(pred_real, torch.ones_like(pred_real))
+        loss_d = 0.5 * (loss_d_fake + loss_d_real)
+    t.scaler_d.scale(loss_d).backward()
+    t.scaler_d.step(t.opt_d)
+    t.scaler_d.update()
+    # Generator: fool the (just updated, now frozen) D and stay close to the target in L1.
+    t.D.requires_grad_(False)
+    t.opt_g.zero_grad(set_to_none=True)
+    with amp:
+        pred_fake = t.D(torch.cat([real_a, fake_b], 1))
+        loss_g_gan = t.bce(pred_fake, torch.ones_like(pred_fake))
+        loss_g_l1 = t.l1(fake_b, real_b)
+        loss_g = loss_g_gan + t.cfg.l1_weight * loss_g_l1
+    t.scaler_g.scale(loss_g).backward()
+    t.scaler_g.step(t.opt_g)
+    t.scaler_g.update()
+    return torch.stack([loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake]).detach().float()
+
+
+@contextlib.contextmanager
+def per_image_norm(G: nn.Module):
+    """Samples as export's 'per-image' mode and the paper's test time: batch norm uses the
+    image's own statistics; dropout is off. Running statistics are left untouched and no RNG
+    is drawn, so writing samples never changes the training trajectory."""
+    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was = G.training
+    G.train()
+    for m in bns:
+        m.track_running_stats = False
+    for m in G.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+        G.train(was)
+
+
+def _to_rgb(x: torch.Tensor, L: torch.Tensor | None = None) -> np.ndarray:
+    """CHW in [-1, 1] -> HWC uint8; with ``L`` given, ``x`` is ab and is shown in colour."""
+    x = x.float().cpu().numpy().transpose(1, 2, 0)
+    if L is not None:
+        rgb = color.lab_to_rgb(color.model_to_lab(L.float().cpu().numpy().transpose(1, 2, 0), x))
+        return (rgb * 255.0 + 0.5).astype(np.uint8)
+    if x.shape[2] == 1:  # the L input of a colorization model, shown as grey
+        x = np.repeat(x, 3, axis=2)
+    return ((x + 1.0) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def write_samples(t: Trainer, samples: list, path: Path) -> float:
+    """Grid of input | output | target rows on fixed val images; returns their mean L1."""
+    rows, l1 = [], []
+    lab = t.task["color_space"] == "lab"
+    with per_image_norm(t.G), torch.autocast(t.device.type, enabled=t.cfg.amp):
+        for inp, tgt in samples:  # one at a time: per-image statistics
+            out = t.G(inp[None].to(t.device))[0].float()
+            l1.append((out.cpu() - tgt).abs().mean().item())
+            rows.append(np.concatenate([_to_rgb(inp), _to_rgb(out, inp if lab else None),
+                                        _to_rgb(tgt, inp if lab else None)], axis=1))
+    checkpoint.atomic_write(path, lambda tmp: Image.fromarray(np.concatenate(rows, 0))
+                            .save(tmp, format="PNG"))
+    return float(np.mean(l1))
+
+
+def _batches(loader):
+    """Iterate a DataLoader; an error raised in a worker comes back as its own one line."""
+    it = iter(loader)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except P2PError as e:  # DataLoader re-raises with the worker's whole traceback
+            last = str(e).strip().splitlines()[-1]
+            raise type(e)(last.split(f"{type(e).__name__}: ", 1)[-1]) from None
+
+
+class RunLog:
+    """metrics.jsonl (+ TensorBoard when installed)."""
+
+    def __init__(self, out: Path, step: int):
+        self.path = out / "metrics.jsonl"
+        self.file = open(self.path, "a")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=step or None)
+        except ImportError:
+            pass
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: Path,
+                    samples: list, log: RunLog, bar) -> None:
+    cfg = t.cfg
+    for real_a, real_b in _batches(loader):
+        losses = train_step(t, real_a.to(t.device, non_blocking=True),
+                            real_b.to(t.device, non_blocking=True))
+        t.step += 1
+        t.window += losses
+        t.window_n += 1
+        bar.update(1)
+        # A --max-steps stop leaves a partial window in the checkpoint for --resume to finish.
+        if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
+            now = time.perf_counter()
+            means = (t.window / t.window_n).tolist()  # the one host sync per log
+            rec = {"step": t.step, "epoch": t.epoch, **dict(zip(LOSSES, means)),
+                   "lr": t.opt_g.param_groups[0]["lr"],
+                   "images_per_s": t.window_n * cfg.batch_size / max(now - t.tick, 1e-9)}
+            log.write(rec)
+            bar.set_postfix(G_GAN=f"{means[0]:.3f}", G_L1=f"{means[1]:.3f}",
+                            D_real=f"{means[2]:.3f}", D_fake=f"{means[3]:.3f}")
+            t.window.zero_()
+            t.window_n, t.tick = 0, now
+        if t.step % steps_per_epoch == 0:  # end of epoch: the LR schedule moves per epoch
+            t.sched_g.step()
+            t.sched_d.step()
+            t.epoch += 1
+        if cfg.sample_every and t.step % cfg.sample_every == 0:
+            val_l1 = write_samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
+            log.write({"step": t.step, "epoch": t.epoch, "val_L1": val_l1})
+        done = t.step >= total or t.stop
+        snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
+        if done or snapshot or t.step % cfg.save_every == 0:
+            checkpoint.save_checkpoint(t.state_dict(), out / "checkpoints" / "latest.pt")
+        if snapshot:
+            shutil.copyfile(out / "checkpoints" / "latest.pt",
+                            out / "checkpoints" / f"step_{t.step:06d}.pt")
+        if done:
+            return
+
+
+def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
+    cfg = t.cfg
+    sampler = data.EpochSampler(len(train_ds), cfg.seed)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+                        pin_memory=t.device.type == "cuda",
+                        # Its own generator: each iter() would otherwise draw a worker base
+                        # seed from the global RNG, which dropout uses, and break --resume.
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    total = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
+    total = min(total, cfg.max_steps) if cfg.max_steps else total
+    samples = [sample_ds[i] for i in range(min(cfg.num_samples, len(sample_ds)))]
+    log = RunLog(out, t.step)
+    if t.step == 0 and cfg.sample_every:
+        val_l1 = write_samples(t, samples, out / "samples" / f"step_{0:06d}.png")
+        log.write({"step": 0, "epoch": 0, "val_L1": val_l1})
+    if t.step >= total:
+        print(f"{out}: already at step {t.step} of {total}; nothing to do "
+              "(raise --max-steps to train further)")
+        log.close()
+        return
+
+    pid = os.getpid()
+
+    def request_stop(signum, frame):  # finish the step, save, then stop; twice = now
+        if os.getpid() != pid:  # a forked DataLoader worker inherited this handler
+            return
+        if t.stop:
+            raise KeyboardInterrupt
+        t.stop = True
+        tqdm.write("stopping after this step (Ctrl-C again to abort without saving)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, request_stop)
+    except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
+        previous = None
+    bar = tqdm(total=total, initial=t.step, unit="step", disable=not cfg.progress,
+               dynamic_ncols=True, mininterval=1.0)
+    t.tick = time.perf_counter()  # images/s: wall time per log window, data and all
+    try:
+        while t.step < total and not t.stop:
+            # Resume lands mid-epoch: skip the samples this epoch already consumed.
+            sampler.epoch = t.epoch
+            sampler.start = (t.step - t.epoch * steps_per_epoch) * cfg.batch_size
+            train_one_epoch(t, loader, steps_per_epoch, total, out, samples, log, bar)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        bar.close()
+        log.close()
+    where = out / "checkpoints" / "latest.pt"
+    if t.stop:
+        raise P2PError(f"interrupted at step {t.step}; saved {where}; continue with --resume")
+    print(f"done: step {t.step}, epoch {t.epoch}; checkpoint {where}")
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line torn by a hard kill
+        return None
+
+
+def _prepare_output(out: Path, cfg: TrainConfig) -> dict | None:
+    """Fresh run, resume or overwrite; returns the checkpoint state to resume from."""
+    latest = out / "checkpoints" / "latest.pt"
+    if cfg.resume:
+        state = checkpoint.load_checkpoint(latest)
+        # Lines logged after the checkpoint belong to a future we are about to redo.
+        metrics = out / "metrics.jsonl"
+        if metrics.exists():
+            keep = [ln for ln in metrics.read_text().splitlines() if _step_of(ln) is not None
+                    and _step_of(ln) <= state["step"]]
+            checkpoint.atomic_write(metrics, lambda tmp: tmp.write_text(
+                "".join(ln + "\n" for ln in keep)))
+        return state
+    if (out / "config.json").exists() or latest.exists():
+        if not cfg.overwrite:
+            raise DataError(f"{out}: already holds a run; pass --resume to continue it, "
+                            "--overwrite to start again, or choose another --output")
+        for name in ("checkpoints", "samples", "tensorboard"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    return None
+
+
+def main(cfg: TrainConfig) -> Trainer:
+    device = resolve_device(cfg.device, cfg.amp)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.lab_colorization and cfg.direction != "AtoB":
+        raise DataError("--direction has no meaning with --lab-colorization (L -> ab)")
+    if cfg.lab_colorization and (cfg.data_a or cfg.data_b):
+        raise DataError("--lab-colorization takes one folder of colour images (--data)")
+    if not (cfg.data or cfg.data_a or cfg.data_b):
+        raise DataError("no training data: give --data DIR|NAME or --data-a DIR --data-b DIR")
+    root = datasets.resolve(cfg.data) if cfg.data else None
+    train_ds, sample_ds = data.build_datasets(
+        root, Path(cfg.data_a) if cfg.data_a else None, Path(cfg.data_b) if cfg.data_b else None,
+        cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed)
+    lab = cfg.lab_colorization
+    model_cfg = ModelConfig(in_channels=1 if lab else 3, out_channels=2 if lab else 3,
+                            image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf, norm=cfg.norm)
+    task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
+            "data": cfg.data or f"{cfg.data_a}|{cfg.data_b}"}
+    out = Path(cfg.output)
+    state = _prepare_output(out, cfg)
+    # Seed before building the networks: init weights and dropout masks follow the seed.
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    t = Trainer(cfg, model_cfg, task, device)
+    if state is not None:
+        t.load_state_dict(state, out / "checkpoints" / "latest.pt")
+        print(f"resuming {out} at step {t.step} (epoch {t.epoch})")
+    run_info = {"train": asdict(cfg), "model": asdict(model_cfg), "task": task,
+                "data_path": str(root or ""), "device": str(device),
+                "train_images": len(train_ds), "sample_images": len(sample_ds)}
+    checkpoint.atomic_write(out / "config.json",
+                            lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
+    print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
+    fit(t, train_ds, sample_ds, out)
+    return t
+
