@@ -1,0 +1,109 @@
+"""What the benchmark files share: the cases, machine facts, the measured peak, and the
+helpers that put images/s and the facts into pytest-benchmark's extra_info."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2p.runtime.errors import ProviderError
+
+REPO = Path(__file__).resolve().parents[1]
+FACADES = Path(os.environ.get("P2P_FACADES", REPO.parent / "shared" / "datasets" / "facades"))
+BATCH_SIZES = (1, 8, 16)
+E2E_IMAGES = 64
+GFLOP_PER_IMAGE = 12.1  # 6.05 GMAC for one 256x256 image through U-Net-256, ngf 64
+# (provider, precision) for the CPU; the bf16 one is the reduced-precision CPU path.
+CPU_CASES = (("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
+MIN_PSNR = 45.0  # reduced precision against the FP32 output, dB
+
+
+def _version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "-"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def measured_peak(tmp: Path, threads: int) -> dict[str, float]:
+    """GFLOP/s of FP32 FMA and BF16 dot products on this machine (benchmarks/peak.c), or {}
+    when there is no C compiler or no AVX-512 (the report then falls back to the issue's)."""
+    exe = tmp / "peak"
+    try:
+        subprocess.run(["cc", "-O2", "-mavx512f", "-mavx512bf16", "-pthread",
+                        str(REPO / "benchmarks" / "peak.c"), "-o", str(exe)],
+                       check=True, capture_output=True, timeout=60)
+        out = subprocess.run([str(exe), str(threads)], check=True, capture_output=True,
+                             text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    peak = {k: float(v) for k, v in re.findall(r"^(fp32|bf16) ([\d.]+)$", out, re.M)}
+    if "avx512_bf16" not in cpu_flags():
+        peak.pop("bf16", None)  # without the instruction the loop did not run natively
+    return peak
+
+
+def make_engine(model, provider: str, precision: str, batch_size: int):
+    """The Engine on exactly this provider and precision, or a skip that says why not."""
+    from p2p.runtime.engine import Engine
+
+    extra = {} if precision in ("fp32", "default") else {"precision": precision}
+    try:
+        engine = Engine(model, provider, batch_size=batch_size, **extra)
+    except TypeError as e:  # this Engine has no precision= yet
+        pytest.skip(f"Engine cannot run {provider} {precision}: {e}")
+    except ProviderError as e:
+        pytest.skip(f"provider {provider} cannot run here: {e}")
+    assert engine.provider == provider, f"asked for {provider}, runs {engine.provider}"
+    return engine
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """dB between two outputs in [-1, 1] (peak-to-peak 2)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)
+
+
+def record(benchmark, machine: dict, *, kind: str, provider: str, precision: str,
+           batch_size: int, images_per_round: int, **extra) -> None:
+    """Facts first (so they are there even when a run is skipped), images/s after the run."""
+    benchmark.extra_info.update(kind=kind, provider=provider, precision=precision,
+                                batch_size=batch_size, machine=machine, **extra)
+    benchmark.extra_info["images_per_round"] = images_per_round
+
+
+def finish(benchmark) -> None:
+    """images/s from the median and the best round; nothing when benchmarks are disabled."""
+    stats = getattr(benchmark, "stats", None)
+    if not stats:
+        return
+    n = benchmark.extra_info["images_per_round"]
+    benchmark.extra_info["images_per_s"] = round(n / stats.stats.median, 2)
+    benchmark.extra_info["images_per_s_best"] = round(n / stats.stats.min, 2)

@@ -1,0 +1,114 @@
+"""End to end: ``p2p-translate`` of a folder of 64 facades val images (decode -> infer ->
+encode -> write), each run a fresh process, as a user runs it.
+
+Two rates per run: ``images_per_s`` is the command's own, from its summary line (the
+pipeline's time: first decode to last write, after the model is loaded); ``wall_images_per_s``
+also counts interpreter start and model load. ``peak_rss_mb`` is the process's peak resident
+memory: its kernel high-water mark (VmHWM), polled until it exits. Not ``ru_maxrss``: on
+Linux a forked child inherits the high-water mark of its parent, here the whole pytest
+process with torch and the models loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from benchlib import BATCH_SIZES, CPU_CASES, E2E_IMAGES, record
+
+SUMMARY = re.compile(r"translated (\d+), skipped (\d+), failed (\d+) "
+                     r"\(([\d.]+) images/s on (\w+)\)")
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory, facades_val) -> Path:
+    """64 val images copied to a temp folder (the dataset itself stays read-only)."""
+    src = sorted(facades_val.glob("*.jpg"), key=lambda p: int(p.stem))[:E2E_IMAGES]
+    assert len(src) == E2E_IMAGES, f"{facades_val} has fewer than {E2E_IMAGES} images"
+    dst = tmp_path_factory.mktemp("e2e") / "val64"
+    dst.mkdir()
+    for p in src:
+        shutil.copy(p, dst / p.name)
+    return dst
+
+
+def translate_exe() -> Path:
+    exe = Path(sys.executable).with_name("p2p-translate")
+    if not exe.exists():
+        pytest.skip(f"{exe} not found: install the package (pip install -e '.[dev]')")
+    return exe
+
+
+def high_water_mb(pid: int) -> float | None:
+    """The process's peak RSS so far (Linux /proc VmHWM), None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+    return int(m[1]) / 1024 if m else None
+
+
+def run_once(cmd: list[str], out: Path) -> dict:
+    """One fresh p2p-translate process: its summary rate, wall time, CPU time and peak RSS."""
+    shutil.rmtree(out, ignore_errors=True)
+    peak = 0.0
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        while True:  # the mark only grows: the last read before exit is the peak
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, high_water_mb(proc.pid) or 0.0)
+            time.sleep(0.02)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        text = log.read()
+    m = SUMMARY.search(text)
+    if proc.returncode != 0 or not m:
+        if "provider" in text and ("cannot" in text or "not" in text):
+            pytest.skip(f"{' '.join(cmd[-4:])}: {text.strip().splitlines()[-1][:300]}")
+        if "No such option" in text:
+            pytest.skip(f"p2p-translate lacks an option: {text.strip().splitlines()[-1]}")
+        raise AssertionError(f"p2p-translate exited {proc.returncode}:\n{text[-2000:]}")
+    return {"translated": int(m[1]), "failed": int(m[3]), "rate": float(m[4]),
+            "provider": m[5], "wall": wall, "rss_mb": peak or None,
+            "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+@pytest.mark.parametrize("provider, precision", CPU_CASES)
+def test_translate_folder(benchmark, machine, model_path, folder, tmp_path, provider, precision,
+                          batch_size):
+    benchmark.group = f"end to end, batch {batch_size}"
+    record(benchmark, machine, kind="translate", provider=provider, precision=precision,
+           batch_size=batch_size, images_per_round=E2E_IMAGES)
+    out = tmp_path / "out"
+    cmd = [str(translate_exe()), str(folder), "--model", str(model_path), "--output", str(out),
+           "--provider", provider, "--batch-size", str(batch_size), "--overwrite", "--quiet"]
+    if precision != "fp32":
+        cmd += ["--precision", precision]
+    runs = []
+    benchmark.pedantic(lambda: runs.append(run_once(cmd, out)), rounds=3, warmup_rounds=1)
+    for r in runs:
+        assert (r["translated"], r["failed"], r["provider"]) == (E2E_IMAGES, 0, provider), r
+    assert len(list(out.rglob("*.png"))) == E2E_IMAGES
+    measured = runs[-3:] if len(runs) > 3 else runs  # the warm-up round is not counted
+    rates = sorted(r["rate"] for r in measured)
+    walls = sorted(r["wall"] for r in measured)
+    benchmark.extra_info.update(
+        images_per_s=rates[len(rates) // 2], images_per_s_best=rates[-1],
+        wall_images_per_s=round(E2E_IMAGES / walls[len(walls) // 2], 2),
+        # CPU seconds of the whole process (start-up included): robust to other load.
+        cpu_s=round(min(r["cpu_s"] for r in measured), 2),
+        peak_rss_mb=max((round(r["rss_mb"], 1) for r in runs if r["rss_mb"]), default=None))
