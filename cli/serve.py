@@ -1,0 +1,58 @@
+"""``p2p-serve``: serve an exported p2p model over HTTP, with a drawing page at ``/``.
+
+Exit status: 0 after a clean shutdown (Ctrl-C), 1 when the server cannot start (bad model,
+provider that cannot run here, port in use, serve extra not installed), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from p2p.cli.common import handle_errors
+from p2p.runtime.engine import PROVIDERS
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Exported .onnx model [default: the newest *.onnx under runs/].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
+              help="Where the model runs; anything but auto fails rather than fall back.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU inference threads [default: physical cores].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most requests run together in one engine batch.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a batch waits for company after its first request.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=None,
+              help="Requests waiting for a batch before new ones get 503 "
+                   "[default: 4 x --max-batch].")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=20.0,
+              show_default=True, help="Largest accepted upload (413 above).")
+@click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="Per-request limit from upload to response (504 after).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decode/encode threads [default: min(4, CPUs)].")
+@click.option("--access-log/--no-access-log", default=True, show_default=True)
+@handle_errors
+def main(model, host, port, provider, threads, max_batch, max_wait_ms, max_queue, max_body_mb,
+         timeout_s, workers, access_log):
+    """Serve a p2p model: POST /translate, GET /healthz, GET /metrics, and a page at /."""
+    try:
+        from p2p.runtime.server import ServeConfig, serve
+    except ImportError as e:
+        raise click.ClickException(f"p2p-serve needs {e.name}: pip install 'p2p[serve]'")
+    cfg = ServeConfig(model=model, host=host, port=port, provider=provider, threads=threads,
+                      max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      max_queue=max_queue or 4 * max_batch,
+                      max_body_bytes=int(max_body_mb * (1 << 20)), timeout_s=timeout_s,
+                      workers=workers, access_log=access_log)
+    serve(cfg, log_line=lambda msg: click.echo(msg, err=True))
+
+
+if __name__ == "__main__":
+    main()
