@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 P2P_DATA ?= $(abspath ../shared/datasets)
 export P2P_DATA
 
-.PHONY: setup demo demo-full test bench clean
+.PHONY: setup chromium demo demo-full test bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,7 +21,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[train,cpu,dev,process,serve,openvino]'
 	touch $@
 
-test: setup
+# The browser test drives Debian's chromium (never a downloaded browser); install it when
+# this machine can (root + apt), else that one test skips and says why.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: the browser test will skip"; }
+
+test: setup chromium
 	$(BIN)/pytest -q
 
 bench: setup
