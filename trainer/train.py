@@ -34,6 +34,7 @@ from tqdm import tqdm
 from p2p.runtime import color
 from p2p.runtime.errors import CheckpointError, DataError, P2PError, ProviderError, choices
 from p2p.trainer import checkpoint, data, datasets
+from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -132,6 +133,8 @@ class Trainer:
         self.cfg, self.model_cfg, self.task, self.device = cfg, model_cfg, task, device
         self.G = init_weights(UnetGenerator(model_cfg)).to(device)
         self.D = init_weights(PatchDiscriminator(model_cfg)).to(device)
+        if device.type == "cpu":  # same function, faster inner layers (see cpu_convs)
+            use_matmul_convs(self.G)
         # fused Adam: one kernel per step instead of a dozen passes over 57M parameters.
         fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
         betas = (cfg.beta1, 0.999)
