@@ -17,7 +17,8 @@ from PIL import Image
 from p2p.cli.train import main as train_cli
 from p2p.trainer import train as train_mod
 from p2p.trainer.models import ModelConfig, UnetGenerator
-from p2p.trainer.train import lr_lambda, per_image_norm
+from p2p.trainer.samples import per_image_norm
+from p2p.trainer.train import lr_lambda
 
 # One thread: tiny models on a loaded 2-core machine run several times faster than with two.
 TINY = ["--image-size", "32", "--load-size", "36", "--ngf", "4", "--ndf", "4", "--quiet",

@@ -13,7 +13,6 @@ schedule, RNGs, position in the epoch), so it reproduces an uninterrupted run's 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -26,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from p2p.runtime import color
 from p2p.runtime.errors import CheckpointError, DataError, P2PError, ProviderError, choices
 from p2p.trainer import checkpoint, data, datasets
 from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
+from p2p.trainer.samples import write_samples
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOSSES = ("loss_G_GAN", "loss_G_L1", "loss_D_real", "loss_D_fake")
@@ -226,52 +224,8 @@ def train_step(t: Trainer, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.
     return torch.stack([loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake]).detach().float()
 
 
-@contextlib.contextmanager
-def per_image_norm(G: nn.Module):
-    """Samples as export's 'per-image' mode and the paper's test time: batch norm uses the
-    image's own statistics; dropout is off. Running statistics are left untouched and no RNG
-    is drawn, so writing samples never changes the training trajectory."""
-    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    was = G.training
-    G.train()
-    for m in bns:
-        m.track_running_stats = False
-    for m in G.modules():
-        if isinstance(m, nn.Dropout):
-            m.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m in bns:
-            m.track_running_stats = True
-        G.train(was)
-
-
-def _to_rgb(x: torch.Tensor, L: torch.Tensor | None = None) -> np.ndarray:
-    """CHW in [-1, 1] -> HWC uint8; with ``L`` given, ``x`` is ab and is shown in colour."""
-    x = x.float().cpu().numpy().transpose(1, 2, 0)
-    if L is not None:
-        rgb = color.lab_to_rgb(color.model_to_lab(L.float().cpu().numpy().transpose(1, 2, 0), x))
-        return (rgb * 255.0 + 0.5).astype(np.uint8)
-    if x.shape[2] == 1:  # the L input of a colorization model, shown as grey
-        x = np.repeat(x, 3, axis=2)
-    return ((x + 1.0) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
-
-
-def write_samples(t: Trainer, samples: list, path: Path) -> float:
-    """Grid of input | output | target rows on fixed val images; returns their mean L1."""
-    rows, l1 = [], []
-    lab = t.task["color_space"] == "lab"
-    with per_image_norm(t.G), torch.autocast(t.device.type, enabled=t.cfg.amp):
-        for inp, tgt in samples:  # one at a time: per-image statistics
-            out = t.G(inp[None].to(t.device))[0].float()
-            l1.append((out.cpu() - tgt).abs().mean().item())
-            rows.append(np.concatenate([_to_rgb(inp), _to_rgb(out, inp if lab else None),
-                                        _to_rgb(tgt, inp if lab else None)], axis=1))
-    checkpoint.atomic_write(path, lambda tmp: Image.fromarray(np.concatenate(rows, 0))
-                            .save(tmp, format="PNG"))
-    return float(np.mean(l1))
+def _samples(t: Trainer, samples: list, path: Path) -> float:
+    return write_samples(t.G, samples, path, t.task["color_space"] == "lab", t.cfg.amp)
 
 
 def _batches(loader):
@@ -341,7 +295,7 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
             t.sched_d.step()
             t.epoch += 1
         if cfg.sample_every and t.step % cfg.sample_every == 0:
-            val_l1 = write_samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
+            val_l1 = _samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
             log.write({"step": t.step, "epoch": t.epoch, "val_L1": val_l1})
         done = t.step >= total or t.stop
         snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
@@ -369,7 +323,7 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     samples = [sample_ds[i] for i in range(min(cfg.num_samples, len(sample_ds)))]
     log = RunLog(out, t.step)
     if t.step == 0 and cfg.sample_every:
-        val_l1 = write_samples(t, samples, out / "samples" / f"step_{0:06d}.png")
+        val_l1 = _samples(t, samples, out / "samples" / f"step_{0:06d}.png")
         log.write({"step": 0, "epoch": 0, "val_L1": val_l1})
     if t.step >= total:
         print(f"{out}: already at step {t.step} of {total}; nothing to do "
