@@ -114,6 +114,9 @@ def test_resume_reproduces_an_uninterrupted_run(pairs, tmp_path):
     run(*common, "--max-steps", 10, "--workers", 0, "-o", straight)
     # Stop at step 5 (mid-epoch, mid log window), then resume in a worker process.
     run(*common, "--max-steps", 5, "--workers", 0, "-o", split)
+    # A hard kill after the checkpoint leaves lines from the future, maybe a torn one.
+    with open(split / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "epoch": 1, "loss_G_GAN": 9.0}\n{"step": 7, "ep')
     run("--resume", "-o", split, "--max-steps", 10, "--workers", 1, "--quiet")
     a, b = losses(straight), losses(split)
     assert len(a) == len(b) > 5
@@ -209,6 +212,7 @@ def test_samples_leave_training_state_untouched():
     (["--data", "{tmp}/trunc", "--workers", "1"], "trunc/x.png: unreadable image"),
     (["--data-a", "{tmp}/empty"], "--data-a and --data-b go together"),
     (["--image-size", "48"], "48 is not a power of two"),
+    (["--resume"], "no run to resume here"),
 ])
 def test_errors_are_one_line_and_exit_nonzero(tmp_path, pairs, args, message):
     (tmp_path / "empty").mkdir()

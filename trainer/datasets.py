@@ -8,6 +8,7 @@ folder appears whole or not at all (temp dir + rename). Torch-free on purpose.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tarfile
@@ -78,8 +79,6 @@ def ensure(name: str, root: Path | None = None, url: str | None = None,
 
 def download(url: str, dest: Path, chunk: int = 1 << 20) -> str:
     """Stream ``url`` into ``dest`` with a progress bar; returns the sha256 of the bytes."""
-    import hashlib
-
     h = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
