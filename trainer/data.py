@@ -12,27 +12,32 @@ exactly the batches an uninterrupted run would have seen, whatever the number of
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from p2p.runtime import color
-from p2p.runtime.errors import DataError
+from p2p.runtime import color, images
+from p2p.runtime.errors import DataError, ImageError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MODES = ("side-by-side", "two-folders", "lab")
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Sorted image files directly in ``folder``; a missing or empty folder is a DataError."""
+    """Sorted image files directly in ``folder``; a missing or empty folder is a DataError.
+    Entries with an image name that are not regular files (a FIFO, a dangling or looping
+    link) are listed too, so that the check reports them instead of silently dropping them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such data folder")
     files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+                   if not p.is_dir() and p.suffix.lower() in IMAGE_EXTS
+                   and not p.name.startswith("."))
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
     return files
@@ -50,24 +55,39 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
 
 
 def _open(path: Path) -> Image.Image:
-    """Decode fully (lazy PIL decoding would hide a truncated file until later)."""
+    """Decode fully with p2p-translate's own decoder (EXIF orientation, alpha composited on
+    white, 16-bit scaled, the $P2P_MAX_IMAGE_PIXELS bomb limit, no FIFOs), so the model
+    trains on images exactly as it will see them at inference."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable image ({str(e).splitlines()[0][:120]})") from None
+        return images.open_rgb(path)
+    except ImageError as e:
+        why = str(e).removeprefix(f"{path}: ")
+        raise DataError(f"{path}: unreadable image: {why[:160]}") from None
 
 
-def _check_header(path: Path, side_by_side: bool) -> None:
-    """Cheap up-front check (header only), so a bad file fails now, not hours into training."""
+def _problem(path: Path, side_by_side: bool) -> str | None:
+    """Why ``path`` cannot be a training image, or None."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable image ({str(e).splitlines()[0][:120]})") from None
+        w, _ = _open(path).size
+    except DataError as e:
+        return str(e)
     if side_by_side and w % 2:
-        raise DataError(f"{path}: width {w} is odd, so it is not an A|B side-by-side pair")
+        return f"{path}: width {w} is odd, so it is not an A|B side-by-side pair"
+    return None
+
+
+def check_images(paths: list[Path], side_by_side: bool) -> None:
+    """Decode every training image once, up front, so a bad file fails now and not hours
+    into training (a truncated file passes a header check). It costs about one epoch's
+    decoding, in parallel. Every bad file is named, not just the first."""
+    images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS is one error, not one per file
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        problems = [p for p in pool.map(lambda p: _problem(p, side_by_side), paths) if p]
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        raise DataError(f"{len(problems)} of {len(paths)} training images are unusable; fix or "
+                        "remove them:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def pair_files(dir_a: Path, dir_b: Path) -> list[tuple[Path, Path]]:
@@ -128,10 +148,6 @@ class PairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def name(self, i: int) -> str:
-        item = self.items[i]
-        return str(item[0] if isinstance(item, tuple) else item)
 
     def _load(self, i: int) -> tuple[Image.Image, Image.Image | None]:
         item = self.items[i]
@@ -196,16 +212,13 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
         train_items = pair_files(train_a, train_b)
         val_items = pair_files(val_a, val_b) if val_a and val_b else train_items
         mode = "two-folders"
-        for a, b in train_items:
-            _check_header(a, False)
-            _check_header(b, False)
+        check_images([p for pair in train_items for p in pair], False)
     else:
         train_dir, val_dir = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
         train_items = list_images(train_dir)
         val_items = list_images(val_dir) if val_dir else train_items
-        for p in train_items:
-            _check_header(p, mode == "side-by-side")
+        check_images(train_items, mode == "side-by-side")
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
               flip=flip, seed=seed)
     return PairDataset(train_items, **kw), PairDataset(val_items, **kw)
