@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference he
 torch = pytest.importorskip("torch", reason="torch builds the tiny test model")
 
 from p2p.runtime.engine import EngineOptions  # noqa: E402
-from p2p.runtime.openvino import CACHE_SIZE, OpenVINOSession, backend  # noqa: E402
+from p2p.runtime.openvino import OpenVINOSession, backend  # noqa: E402
 
 SIZE = 32
 
@@ -97,12 +97,24 @@ def test_batch_invariant_and_outputs_not_aliased(tiny, batch, reference):
     assert np.abs(second - reference[1:2]).max() < 1e-4
 
 
-def test_compiled_model_cache_is_bounded(tiny, batch):
-    session = OpenVINOSession(tiny, batch_size=4)
+@pytest.mark.parametrize("streams", [1, 2])
+def test_any_batch_size_on_one_compiled_model(tiny, batch, reference, streams):
+    # One image per request, one request in flight per stream: every n from 1 to 5 runs on
+    # the same compiled model, outputs in input order.
+    session = OpenVINOSession(tiny, batch_size=4, streams=streams)
+    assert session.streams == streams and session.request_batch == 1
     for n in (1, 2, 3, 4, 5):
-        assert session.run(batch[:n]).shape[0] == n
-    assert len(session._compiled) == CACHE_SIZE
-    assert (4, 3, SIZE, SIZE) in session._compiled  # 5 = 4 + 1: the full batch stays warm
+        out = session.run(batch[:n])
+        assert out.shape == (n, 3, SIZE, SIZE)
+        assert np.abs(out - reference[:n]).max() < 1e-4
+
+
+def test_streams_default_to_cores_and_batch(tiny):
+    from p2p.runtime.engine import physical_cores
+
+    assert OpenVINOSession(tiny, batch_size=1).streams == 1  # one image: all threads on it
+    assert OpenVINOSession(tiny, batch_size=8, threads=1).streams == 1
+    assert OpenVINOSession(tiny, batch_size=8).streams == min(8, physical_cores())
 
 
 def test_bf16_close_to_fp32_or_refused(tiny, batch, reference):
@@ -133,18 +145,33 @@ def test_dynamic_size_model_runs_any_multiple(tmp_path):
         assert np.abs(out - ref.run(None, {"input": x})[0]).max() < 1e-4
 
 
-def test_fixed_batch_model_runs_in_chunks_of_it(tmp_path, batch, reference):
+def test_fixed_batch_model_runs_in_requests_of_it(tmp_path, batch, reference):
     path = export_tiny(tmp_path / "fixed.onnx", axes={})  # batch exported as 1
     session = OpenVINOSession(path, batch_size=8)
     assert session.fixed_batch == 1 and session.batch_size == 1
     assert np.abs(session.run(batch[:3]) - reference[:3]).max() < 1e-4
 
 
+def test_fixed_batch_above_one_pads_the_last_request(tmp_path, batch, reference):
+    import onnx
+
+    path = export_tiny(tmp_path / "fixed2.onnx", axes={})
+    model = onnx.load(str(path))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = 2  # a model exported at batch 2
+    onnx.save(model, str(path))
+    session = OpenVINOSession(path, batch_size=8)
+    assert session.fixed_batch == 2 and session.request_batch == 2
+    out = session.run(batch[:3])  # requests of 2 + (1 + 1 padding)
+    assert out.shape == (3, 3, SIZE, SIZE)
+    assert np.abs(out - reference[:3]).max() < 1e-4
+
+
 def test_engine_backend_factory(tiny, batch, reference):
     # Without a precision field (today's EngineOptions) the backend runs fp32.
     b = backend("openvino", tiny, None, EngineOptions(batch_size=3, threads=1))
     assert b.provider == "openvino" and b.precision == "fp32" and b.fixed_batch is None
-    assert "openvino (CPU, fp32, 1 thread" in b.describe()
+    assert "openvino (CPU, fp32, 1 stream x 1 thread" in b.describe()
     b.check_size(SIZE, SIZE)
     assert np.abs(b.run(batch) - reference).max() < 1e-4
     b.close()
