@@ -33,6 +33,7 @@ import torch
 from onnx import helper
 from torch import nn
 
+from p2p.runtime import files
 from p2p.runtime.errors import ExportError, choices
 from p2p.runtime.metadata import NORM_MODES, ModelMetadata
 
@@ -192,12 +193,26 @@ def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProt
 
 
 def staged(final: Path) -> Path:
-    """A temp file beside ``final``: os.replace onto it is atomic (same filesystem)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp" + final.suffix,
-                               dir=final.parent)
+    """A temp file beside ``final``: os.replace onto it is atomic (same filesystem). Its name
+    holds our pid, so the temp files of a killed export are recognised and removed."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(final)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.{os.getpid()}.",
+                                   suffix=".tmp" + final.suffix, dir=final.parent)
+    except FileExistsError:
+        raise ExportError(f"{final}: cannot write: {final.parent} is a file, not a folder"
+                          ) from None
+    except OSError as e:
+        raise ExportError(f"{final}: cannot write: {e.strerror or e}") from None
     os.close(fd)
     return Path(tmp)
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Temp files that an export killed while writing ``final`` left behind (pid gone)."""
+    files.remove_stale_temps(final.parent, re.escape(f".{final.stem}.") + r"(?P<pid>\d+)\..+"
+                             + re.escape(".tmp" + final.suffix))
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -253,7 +268,11 @@ def main(cfg: ExportConfig) -> list[Path]:
     try:
         for final, model in models.items():
             temps[final] = staged(final)
-            onnx.save_model(model, temps[final])
+            try:
+                onnx.save_model(model, temps[final])
+            except OSError as e:  # a full disk: nothing is published
+                raise ExportError(f"{final}: cannot write: {e.strerror or e}; nothing was "
+                                  "written") from None
         if cfg.verify:
             inputs = verify.Inputs.build(loaded, cfg.val_images, cfg.dynamic_size)
             refs = verify.References(loaded.generator, cfg.norm_mode, inputs)

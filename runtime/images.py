@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +35,12 @@ def max_pixels() -> int:
     """The decompression-bomb limit: Pillow's default unless $P2P_MAX_IMAGE_PIXELS says."""
     env = os.environ.get("P2P_MAX_IMAGE_PIXELS")
     try:
-        return int(env) if env else _DEFAULT_MAX_PIXELS
+        limit = int(env) if env else _DEFAULT_MAX_PIXELS
     except ValueError:
-        raise ImageError(f"P2P_MAX_IMAGE_PIXELS={env!r} is not an integer") from None
+        limit = 0
+    if limit < 1:  # there is no "off": a bigger number allows bigger images
+        raise ImageError(f"P2P_MAX_IMAGE_PIXELS={env!r} is not a positive integer")
+    return limit
 
 
 def _flatten(img: Image.Image) -> Image.Image:
@@ -54,8 +59,30 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def check_regular_file(path) -> None:
+    """An ImageError unless ``path`` is (a link to) a regular file. A FIFO named x.png would
+    block the reader forever and a device could stream without end, so neither is opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        link = " (a dangling symbolic link)" if os.path.islink(path) else ""
+        raise ImageError(f"{path}: no such file{link}") from None
+    except OSError as e:  # ELOOP (a symbolic link loop), EACCES on a folder, ...
+        raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        mode = st.st_mode
+        what = ("a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise ImageError(f"{path}: not a regular file ({what}); not opened")
+    if st.st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+
+
 def open_rgb(path: Path) -> Image.Image:
-    """Decode ``path`` to an upright RGB image (first frame of animations)."""
+    """Decode ``path`` (a file name or a binary file object) to an upright RGB image (first
+    frame of animations)."""
+    if isinstance(path, (str, os.PathLike)):
+        check_regular_file(path)
     limit = max_pixels()
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limit  # allowed more: Pillow's own check must not refuse it
@@ -70,12 +97,17 @@ def open_rgb(path: Path) -> Image.Image:
             return _flatten(ImageOps.exif_transpose(im))
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: decompression bomb: {e}") from None
+    except Image.DecompressionBombError as e:  # Pillow's own check, at twice its limit
+        n = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageError(f"{path}: {n.group(1) if n else 'too many'} pixels is over the "
+                         f"decompression-bomb limit {limit} (raise P2P_MAX_IMAGE_PIXELS to "
+                         "allow it)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read") from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: cannot read: Permission denied") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise ImageError(f"{path}: cannot decode: {e}") from None
 

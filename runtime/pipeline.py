@@ -113,9 +113,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_writable(root: Path) -> None:
+    """Fail before any inference when the output folder cannot take files (read-only, full,
+    a file in the way), rather than decode and run every image to fail at each write."""
+    probe = root / f".probe.{os.getpid()}.0{TMP_SUFFIX}"  # a stale one is cleaned like a temp
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"{root}: cannot write into the output folder: {e.strerror or e}"
+                        ) from None
+
+
 def find_model(runs: Path = Path("runs")) -> Path:
     """The newest exported model: runs/*/export/*.onnx first, else any *.onnx under runs/."""
-    found = list(runs.glob("*/export/*.onnx")) or list(runs.glob("**/*.onnx"))
+    # Hidden files are never models: a killed p2p-export leaves its half-written temp file as
+    # .generator.<pid>.<random>.tmp.onnx, and pathlib's glob does not skip dot-files.
+    def visible(paths):
+        return [p for p in paths if not p.name.startswith(".")]
+
+    found = visible(runs.glob("*/export/*.onnx")) or visible(runs.glob("**/*.onnx"))
     if not found:
         raise ModelError(f"no --model given and no *.onnx under {runs}/; export one with "
                          "p2p-export or pass --model PATH")
@@ -126,11 +144,14 @@ def _natural(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
-def scan(folder: Path, pattern: str | None, exclude: Path | None) -> list[Path]:
+def scan(folder: Path, pattern: str | None, exclude: Path | None,
+         errors: list[OSError] | None = None) -> list[Path]:
     """Image files under ``folder`` (recursive, hidden entries and ``exclude`` skipped), as
-    paths relative to it, in natural order (2.jpg before 10.jpg)."""
+    paths relative to it, in natural order (2.jpg before 10.jpg). Links to folders are not
+    followed (no cycles); folders that cannot be listed go into ``errors``."""
     found = []
-    for dirpath, dirs, files in os.walk(folder):
+    onerror = None if errors is None else errors.append
+    for dirpath, dirs, files in os.walk(folder, onerror=onerror):
         here = Path(dirpath)
         dirs[:] = sorted((d for d in dirs if not d.startswith(".")
                           and (exclude is None or (here / d).resolve() != exclude)), key=_natural)
@@ -163,8 +184,11 @@ def plan(cfg: TranslateConfig) -> tuple[list[Job], list[tuple[Path, str]]]:
         root = Path(cfg.output).resolve() if cfg.output else default_root(given)
         if given.is_dir():
             base = Path(given.resolve().name) if several and cfg.output else Path()
-            for rel in scan(given, cfg.glob, exclude=root):
+            unlisted: list[OSError] = []
+            for rel in scan(given, cfg.glob, exclude=root, errors=unlisted):
                 pairs.append((given / rel, base / rel, root))
+            refused += [(Path(e.filename), f"{e.filename}: cannot list this folder: "
+                         f"{e.strerror or e}") for e in unlisted]
         else:
             pairs.append((given, Path(given.name), root))
     # Outputs are named <stem>.<fmt>; inputs that would share one keep their suffix in it.
@@ -175,10 +199,14 @@ def plan(cfg: TranslateConfig) -> tuple[list[Job], list[tuple[Path, str]]]:
     for (src, rel, root), dst in zip(pairs, first):
         if dst in clash:
             dst = root / rel.parent / (rel.name + ext)
-        real = dst.resolve()
+        try:
+            real, src_real = dst.resolve(), src.resolve()
+        except (OSError, RuntimeError):  # RuntimeError: Python < 3.13's "Symlink loop"
+            refused.append((src, f"{src}: cannot read: a symbolic link loop"))
+            continue
         if not real.is_relative_to(root):
             refused.append((src, f"{src}: output path {dst} escapes the output folder {root}"))
-        elif real == src.resolve():
+        elif real == src_real:
             refused.append((src, f"{src}: the output would overwrite the input itself"))
         elif real in seen:
             refused.append((src, f"{src}: another input already writes {dst}"))
@@ -286,6 +314,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     """The whole command: engine first (a provider that cannot run fails before anything is
     written), then plan, skip what exists, run, gallery."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
     model = Path(cfg.model) if cfg.model else find_model()
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
@@ -297,6 +326,8 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     todo = []
     for job in jobs:
         (todo if cfg.overwrite or not job.dst.exists() else summary.skipped).append(job)
+    for root in sorted({j.root for j in todo}):
+        check_writable(root)
     for folder in {j.dst.parent for j in todo}:
         remove_stale_temps(folder)
     bar = None

@@ -21,6 +21,7 @@ import hashlib
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,25 +29,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2p.runtime.errors import CheckpointError
+from p2p.runtime import files
+from p2p.runtime.errors import CheckpointError, P2PError
 
 FORMAT = "p2p-checkpoint"
 FORMAT_VERSION = 1
 
 
 def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never torn."""
+    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never torn.
+    A file system that refuses (read-only, full, a file where a folder should be) is one
+    ``P2PError`` line naming ``path``, and the old file, if any, is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The pid in the name: a writer killed mid-write leaves this temp file, and the next
+        # write of ``path`` removes it (full-size checkpoints are hundreds of MB each).
+        files.remove_stale_temps(path.parent,
+                                 re.escape(f".{path.name}.") + r"(?P<pid>\d+)\..+\.tmp")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                   dir=path.parent)
+    except FileExistsError:  # mkdir(exist_ok=True) on a path that is a file
+        raise P2PError(f"{path}: cannot write: {path.parent} is a file, not a folder") from None
+    except OSError as e:
+        raise P2PError(f"{path}: cannot write: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise P2PError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
     return path
 

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
+from p2p.runtime import images
 from p2p.runtime.errors import DataError, P2PError, choices
 
 OPS = ("resize", "combine", "split", "grayscale", "edges", "blank")
@@ -103,17 +104,24 @@ def check_ratios(ratios) -> tuple[float, ...]:
     return r
 
 
-def list_images(root: Path) -> list[Path]:
+def list_images(root: Path, report: Report | None = None) -> list[Path]:
     """Image files under ``root`` (recursive, sorted relative paths); hidden entries such as
-    our own ``.name.tmp`` files are skipped."""
+    our own ``.name.tmp`` files are skipped. Image-named entries that are not regular files
+    (a FIFO, a dangling or looping link) are kept, so they are reported, not dropped; so are
+    folders that cannot be listed (into ``report``). Links to folders are not followed."""
     root = Path(root)
     found = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            found.append(rel)
+
+    def unlisted(e: OSError) -> None:
+        if report is not None:
+            report.failed.append((str(e.filename), f"cannot list this folder: {e.strerror or e}"))
+
+    for dirpath, dirs, files in os.walk(root, onerror=unlisted):
+        here = Path(dirpath)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTS:
+                found.append((here / name).relative_to(root))
     return sorted(found, key=lambda r: r.as_posix())
 
 
@@ -121,16 +129,11 @@ def list_images(root: Path) -> list[Path]:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Decode fully (so a truncated file fails here), apply EXIF orientation, composite any
-    alpha on white, return RGB."""
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
+    """p2p-translate's decoder, so a dataset is made from images exactly as the model will
+    see them: decoded fully (a truncated file fails here), EXIF orientation applied, alpha
+    composited on white, 16-bit scaled (not clipped), the $P2P_MAX_IMAGE_PIXELS bomb limit,
+    and no FIFO ever opened. Failures are ``ImageError`` lines naming the file."""
+    return images.open_rgb(path)
 
 
 def _atomic(path: Path, write) -> None:
@@ -144,6 +147,19 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: Path) -> None:
+    """One clear error before any work when the output folder cannot take files (read-only,
+    a file in the way), instead of one failure per image."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot write into the output folder: {e.strerror or e}"
+                        ) from None
 
 
 def save_png(im: Image.Image, path: Path) -> None:
@@ -266,7 +282,7 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
     out = Path(cfg.output)
     if cfg.op == "combine":
         a_root, b_root = Path(cfg.a), Path(cfg.b)
-        a_rels, b_rels = list_images(a_root), list_images(b_root)
+        a_rels, b_rels = list_images(a_root, report), list_images(b_root, report)
         if not a_rels or not b_rels:
             raise DataError(f"{a_root if not a_rels else b_root}: no images "
                             f"({choices(IMAGE_EXTS)})")
@@ -295,7 +311,7 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
         return jobs
 
     root = Path(cfg.input)
-    rels = list_images(root)
+    rels = list_images(root, report)
     if not rels:
         raise DataError(f"{root}: no images ({choices(IMAGE_EXTS)})")
     if cfg.op == "split":
@@ -324,6 +340,7 @@ def _one_line(e: BaseException) -> str:
 def run(cfg: ProcessConfig) -> Report:
     """Do ``cfg.op`` for every input; per-file failures go into the report, not up."""
     validate(cfg)
+    images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS is one error, not one per file
     report = Report()
     jobs = plan(cfg, report)
     todo = []
@@ -332,6 +349,8 @@ def run(cfg: ProcessConfig) -> Report:
             report.skipped += 1
         else:
             todo.append((name, work))
+    if todo:
+        check_writable(Path(cfg.output))
     workers = cfg.workers or os.cpu_count() or 1
     # Threads, not processes: Pillow and OpenCV release the GIL while decoding, resizing,
     # running Canny and encoding, and threads need no pickling of the work closures.
@@ -344,6 +363,7 @@ def run(cfg: ProcessConfig) -> Report:
                 report.written += 1
             except Exception as e:  # noqa: BLE001 - the per-file boundary: record, go on
                 reason = str(e) if isinstance(e, P2PError) else _one_line(e)
+                reason = reason.removeprefix(f"{futures[fut]}: ")  # named once, in front
                 report.failed.append((futures[fut], reason))
             bar.update(1)
     report.failed.sort()
