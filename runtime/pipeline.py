@@ -41,6 +41,7 @@ class TranslateConfig:
     provider: str = "auto"
     batch_size: int = 8
     threads: int | None = None
+    precision: str | None = None  # openvino: fp32 (None) or bf16
     fmt: str = "png"
     split: str = "auto"
     model_size: bool = False
@@ -316,7 +317,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
     model = Path(cfg.model) if cfg.model else find_model()
-    engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads)
+    engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")
     for provider, why in engine.passed_over:

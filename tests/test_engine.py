@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -69,10 +70,12 @@ def test_shape_checks(conv, tmp_path):
     np.testing.assert_array_equal(dyn.run(x), x)
 
 
+BEST_CPU = "openvino" if importlib.util.find_spec("openvino") else "cpu"
+
+
 @pytest.mark.parametrize("provider, words", [
     ("cuda", ["has no CUDA", "p2p[gpu]"]),
     ("tensorrt", ["has no TensorRT", "p2p[gpu]"]),
-    ("openvino", ["not installed/implemented"]),
     ("metal", ["unknown provider", "auto|cpu|cuda|tensorrt|openvino"]),
 ])
 def test_provider_strictness(conv, provider, words):
@@ -98,14 +101,22 @@ def test_provider_that_does_not_load_is_an_error_not_a_cpu_run(conv, monkeypatch
     # auto tries cuda, says why it passed over it, and runs on the CPU it reports.
     with pytest.warns(UserWarning):
         engine = Engine(conv, provider="auto", cache_dir=tmp_path)
-    assert engine.provider == "cpu"
+    assert engine.provider == BEST_CPU
     assert [p for p, _ in engine.passed_over] == ["cuda"]
     assert "did not load" in engine.passed_over[0][1]
     os.write(2, b"")  # stderr (fd 2) was restored after capturing onnxruntime's log
 
 
-def test_auto_on_cpu_build_runs_cpu(conv, tmp_path):
-    engine = Engine(conv, cache_dir=tmp_path)
+def test_openvino_missing_is_an_error_not_a_cpu_run(conv, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(ProviderError, match="openvino.*not installed.*p2p\\[openvino\\]"):
+        Engine(conv, provider="openvino")
+
+
+def test_auto_on_cpu_build_runs_best_cpu_provider(conv, tmp_path):
+    # auto: openvino when installed (faster than onnxruntime's CPU provider here), else cpu.
+    assert Engine(conv, cache_dir=tmp_path).provider == BEST_CPU
+    engine = Engine(conv, provider="cpu", cache_dir=tmp_path)
     assert engine.provider == "cpu"
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
     assert f"{physical_cores()} threads" in engine.describe()

@@ -15,7 +15,7 @@ ov = pytest.importorskip("openvino", reason="openvino is not installed (pip inst
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference here")
 torch = pytest.importorskip("torch", reason="torch builds the tiny test model")
 
-from p2p.runtime.engine import EngineOptions  # noqa: E402
+from p2p.runtime.engine import Engine, EngineOptions  # noqa: E402
 from p2p.runtime.openvino import OpenVINOSession, backend  # noqa: E402
 
 SIZE = 32
@@ -217,31 +217,17 @@ def test_bad_model_files(tmp_path):
         OpenVINOSession(bare)
 
 
-def engine_or_skip(*args, **kwargs):
-    """The Engine on openvino; skipped (with why) until backends.create routes to this backend."""
-    from p2p.runtime.engine import Engine
-
-    try:
-        return Engine(*args, **kwargs)
-    except ProviderError as e:
-        if "not installed/implemented" in str(e):
-            pytest.skip(f"Engine integration of the openvino backend pending: {e}")
-        raise
-    except TypeError as e:  # Engine without precision= yet
-        pytest.skip(f"Engine integration of the openvino backend pending: {e}")
-
-
 def test_engine_runs_openvino_fp32_and_bf16(tiny, batch, reference):
-    with engine_or_skip(tiny, "openvino", batch_size=2) as engine:
+    with Engine(tiny, "openvino", batch_size=2) as engine:
         assert engine.provider == "openvino"
         assert np.abs(engine.run(batch) - reference).max() < 1e-4
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        with engine_or_skip(tiny, "openvino", batch_size=2, precision="bf16") as engine:
+        with Engine(tiny, "openvino", batch_size=2, precision="bf16") as engine:
             assert "bf16" in engine.describe()
             assert psnr(engine.run(batch), reference) > 35
 
 
 def test_engine_refuses_bf16_off_openvino(tiny):
-    engine_or_skip(tiny, "openvino", precision="fp32").close()  # integrated, or skipped here
+    Engine(tiny, "openvino", precision="fp32").close()
     with pytest.raises(ProviderError, match="openvino"):
-        engine_or_skip(tiny, "cpu", precision="bf16")
+        Engine(tiny, "cpu", precision="bf16")
