@@ -43,6 +43,7 @@ class EngineOptions:
     device_id: int = 0
     cuda_graphs: bool = False  # cuda only, fixed-size models only; unmeasured, so opt-in
     optimized_cache: bool = True  # cpu: reuse onnxruntime's optimised graph from the cache
+    precision: str | None = None  # openvino: "fp32" (None) or "bf16" (reduced-precision CPU path)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -106,7 +107,25 @@ def cpu_identity() -> str:
 # The metadata decides how to build the session (input shape for TensorRT profiles, dtype),
 # so it is read before any backend exists, straight from the protobuf wire format: a
 # ModelProto's field 14 is ``repeated StringStringEntryProto metadata_props`` (key=1, value=2).
-# Large fields (the graph and its weights) are skipped with a seek, so this costs microseconds.
+# The same pass walks the graph's messages for tensors stored as external data: a model from a
+# stranger whose ``location`` is "../../.ssh/id_rsa" or "/etc/shadow" would otherwise have a
+# backend read that file into a tensor (older onnxruntime does; OpenVINO may). Weights and
+# other large byte fields are skipped with a seek, so this costs well under a millisecond.
+
+# Message-typed fields on the way from a ModelProto to a TensorProto's external_data
+# (onnx.proto3 field numbers; tests/test_untrusted.py checks them against onnx's descriptors).
+_TENSOR_PATHS = {
+    "model": {7: "graph", 20: "training", 25: "function"},  # .graph, .training_info, .functions
+    "training": {1: "graph", 2: "graph"},  # TrainingInfoProto.initialization, .algorithm
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},  # .node, .initializer, .sparse_initializer
+    "function": {7: "node", 11: "attribute"},  # FunctionProto.node, .attribute_proto
+    "node": {5: "attribute"},  # NodeProto.attribute
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph",  # t, g, tensors, graphs,
+                  22: "sparse", 23: "sparse"},  # sparse_tensor, sparse_tensors
+    "sparse": {1: "tensor", 2: "tensor"},  # SparseTensorProto.values, .indices
+    "tensor": {13: "entry"},  # TensorProto.external_data (StringStringEntryProto)
+}
+_MAX_NESTING = 64  # subgraphs inside attributes inside subgraphs...: a bound, not a stack overflow
 
 def _varint(f) -> int:
     shift = result = 0
@@ -123,7 +142,9 @@ def _varint(f) -> int:
 
 
 def read_metadata_props(path: Path) -> dict[str, str]:
+    """The model's metadata_props, after checking that any external data stays in its folder."""
     props: dict[str, str] = {}
+    locations: list[str] = []
     saw_graph = False
     with open(path, "rb") as f:
         end = os.fstat(f.fileno()).st_size
@@ -137,20 +158,73 @@ def read_metadata_props(path: Path) -> dict[str, str]:
                     f.seek(8 if wire == 1 else 4, 1)
                 elif wire == 2:
                     n = _varint(f)
-                    if f.tell() + n > end:
+                    start = f.tell()
+                    if start + n > end:
                         raise EOFError
                     if field == 14:
                         props.update([_entry(f.read(n))])
-                    else:
+                    elif field in _TENSOR_PATHS["model"]:
                         saw_graph |= field == 7
-                        f.seek(n, 1)
+                        _walk(f, start + n, _TENSOR_PATHS["model"][field], locations, 1)
+                    f.seek(start + n)
                 else:
                     raise ValueError(f"wire type {wire}")
         except (EOFError, ValueError, UnicodeDecodeError):
             raise ModelError(f"{path}: not an ONNX model (unreadable or truncated protobuf)") from None
     if not saw_graph:
         raise ModelError(f"{path}: not an ONNX model (no graph)")
+    check_external_data(Path(path), locations)
     return props
+
+
+def _walk(f, end: int, kind: str, locations: list[str], depth: int) -> None:
+    """Collect the external-data locations of every tensor inside one ``kind`` message."""
+    if depth > _MAX_NESTING:
+        raise ValueError("messages nested too deep")
+    children = _TENSOR_PATHS[kind]
+    while f.tell() < end:
+        key = _varint(f)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _varint(f)
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, 1)
+        elif wire == 2:
+            n = _varint(f)
+            start = f.tell()
+            if start + n > end:
+                raise EOFError
+            child = children.get(field)
+            if child == "entry":
+                k, v = _entry(f.read(n))
+                if k == "location":
+                    locations.append(v)
+            elif child is not None:
+                _walk(f, start + n, child, locations, depth + 1)
+            f.seek(start + n)
+        else:
+            raise ValueError(f"wire type {wire}")
+    if f.tell() != end:  # a field ran past its message
+        raise EOFError
+
+
+def check_external_data(path: Path, locations: list[str]) -> None:
+    """Refuse a model whose external data lies outside its own folder: absolute locations,
+    ".." that climbs out, or links inside the folder that point out of it."""
+    folder = Path(os.path.abspath(path)).parent
+    try:
+        root = folder.resolve()
+    except (OSError, RuntimeError):
+        root = folder
+    for loc in locations:
+        try:
+            inside = (not os.path.isabs(loc) and not loc.startswith("\\")
+                      and (folder / loc).resolve().is_relative_to(root))
+        except (OSError, RuntimeError, ValueError):  # link loops, NUL bytes
+            inside = False
+        if not inside:
+            raise ModelError(f"{path}: refused: its external data {loc!r} lies outside the "
+                             f"model's folder {folder} (a model may only read files beside it)")
 
 
 def _entry(data: bytes) -> tuple[str, str]:
@@ -177,7 +251,7 @@ class Engine:
     def __init__(self, model, provider: str = "auto", batch_size: int = 8,
                  threads: int | None = None, *, cache_dir: Path | None = None,
                  fp16: bool | None = None, device_id: int = 0, cuda_graphs: bool = False,
-                 optimized_cache: bool = True):
+                 optimized_cache: bool = True, precision: str | None = None):
         if provider not in PROVIDERS:
             raise ProviderError(f"unknown provider {provider!r}; allowed: {choices(PROVIDERS)}")
         if batch_size < 1:
@@ -187,7 +261,7 @@ class Engine:
         self.path = Path(model)
         self.metadata = read_metadata(self.path)
         self.options = EngineOptions(batch_size, threads, cache_dir, fp16, device_id,
-                                     cuda_graphs, optimized_cache)
+                                     cuda_graphs, optimized_cache, precision)
         # auto: what was tried before the provider that runs, and why it was passed over.
         self.passed_over: list[tuple[str, str]] = []
         from . import backends  # imported here: backends import this module's helpers

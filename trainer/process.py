@@ -332,6 +332,14 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
 # ---------------------------------------------------------------------------- run
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, links followed, lies in ``folder`` (already resolved)."""
+    try:
+        return path.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # a link loop on the way
+        return False
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
@@ -343,9 +351,13 @@ def run(cfg: ProcessConfig) -> Report:
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS is one error, not one per file
     report = Report()
     jobs = plan(cfg, report)
+    out = Path(cfg.output).resolve()
     todo = []
     for name, dst, work in jobs:
-        if dst.exists() and not cfg.overwrite:
+        if not _inside(dst, out):
+            report.failed.append((name, f"output {dst} escapes the output folder {cfg.output} "
+                                        "(a link inside it points elsewhere); not written"))
+        elif dst.exists() and not cfg.overwrite:
             report.skipped += 1
         else:
             todo.append((name, work))

@@ -301,9 +301,10 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
         snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
         if done or snapshot or t.step % cfg.save_every == 0:
             checkpoint.save_checkpoint(t.state_dict(), out / "checkpoints" / "latest.pt")
-        if snapshot:
-            shutil.copyfile(out / "checkpoints" / "latest.pt",
-                            out / "checkpoints" / f"step_{t.step:06d}.pt")
+        if snapshot:  # atomic too: a kill mid-copy must not leave a torn step_N.pt
+            checkpoint.atomic_write(out / "checkpoints" / f"step_{t.step:06d}.pt",
+                                    lambda tmp: shutil.copyfile(out / "checkpoints" / "latest.pt",
+                                                                tmp))
         if done:
             return
 
@@ -341,10 +342,10 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
         t.stop = True
         tqdm.write("stopping after this step (Ctrl-C again to abort without saving)")
 
-    try:
-        previous = signal.signal(signal.SIGINT, request_stop)
+    try:  # SIGTERM too: schedulers (SLURM, Kubernetes, systemd) send it before SIGKILL
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
-        previous = None
+        previous = {}
     bar = tqdm(total=total, initial=t.step, unit="step", disable=not cfg.progress,
                dynamic_ncols=True, mininterval=1.0)
     t.tick = time.perf_counter()  # images/s: wall time per log window, data and all
@@ -355,8 +356,9 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
             sampler.start = (t.step - t.epoch * steps_per_epoch) * cfg.batch_size
             train_one_epoch(t, loader, steps_per_epoch, total, out, samples, log, bar)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
         bar.close()
         log.close()
     where = out / "checkpoints" / "latest.pt"

@@ -137,6 +137,13 @@ class OrtBackend:
         if (inp.name, out.name) != (metadata.input_name, metadata.output_name):
             raise ModelError(f"{path}: graph input/output are {inp.name!r}/{out.name!r} but its "
                              f"metadata says {metadata.input_name!r}/{metadata.output_name!r}")
+        # Images are resized to the metadata's size before the graph checks anything: a
+        # file that claims image_size 65536 must not make every image 12 GB of floats.
+        s, hw = metadata.image_size, list(inp.shape[2:])
+        if (not metadata.dynamic_size and len(hw) == 2 and all(isinstance(d, int) for d in hw)
+                and hw != [s, s]):
+            raise ModelError(f"{path}: graph input is {hw[0]}x{hw[1]} but its metadata says "
+                             f"image_size {s}")
         batch = inp.shape[0]
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._batch = self.fixed_batch or options.batch_size
