@@ -42,6 +42,7 @@ def _url(path: Path, root: Path) -> str:
 def _geometry(src: Path, split: str, meta: ModelMetadata) -> tuple[str | None, int, int]:
     """(half, width, height) from the file header only; EXIF rotations swap width and height."""
     try:
+        images.check_regular_file(src)  # a FIFO named x.png would block open() forever
         with Image.open(src) as im:
             w, h = im.size
             if im.getexif().get(0x0112) in (5, 6, 7, 8):

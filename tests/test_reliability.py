@@ -84,7 +84,8 @@ def unwritable(request, tmp_path):
 def test_translate_handles_every_file_of_the_corpus(corpus, model, env, tmp_path):
     src, cases = corpus
     out = tmp_path / "out"
-    r = cli("p2p-translate", src, "--model", model, "-o", out, "--split", "none", "-q", env=env)
+    r = cli("p2p-translate", src, "--model", model, "-o", out, "--split", "none", "-q", "--html",
+            env=env, timeout=60)
     assert_clean(r)
     bad = {n: c for n, c in cases.items() if not c.ok}
     good = {n: c for n, c in cases.items() if c.ok}
@@ -107,6 +108,8 @@ def test_translate_handles_every_file_of_the_corpus(corpus, model, env, tmp_path
                   - upright).max() <= 1
     grey = np.asarray(Image.open(out / "grey16.png"))[..., 0]
     assert grey.max() == 255 and grey.min() == 0 and len(np.unique(grey)) > 200
+    page = (out / "index.html").read_text()  # the gallery lists them all, bad ones too
+    assert "ünï cödé 日本 photo.png" in page and "not a regular file (a FIFO)" in page
     assert not leftovers(out)
     assert not (out / "loop").exists()  # the folder cycle was not followed
     # A rerun skips what is there and still names the bad files; exit 1 again.
