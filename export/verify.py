@@ -70,7 +70,9 @@ def load_val_images(folder: Path, loaded: Loaded, n: int, hw: tuple[int, int]) -
     from PIL import Image, UnidentifiedImageError
 
     cfg, out = loaded.model, []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+    # is_file: regular files only; opening a FIFO named x.jpg would block the export forever.
+    for path in sorted(p for p in folder.iterdir()
+                       if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
@@ -79,7 +81,7 @@ def load_val_images(folder: Path, loaded: Loaded, n: int, hw: tuple[int, int]) -
                     im = im.crop((0, 0, w, im.height) if loaded.direction == "AtoB"
                                  else (w, 0, 2 * w, im.height))
                 im = im.resize((hw[1], hw[0]), Image.BICUBIC)
-        except (OSError, UnidentifiedImageError):
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             continue  # an unreadable val image is not the model's problem
         rgb = np.asarray(im, dtype=np.float32) / 255.0
         if loaded.color_space == "lab":  # colorization: the whole photo's L channel

@@ -268,3 +268,29 @@ def test_train_bad_file_found_up_front_even_if_only_truncated(tmp_path):
     (tmp_path / "0.png").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match=r"0\.png: unreadable image: cannot decode"):
         build_datasets(tmp_path, None, None, False, "AtoB", 32, 36, False, 0)
+
+
+def test_export_verification_skips_bad_val_images(tmp_path):
+    """p2p-export checks the model on the run's val/ images: a FIFO there must not block it
+    and a bomb must not crash it; the good images are still used."""
+    import threading
+    from types import SimpleNamespace
+
+    from p2p.export.verify import load_val_images
+    from p2p.trainer.models import ModelConfig
+
+    cases = make_corpus(tmp_path)
+    for i in range(2):
+        Image.fromarray(noise(64, 32, i)).save(tmp_path / f"pair{i}.png")
+    loaded = SimpleNamespace(model=ModelConfig(image_size=32, ngf=4, ndf=4),
+                             color_space="rgb", direction="AtoB")
+    got = []
+    worker = threading.Thread(target=lambda: got.append(
+        load_val_images(tmp_path, loaded, 50, (32, 32))), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # release the blocked open() before failing
+        os.close(os.open(tmp_path / "fifo.png", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("load_val_images blocked on a FIFO")
+    usable = [n for n, c in cases.items() if c.ok and "/" not in n and not n.endswith(".gif")]
+    assert len(got[0]) == len(usable) + 2 and all(x.shape == (3, 32, 32) for x in got[0])
