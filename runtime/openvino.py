@@ -29,6 +29,9 @@ Speed choices (measured on a 2-core AVX-512 BF16 EPYC, see BENCHMARKS.md):
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 import threading
 from pathlib import Path
 
@@ -40,6 +43,36 @@ from .metadata import ModelMetadata
 
 PRECISIONS = ("fp32", "bf16")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+class _SignalStack(ctypes.Structure):  # Linux's stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def _signal_stack_kept():
+    """Give the calling thread back its signal alternate stack after OpenVINO is done.
+
+    The CPU plugin installs its own alternate stack when it creates an engine or a compiled
+    model and puts back the one it saw when that model is destroyed. Two sessions destroyed
+    in creation order (what garbage collection does) leave the thread pointing at the
+    first one's freed stack, and the next signal that has a Python handler (SIGINT, or the
+    SIGCHLD handler of torch's DataLoader) then kills the process with SIGSEGV. Restoring
+    the stack right after creation means every later swap-back restores a live stack."""
+    libc, saved = None, _SignalStack()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None)
+            if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+                libc = None
+        except (OSError, AttributeError):
+            libc = None
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def _openvino():
@@ -131,9 +164,13 @@ class OpenVINOSession:
 
     provider = "openvino"
 
-    def __init__(self, path, precision: str = "fp32", threads: int | None = None,
-                 batch_size: int = 8, *, streams: int | None = None, device: str = "CPU",
-                 subpixel: bool = True, metadata: ModelMetadata | None = None):
+    def __init__(self, *args, **kwargs):
+        with _signal_stack_kept():  # see there: a SIGSEGV on the next signal otherwise
+            self._create(*args, **kwargs)
+
+    def _create(self, path, precision: str = "fp32", threads: int | None = None,
+                batch_size: int = 8, *, streams: int | None = None, device: str = "CPU",
+                subpixel: bool = True, metadata: ModelMetadata | None = None):
         if precision not in PRECISIONS:
             raise ProviderError(f"provider openvino: precision {precision!r} is not one of "
                                 f"{choices(PRECISIONS)}")

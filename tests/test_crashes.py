@@ -278,3 +278,55 @@ def test_kill_9_during_export_leaves_nothing_at_the_output(reference, tmp_path, 
     mine = export_onnx.staged(out)
     assert sorted(out.parent.iterdir()) == [mine]
     mine.unlink()
+
+
+def test_a_killed_first_load_leaves_no_cache_garbage(tmp_path):
+    """The optimised-graph cache is written to a temp file and renamed; a load killed in
+    between leaves that temp file, which the next load removes (a live one's is kept)."""
+    from p2p.runtime.engine import Engine
+
+    model = slow_model(tmp_path / "m.onnx", depth=2, width=4)
+    cache = tmp_path / "cache"
+    (cache / "ort-cpu").mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free again
+    stale = cache / "ort-cpu" / f".0123456789abcdef01234567.onnx.{dead.pid}.tmp"
+    live = cache / "ort-cpu" / f".0123456789abcdef01234567.onnx.{os.getpid()}.tmp"
+    stale.write_bytes(b"half an optimised graph")
+    live.write_bytes(b"being written by a running process")
+    with Engine(model, "cpu", cache_dir=cache) as e:
+        assert e._backend.cached_graph is not None
+    assert not stale.exists() and live.exists()
+
+
+def test_openvino_sessions_leave_the_signal_stack_alive(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's signal alternate stack; two sessions collected
+    in creation order used to leave it pointing at freed memory, so the next handled signal
+    (SIGCHLD from a subprocess, Ctrl-C) killed the whole process with SIGSEGV."""
+    import ctypes
+    import gc
+    import faulthandler
+
+    pytest.importorskip("openvino")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("stack_t layout and /proc/self/maps are Linux's")
+    from p2p.runtime.openvino import OpenVINOSession, _SignalStack
+
+    def current_stack() -> tuple[int, bool]:
+        st = _SignalStack()
+        assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st)) == 0
+        sp = st.ss_sp or 0
+        mapped = any(int(lo, 16) <= sp < int(hi, 16) for lo, hi in
+                     (ln.split()[0].split("-") for ln in open("/proc/self/maps")))
+        return sp, mapped
+
+    faulthandler.enable()  # as under pytest: the thread has an alternate stack to lose
+    before = current_stack()
+    model = slow_model(tmp_path / "m.onnx", depth=2, width=4)
+    first = OpenVINOSession(model, batch_size=2)
+    second = OpenVINOSession(model, batch_size=2, subpixel=False)
+    del first
+    gc.collect()
+    del second
+    gc.collect()
+    assert current_stack() == before and before[1]

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..engine import cache_root, cpu_identity, file_sha256, physical_cores
 from ..errors import ModelError, ProviderError
+from ..files import remove_stale_temps
 from ..metadata import ModelMetadata
 
 EP_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -196,6 +197,8 @@ class OrtBackend:
             tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
+                # ...but its temp file; the next load removes those of dead processes.
+                remove_stale_temps(cached.parent, r"\..+\.onnx\.(?P<pid>\d+)\.tmp")
                 so = self._options()
                 so.optimized_model_filepath = str(tmp)
                 s = self.ort.InferenceSession(str(self.path), so, providers=cpu)
