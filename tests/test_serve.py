@@ -360,7 +360,7 @@ def test_cli_serves_on_loopback_and_stops_cleanly(models):
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        assert h["provider"] in ("cpu", "cuda", "tensorrt")
+        assert h["provider"] in ("cpu", "cuda", "tensorrt", "openvino")
         r = httpx.post(f"http://127.0.0.1:{port}/translate", content=png(noise(8, 8)))
         assert r.status_code == 200
         proc.send_signal(signal.SIGINT)
