@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .errors import DataError, ImageError, choices
+from .files import atomic_write
 
 PSNR_CAP = 100.0
 SSIM_WINDOW = 11
@@ -211,19 +211,6 @@ def _measure(job) -> dict:
 # ---------------------------------------------------------------------------- run
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def validate(cfg: EvalConfig) -> None:
     if not Path(cfg.pred_dir).is_dir():
         raise DataError(f"{cfg.pred_dir}: no such predictions folder")
@@ -290,7 +277,7 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
         for r in rows:
             writer.writerow({**r, "l1": f"{r['l1']:.6f}", "psnr": f"{r['psnr']:.4f}",
                              "ssim": f"{r['ssim']:.6f}"})
-        _atomic_text(cfg.csv_path, buf.getvalue())
+        atomic_write(cfg.csv_path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8", newline=""))
     if cfg.json_path is not None:
-        _atomic_text(cfg.json_path, json.dumps(summary, indent=2) + "\n")
+        atomic_write(cfg.json_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary, rows

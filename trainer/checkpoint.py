@@ -18,53 +18,19 @@ with ``torch.load(weights_only=True)`` and a file from a stranger can never run 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import random
-import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from p2p.runtime import files
-from p2p.runtime.errors import CheckpointError, P2PError
+from p2p.runtime.files import atomic_write  # noqa: F401  (re-exported: trainer, export use it)
+from p2p.runtime.errors import CheckpointError
 
 FORMAT = "p2p-checkpoint"
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never torn.
-    A file system that refuses (read-only, full, a file where a folder should be) is one
-    ``P2PError`` line naming ``path``, and the old file, if any, is untouched."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The pid in the name: a writer killed mid-write leaves this temp file, and the next
-        # write of ``path`` removes it (full-size checkpoints are hundreds of MB each).
-        files.remove_stale_temps(path.parent,
-                                 re.escape(f".{path.name}.") + r"(?P<pid>\d+)\..+\.tmp")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
-                                   dir=path.parent)
-    except FileExistsError:  # mkdir(exist_ok=True) on a path that is a file
-        raise P2PError(f"{path}: cannot write: {path.parent} is a file, not a folder") from None
-    except OSError as e:
-        raise P2PError(f"{path}: cannot write: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise P2PError(f"{path}: cannot write: {e.strerror or e}") from None
-        raise
-    return path
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:

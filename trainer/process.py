@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from p2p.runtime import images
 from p2p.runtime.errors import DataError, P2PError, choices
+from p2p.runtime.files import atomic_write
 
 OPS = ("resize", "combine", "split", "grayscale", "edges", "blank")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -136,19 +137,6 @@ def load_rgb(path: Path) -> Image.Image:
     return images.open_rgb(path)
 
 
-def _atomic(path: Path, write) -> None:
-    """``write(tmp)`` then ``os.replace``: a crash leaves the old file or none, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_writable(folder: Path) -> None:
     """One clear error before any work when the output folder cannot take files (read-only,
     a file in the way), instead of one failure per image."""
@@ -164,7 +152,7 @@ def check_writable(folder: Path) -> None:
 
 def save_png(im: Image.Image, path: Path) -> None:
     # compress_level 1: several times faster than the default 6 for a few % more bytes.
-    _atomic(path, lambda tmp: im.save(tmp, format="PNG", compress_level=1))
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG", compress_level=1))
 
 
 # ---------------------------------------------------------------------------- operations
@@ -274,7 +262,7 @@ def split_assignment(rels: list[Path], ratios, seed: int) -> dict[str, list[Path
 
 def _copy_checked(src: Path, dst: Path) -> None:
     load_rgb(src)  # a file that does not decode would only fail later, inside training
-    _atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
