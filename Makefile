@@ -34,14 +34,15 @@ test: setup chromium
 bench: setup
 	$(BIN)/pytest benchmarks/ --benchmark-only --benchmark-json=.benchmarks/latest.json
 
-DEMO_STEPS ?= 800
+DEMO_STEPS ?= 1000
 demo: setup
 	$(BIN)/p2p-train --data facades --direction BtoA --max-steps $(DEMO_STEPS) \
-		--output runs/facades-demo
+		--sample-every 250 --save-every 500 --snapshot-every 0 --output runs/facades-demo --overwrite
 	$(BIN)/p2p-export runs/facades-demo --fp16
 	$(BIN)/p2p-translate $(P2P_DATA)/facades/val --model runs/facades-demo/export/generator.onnx \
 		--output runs/facades-demo/val-translated --html --overwrite
-	@echo "Gallery: runs/facades-demo/val-translated/index.html"
+	$(BIN)/p2p-eval runs/facades-demo/val-translated --targets-from $(P2P_DATA)/facades/val \
+		--direction BtoA --json runs/facades-demo/val-metrics.json
 
 # The paper's schedule: 200 epochs of 400 images (80,000 steps; about 12 h on this CPU).
 demo-full: setup
