@@ -24,6 +24,8 @@ from p2p.runtime.engine import PROVIDERS
               help="Where the model runs; anything but auto fails rather than fall back.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU inference threads [default: physical cores].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="openvino: bf16 runs on AVX512_BF16/AMX CPUs [default: fp32].")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most requests run together in one engine batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -39,7 +41,7 @@ from p2p.runtime.engine import PROVIDERS
               help="Decode/encode threads [default: min(4, CPUs)].")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @handle_errors
-def main(model, host, port, provider, threads, max_batch, max_wait_ms, max_queue, max_body_mb,
+def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms, max_queue, max_body_mb,
          timeout_s, workers, access_log):
     """Serve a p2p model: POST /translate, GET /healthz, GET /metrics, and a page at /."""
     try:
@@ -47,6 +49,7 @@ def main(model, host, port, provider, threads, max_batch, max_wait_ms, max_queue
     except ImportError as e:
         raise click.ClickException(f"p2p-serve needs {e.name}: pip install 'p2p[serve]'")
     cfg = ServeConfig(model=model, host=host, port=port, provider=provider, threads=threads,
+                      precision=precision,
                       max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_queue=max_queue or 4 * max_batch,
                       max_body_bytes=int(max_body_mb * (1 << 20)), timeout_s=timeout_s,

@@ -54,6 +54,7 @@ class ServeConfig:
     port: int = 8000
     provider: str = "auto"
     threads: int | None = None  # engine CPU threads; None: physical cores
+    precision: str | None = None  # openvino: fp32 (None) or bf16
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_queue: int = 64  # requests admitted and not yet in a batch
@@ -283,7 +284,7 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
 
     log_line = log_line or (lambda msg: print(msg, file=sys.stderr))
     model = Path(cfg.model) if cfg.model else find_model()
-    engine = Engine(model, cfg.provider, cfg.max_batch, cfg.threads)
+    engine = Engine(model, cfg.provider, cfg.max_batch, cfg.threads, precision=cfg.precision)
     m = engine.metadata
     log_line(f"model {model} ({m.direction}, {m.image_size}px"
              f"{', dynamic size' if m.dynamic_size else ''}) on {engine.describe()}")

@@ -380,6 +380,11 @@ def test_cli_refuses_bad_model_and_provider_in_one_line(tmp_path, models):
     r = subprocess.run([BIN / "p2p-serve", "--model", models["identity"], "--provider", "gpu"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "'gpu' is not one of" in r.stderr
+    r = subprocess.run([BIN / "p2p-serve", "--model", models["identity"], "--provider", "cpu",
+                        "--precision", "bf16"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "Error: provider cpu: precision bf16 runs on openvino only "
+        "(pip install 'p2p[openvino]', --provider openvino)"]
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
