@@ -149,26 +149,12 @@ def read_metadata_props(path: Path) -> dict[str, str]:
     with open(path, "rb") as f:
         end = os.fstat(f.fileno()).st_size
         try:
-            while f.tell() < end:
-                key = _varint(f)
-                field, wire = key >> 3, key & 7
-                if wire == 0:
-                    _varint(f)
-                elif wire in (1, 5):
-                    f.seek(8 if wire == 1 else 4, 1)
-                elif wire == 2:
-                    n = _varint(f)
-                    start = f.tell()
-                    if start + n > end:
-                        raise EOFError
-                    if field == 14:
-                        props.update([_entry(f.read(n))])
-                    elif field in _TENSOR_PATHS["model"]:
-                        saw_graph |= field == 7
-                        _walk(f, start + n, _TENSOR_PATHS["model"][field], locations, 1)
-                    f.seek(start + n)
-                else:
-                    raise ValueError(f"wire type {wire}")
+            for field, start, n in _length_delimited(f, end):
+                if field == 14:
+                    props.update([_entry(f.read(n))])
+                elif field in _TENSOR_PATHS["model"]:
+                    saw_graph |= field == 7
+                    _walk(f, start + n, _TENSOR_PATHS["model"][field], locations, 1)
         except (EOFError, ValueError, UnicodeDecodeError):
             raise ModelError(f"{path}: not an ONNX model (unreadable or truncated protobuf)") from None
     if not saw_graph:
@@ -182,6 +168,19 @@ def _walk(f, end: int, kind: str, locations: list[str], depth: int) -> None:
     if depth > _MAX_NESTING:
         raise ValueError("messages nested too deep")
     children = _TENSOR_PATHS[kind]
+    for field, start, n in _length_delimited(f, end):
+        child = children.get(field)
+        if child == "entry":
+            k, v = _entry(f.read(n))
+            if k == "location":
+                locations.append(v)
+        elif child is not None:
+            _walk(f, start + n, child, locations, depth + 1)
+
+
+def _length_delimited(f, end: int):
+    """Yield (field, start, length) for each length-delimited field of the message that ends
+    at ``end``, skipping scalars; the reader is put past each field after the caller's turn."""
     while f.tell() < end:
         key = _varint(f)
         field, wire = key >> 3, key & 7
@@ -194,13 +193,7 @@ def _walk(f, end: int, kind: str, locations: list[str], depth: int) -> None:
             start = f.tell()
             if start + n > end:
                 raise EOFError
-            child = children.get(field)
-            if child == "entry":
-                k, v = _entry(f.read(n))
-                if k == "location":
-                    locations.append(v)
-            elif child is not None:
-                _walk(f, start + n, child, locations, depth + 1)
+            yield field, start, n
             f.seek(start + n)
         else:
             raise ValueError(f"wire type {wire}")
