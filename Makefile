@@ -32,7 +32,9 @@ test: setup chromium
 	$(BIN)/pytest -q
 
 bench: setup
+	mkdir -p .benchmarks
 	$(BIN)/pytest benchmarks/ --benchmark-only --benchmark-json=.benchmarks/latest.json
+	$(PY) benchmarks/report.py .benchmarks/latest.json
 
 DEMO_STEPS ?= 1000
 demo: setup
