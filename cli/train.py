@@ -9,8 +9,8 @@ from p2p.cli.common import handle_errors
 from p2p.runtime.errors import P2PError
 from p2p.trainer.datasets import NAMES
 from p2p.trainer.models import NORMS
-from p2p.trainer.train import (DEVICES, TrainConfig, default_output, load_run_config,
-                               main as train_main)
+from p2p.trainer.rundir import default_output, load_run_config
+from p2p.trainer.train import DEVICES, TrainConfig, main as train_main
 
 POS = click.IntRange(min=1)
 

@@ -33,6 +33,7 @@ from p2p.runtime.errors import CheckpointError, DataError, P2PError, ProviderErr
 from p2p.trainer import checkpoint, data, datasets
 from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
+from p2p.trainer.rundir import RunLog, prepare_output
 from p2p.trainer.samples import write_samples
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -79,22 +80,6 @@ class TrainConfig:
 RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "image_size",
           "load_size", "flip", "ngf", "ndf", "norm", "l1_weight", "lr", "beta1", "batch_size",
           "epochs", "epochs_decay", "seed")
-
-
-def default_output(data: str | None, data_a: str | None) -> str:
-    src = data or data_a
-    return f"runs/{Path(src.rstrip('/')).name}" if src else "runs/run"
-
-
-def load_run_config(output: Path) -> dict:
-    """The TrainConfig fields a previous run saved in ``output/config.json``."""
-    path = Path(output) / "config.json"
-    try:
-        return json.loads(path.read_text())["train"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no run to resume here (no config.json)") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a p2p run config ({e})") from None
 
 
 def resolve_device(name: str, amp: bool) -> torch.device:
@@ -241,33 +226,6 @@ def _batches(loader):
             raise type(e)(last.split(f"{type(e).__name__}: ", 1)[-1]) from None
 
 
-class RunLog:
-    """metrics.jsonl (+ TensorBoard when installed)."""
-
-    def __init__(self, out: Path, step: int):
-        self.path = out / "metrics.jsonl"
-        self.file = open(self.path, "a")
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=step or None)
-        except ImportError:
-            pass
-
-    def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "epoch"):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: Path,
                     samples: list, log: RunLog, bar) -> None:
     cfg = t.cfg
@@ -367,36 +325,6 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     print(f"done: step {t.step}, epoch {t.epoch}; checkpoint {where}")
 
 
-def _step_of(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):  # a line torn by a hard kill
-        return None
-
-
-def _prepare_output(out: Path, cfg: TrainConfig) -> dict | None:
-    """Fresh run, resume or overwrite; returns the checkpoint state to resume from."""
-    latest = out / "checkpoints" / "latest.pt"
-    if cfg.resume:
-        state = checkpoint.load_checkpoint(latest)
-        # Lines logged after the checkpoint belong to a future we are about to redo.
-        metrics = out / "metrics.jsonl"
-        if metrics.exists():
-            keep = [ln for ln in metrics.read_text().splitlines() if _step_of(ln) is not None
-                    and _step_of(ln) <= state["step"]]
-            checkpoint.atomic_write(metrics, lambda tmp: tmp.write_text(
-                "".join(ln + "\n" for ln in keep)))
-        return state
-    if (out / "config.json").exists() or latest.exists():
-        if not cfg.overwrite:
-            raise DataError(f"{out}: already holds a run; pass --resume to continue it, "
-                            "--overwrite to start again, or choose another --output")
-        for name in ("checkpoints", "samples", "tensorboard"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    return None
-
-
 def main(cfg: TrainConfig) -> Trainer:
     device = resolve_device(cfg.device, cfg.amp)
     if cfg.threads:
@@ -417,7 +345,7 @@ def main(cfg: TrainConfig) -> Trainer:
     task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
             "data": cfg.data or f"{cfg.data_a}|{cfg.data_b}"}
     out = Path(cfg.output)
-    state = _prepare_output(out, cfg)
+    state = prepare_output(out, cfg.resume, cfg.overwrite)
     # Seed before building the networks: init weights and dropout masks follow the seed.
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -1,0 +1,89 @@
+"""The run folder: where a run lives, what a resume reads back, and its metrics log.
+
+    config.json            the TrainConfig, model config and task of the run
+    checkpoints/latest.pt  (+ step_NNNNNN.pt snapshots) see trainer/checkpoint.py
+    metrics.jsonl          one JSON line per --log-every steps (+ val_L1 at sample steps)
+    samples/, tensorboard/
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from p2p.runtime.errors import CheckpointError, DataError
+from p2p.trainer import checkpoint
+
+
+def default_output(data: str | None, data_a: str | None) -> str:
+    src = data or data_a
+    return f"runs/{Path(src.rstrip('/')).name}" if src else "runs/run"
+
+
+def load_run_config(output: Path) -> dict:
+    """The TrainConfig fields a previous run saved in ``output/config.json``."""
+    path = Path(output) / "config.json"
+    try:
+        return json.loads(path.read_text())["train"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no run to resume here (no config.json)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a p2p run config ({e})") from None
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line torn by a hard kill
+        return None
+
+
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """Fresh run, resume or overwrite; returns the checkpoint state to resume from."""
+    latest = out / "checkpoints" / "latest.pt"
+    if resume:
+        state = checkpoint.load_checkpoint(latest)
+        # Lines logged after the checkpoint belong to a future we are about to redo.
+        metrics = out / "metrics.jsonl"
+        if metrics.exists():
+            keep = [ln for ln in metrics.read_text().splitlines() if _step_of(ln) is not None
+                    and _step_of(ln) <= state["step"]]
+            checkpoint.atomic_write(metrics, lambda tmp: tmp.write_text(
+                "".join(ln + "\n" for ln in keep)))
+        return state
+    if (out / "config.json").exists() or latest.exists():
+        if not overwrite:
+            raise DataError(f"{out}: already holds a run; pass --resume to continue it, "
+                            "--overwrite to start again, or choose another --output")
+        for name in ("checkpoints", "samples", "tensorboard"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    return None
+
+
+class RunLog:
+    """metrics.jsonl (+ TensorBoard when installed)."""
+
+    def __init__(self, out: Path, step: int):
+        self.path = out / "metrics.jsonl"
+        self.file = open(self.path, "a")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=step or None)
+        except ImportError:
+            pass
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
