@@ -41,8 +41,8 @@ from p2p.runtime.engine import PROVIDERS
               help="Decode/encode threads [default: min(4, CPUs)].")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @handle_errors
-def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms, max_queue, max_body_mb,
-         timeout_s, workers, access_log):
+def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms, max_queue,
+         max_body_mb, timeout_s, workers, access_log):
     """Serve a p2p model: POST /translate, GET /healthz, GET /metrics, and a page at /."""
     try:
         from p2p.runtime.server import ServeConfig, serve

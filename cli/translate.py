@@ -48,15 +48,15 @@ from p2p.runtime.pipeline import TranslateConfig, translate
               help="Decode and encode threads (each) [default: min(4, CPUs)].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @handle_errors
-def main(inputs, model, output, provider, batch_size, threads, precision, fmt, split, model_size, pattern,
-         html, overwrite, workers, quiet):
+def main(inputs, model, output, provider, batch_size, threads, precision, fmt, split,
+         model_size, pattern, html, overwrite, workers, quiet):
     """Translate INPUT images and folders (recursive) with a p2p model."""
     if len(inputs) > 1 and output is None:
         click.echo("note: several inputs and no --output: each goes to its own "
                    "<input>-translated folder", err=True)
     cfg = TranslateConfig(inputs=tuple(inputs), model=model, output=output, provider=provider,
-                          batch_size=batch_size, threads=threads, precision=precision, fmt=fmt, split=split,
-                          model_size=model_size, glob=pattern, html=html, overwrite=overwrite,
+                          batch_size=batch_size, threads=threads, precision=precision,
+                          fmt=fmt, split=split, model_size=model_size, glob=pattern, html=html, overwrite=overwrite,
                           workers=workers, progress=not quiet)
     summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
     for line in summary.lines():

@@ -26,13 +26,14 @@ def _png(size=(64, 32)) -> bytes:
     return buf.getvalue()
 
 
-def make_archive(path: Path, members: dict[str, bytes], links: dict[str, str] = {}) -> Path:
+def make_archive(path: Path, members: dict[str, bytes],
+                 links: dict[str, str] | None = None) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name, payload in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-        for name, target in links.items():
+        for name, target in (links or {}).items():
             info = tarfile.TarInfo(name)
             info.type, info.linkname = tarfile.SYMTYPE, target
             tar.addfile(info)

@@ -11,9 +11,8 @@ one session and runs one chunk. A backend is any object with
     close() -> None
 
 and raises ``ProviderError`` from its constructor when its provider cannot run here.
-onnxruntime (``ort.py``) serves cpu, cuda and tensorrt. OpenVINO is meant to be a second
-backend (``openvino.py``, extra ``p2p[openvino]``) reading the same ONNX file: one more
-branch in ``create`` and one more entry in ``auto_order``.
+onnxruntime (``ort.py``) serves cpu, cuda and tensorrt; OpenVINO (``../openvino.py``, extra
+``p2p[openvino]``) is the second backend, reading the same ONNX file.
 """
 
 from __future__ import annotations
