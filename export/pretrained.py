@@ -19,7 +19,7 @@ from pathlib import Path
 
 from p2p.runtime import download
 from p2p.runtime import pretrained as catalogue
-from p2p.runtime.engine import read_metadata
+from p2p.runtime.engine import file_sha256, read_metadata
 from p2p.runtime.errors import CheckpointError, DownloadError, HashMismatch, ModelError, choices
 from p2p.runtime.files import atomic_write
 from p2p.runtime.metadata import DIRECTIONS
@@ -113,7 +113,7 @@ def import_file(source: Path, cfg: PretrainedConfig) -> list[Path]:
 
 
 def _check(path: Path, want: str | None, what: str) -> str:
-    digest = download.sha256_file(path)
+    digest = file_sha256(path)
     if want and digest != want:
         raise HashMismatch(f"{what}: sha256 {digest} does not match the expected {want}; the "
                            "file is corrupt or not the published one (delete it, or pin "

@@ -16,7 +16,6 @@ name; later downloads of that name must match it. Torch-free (trainer/ and expor
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .engine import file_sha256
 from .errors import DownloadError, HashMismatch
 from .files import atomic_write
 
@@ -45,14 +45,6 @@ def check_sha256(value: str, where: str) -> str:
     if not SHA256_RE.fullmatch(value):
         raise DownloadError(f"{where}: {value!r} is not a SHA-256 (64 hex digits)")
     return value
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def part_path(dest: Path) -> Path:
@@ -90,7 +82,7 @@ def fetch(url: str, dest: Path, expected_sha256: str | None = None, progress: bo
             raise
         part.flush()
         os.fsync(part.fileno())
-        digest = sha256_file(Path(part.name))
+        digest = file_sha256(Path(part.name))
         if expected_sha256 and digest != expected_sha256:
             Path(part.name).unlink(missing_ok=True)
             raise HashMismatch(f"{url}: sha256 {digest} does not match the expected "
@@ -113,9 +105,14 @@ def _transfer(url: str, part, progress: bool, timeout: float) -> None:
             total = int(r.headers.get("Content-Length") or 0)
             with tqdm(total=(have + total) or None, initial=have, unit="B", unit_scale=True,
                       desc=url.rsplit("/", 1)[-1], disable=not progress) as bar:
+                got = 0
                 while block := r.read(CHUNK):
                     part.write(block)
+                    got += len(block)
                     bar.update(len(block))
+            # read(n) returns b"" when the server hangs up early; only the length tells.
+            if total and got < total:
+                raise http.client.IncompleteRead(b"", total - got)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # nothing left to send: the .part is already whole
             return
@@ -123,7 +120,7 @@ def _transfer(url: str, part, progress: bool, timeout: float) -> None:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
         if isinstance(e, http.client.IncompleteRead):
-            reason = f"connection closed after {part.tell()} bytes"
+            reason = f"connection closed after {part.tell()} bytes (rerun to resume)"
         raise DownloadError(f"{url}: download failed: {reason}") from None
 
 
