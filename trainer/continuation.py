@@ -101,7 +101,6 @@ def nothing_left(step: int, total: int, epochs: int, epochs_decay: int, max_step
     if max_steps and max_steps < schedule_steps:
         more = f"raise --max-steps (the schedule has {schedule_steps} steps)"
     else:
-        more = (f"pass --resume with a longer schedule, e.g. --epochs-decay "
-                f"{epochs_decay + 50} (now {epochs} + {epochs_decay} epochs); the LR rule "
-                "goes on from the current epoch")
+        more = (f"to train further, --resume with a larger --epochs or --epochs-decay "
+                f"(now {epochs} + {epochs_decay}); the LR rule goes on from this epoch")
     return f"already at step {step} of {total}; nothing to do ({more})"
