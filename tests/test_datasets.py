@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import io
 import shutil
-import socket
 import tarfile
 import threading
 from pathlib import Path
@@ -172,10 +171,9 @@ def test_first_digest_is_recorded_and_a_changed_archive_refused(server, tmp_path
     assert _leftovers(tmp_path / "cache") == ["sha256.json"]
 
 
-def test_unreachable_server_says_where_it_looked_and_how_to_use_a_copy(tmp_path, monkeypatch):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_unreachable_server_says_where_it_looked_and_how_to_use_a_copy(tmp_path, monkeypatch,
+                                                                       closed_port):
+    port = closed_port
     monkeypatch.setenv("P2P_DATASET_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("P2P_DATA", str(tmp_path / "data"))
     with pytest.raises(DataError) as e:

@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -224,10 +223,9 @@ def test_a_killed_process_resumes(server, weights, tmp_path):
     assert (part.parent / f"{NAME}_net_G.pth").read_bytes() == weights[0]
 
 
-def test_no_network_says_what_was_tried_and_how_to_import(tmp_path, monkeypatch):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_no_network_says_what_was_tried_and_how_to_import(tmp_path, monkeypatch,
+                                                          closed_port):
+    port = closed_port
     monkeypatch.setenv("P2P_MODELS_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("P2P_CACHE", str(tmp_path / "cache"))
     r = cli("get", NAME)
