@@ -90,6 +90,10 @@ def main(ctx, quiet, **opts):
             raise P2PError("--resume needs --output (or the --data the run used)")
         out = opts["output"] or default_output(opts["data"], opts["data_a"])
         saved = load_run_config(out)
+        if (ctx.get_parameter_source("init_from") != ParameterSource.DEFAULT
+                and opts["init_from"] != saved.get("init_from")):
+            raise P2PError("--init-from starts a new run; --resume continues its own "
+                           "checkpoint (drop --init-from, or choose another --output)")
         # Flags the user did not type come from the run being resumed, never from defaults.
         for name in opts:
             if (name not in ("resume", "overwrite", "output") and name in saved

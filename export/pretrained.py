@@ -69,7 +69,10 @@ def get(cfg: PretrainedConfig) -> list[Path]:
     Raises ``DownloadError`` (one line: what was tried, and the ``import`` command) when the
     server cannot be reached, ``HashMismatch`` when the file is not the expected one.
     """
-    item = entry(cfg.name)
+    if cfg.name not in catalogue.CATALOGUE:
+        raise ModelError(f"{cfg.name}: not a published model; known: "
+                         f"{choices(catalogue.CATALOGUE)} (p2p-pretrained list)")
+    item = catalogue.CATALOGUE[cfg.name]
     book = download.HashBook(catalogue.models_dir() / "sha256.json")
     want = download.expected(item.name, item.sha256, cfg.sha256, book)
     pth = catalogue.weights_path(item.name)
@@ -90,8 +93,11 @@ def get(cfg: PretrainedConfig) -> list[Path]:
             raise DownloadError(f"{e}; without network, fetch the file elsewhere and run "
                                 f"p2p-pretrained import FILE.pth --name {item.name}") from None
         print(f"downloaded {item.url} -> {pth} (sha256 {digest})")
+    outputs = _export(item, pth, digest, item.url, cfg)
+    # Recorded once the file has proved to be a generator that exports: a first download
+    # that went wrong (e.g. resumed across a change on the server) is never trusted.
     book.record(item.name, digest, item.url)
-    return _export(item, pth, digest, item.url, cfg)
+    return outputs
 
 
 def import_file(source: Path, cfg: PretrainedConfig) -> list[Path]:
@@ -107,9 +113,10 @@ def import_file(source: Path, cfg: PretrainedConfig) -> list[Path]:
     pth = catalogue.weights_path(item.name)
     if source.resolve() != pth.resolve():
         atomic_write(pth, lambda tmp: shutil.copyfile(source, tmp))
-    book.record(item.name, digest, f"file://{source.resolve()}")
     print(f"imported {source} -> {pth} (sha256 {digest})")
-    return _export(item, pth, digest, item.url, cfg)
+    outputs = _export(item, pth, digest, item.url, cfg)
+    book.record(item.name, digest, f"file://{source.resolve()}")
+    return outputs
 
 
 def _check(path: Path, want: str | None, what: str) -> str:

@@ -137,3 +137,11 @@ def test_wrong_architecture_flags_get_the_exporters_hint(pairs, tmp_path):
             "--norm batch") in r.output
     assert len([ln for ln in r.output.splitlines() if ln.startswith("Error")]) == 1
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_init_from_cannot_apply_to_a_resumed_run(pairs, tmp_path):
+    g_path, _, _, _ = reference_files(tmp_path / "ref")
+    out = tmp_path / "run"
+    run("--data", pairs, *TINY, "--max-steps", 1, "--workers", 0, "-o", out)
+    r = run("--resume", "-o", out, "--init-from", g_path, "--max-steps", 2, ok=False)
+    assert r.exit_code == 1 and "--init-from starts a new run" in r.output

@@ -234,6 +234,9 @@ def test_no_network_says_what_was_tried_and_how_to_import(tmp_path, monkeypatch,
     assert r.output.rstrip().endswith(f"p2p-pretrained import FILE.pth --name {NAME}")
     assert r.output.count("\n") == 1
     assert not (tmp_path / "cache" / "models" / NAME).exists()
+    r = cli("get", "facades")  # a dataset's name, not a model's
+    assert r.exit_code == 1 and "facades: not a published model; known: " \
+        "facades_label2photo|sat2map|map2sat|edges2shoes|day2night" in r.output
 
 
 @pytest.mark.slow
