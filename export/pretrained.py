@@ -114,8 +114,11 @@ def import_file(source: Path, cfg: PretrainedConfig) -> list[Path]:
     if source.resolve() != pth.resolve():
         atomic_write(pth, lambda tmp: shutil.copyfile(source, tmp))
     print(f"imported {source} -> {pth} (sha256 {digest})")
-    outputs = _export(item, pth, digest, item.url, cfg)
-    book.record(item.name, digest, f"file://{source.resolve()}")
+    # A listed model's metadata names where it is published; one of the user's own, its file.
+    origin = f"file://{source.resolve()}"
+    url = item.url if item.name in catalogue.CATALOGUE else origin
+    outputs = _export(item, pth, digest, url, cfg)
+    book.record(item.name, digest, origin)
     return outputs
 
 

@@ -251,6 +251,7 @@ def test_import_by_hand_and_names_outside_the_catalogue(weights, tmp_path, monke
     assert r.exit_code == 0, r.output
     meta = read_metadata(pick_model("mine"))
     assert (meta.direction, meta.checkpoint_sha256) == ("AtoB", sha(weights[1]))
+    assert meta.source_url == f"file://{f.resolve()}"
     with pytest.raises(ModelError, match=r"nope: no such model file.*downloaded in .*: mine;"):
         pick_model("nope")
     with pytest.raises(ModelError, match=f"run p2p-pretrained get {NAME}"):
