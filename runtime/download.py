@@ -102,6 +102,12 @@ def _transfer(url: str, part, progress: bool, timeout: float) -> None:
                 part.seek(0)
                 part.truncate()
                 have = 0
+            elif have and _range_start(r.headers.get("Content-Range")) != have:
+                part.seek(0)
+                part.truncate()
+                raise DownloadError(f"{url}: the server answered the resume with other "
+                                    f"bytes ({r.headers.get('Content-Range')}); rerun to "
+                                    "download it whole")
             total = int(r.headers.get("Content-Length") or 0)
             with tqdm(total=(have + total) or None, initial=have, unit="B", unit_scale=True,
                       desc=url.rsplit("/", 1)[-1], disable=not progress) as bar:
@@ -122,6 +128,12 @@ def _transfer(url: str, part, progress: bool, timeout: float) -> None:
         if isinstance(e, http.client.IncompleteRead):
             reason = f"connection closed after {part.tell()} bytes (rerun to resume)"
         raise DownloadError(f"{url}: download failed: {reason}") from None
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of ``Content-Range: bytes START-END/SIZE`` (RFC 9110 14.4)."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", content_range or "")
+    return int(m.group(1)) if m else None
 
 
 class HashBook:

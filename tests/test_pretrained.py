@@ -27,7 +27,7 @@ from PIL import Image
 from p2p.cli.pretrained import main as pretrained_cli
 from p2p.cli.translate import main as translate_cli
 from p2p.export.pretrained import PRECISIONS
-from p2p.runtime import pretrained
+from p2p.runtime import download, pretrained
 from p2p.runtime.engine import read_metadata
 from p2p.runtime.errors import ModelError
 from p2p.runtime.pipeline import pick_model
@@ -47,13 +47,15 @@ def reference_bytes(tmp: Path, seed: int) -> bytes:
 class Server:
     """Serves ``files`` (name -> bytes) with HTTP Range support; records each request's
     Range header; ``cut_after`` makes the next response close the connection mid-body;
-    ``delay`` slows every 4 KB block (for a kill mid-download)."""
+    ``delay`` slows every 4 KB block (for a kill mid-download); ``ignore_start`` answers a
+    range request with the wrong bytes."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.cut_after: int | None = None
         self.delay = 0.0
+        self.ignore_start: int | None = None  # answer any range from this byte instead
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -65,6 +67,7 @@ class Server:
                     self.send_error(404)
                     return
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                start = server.ignore_start if rng and server.ignore_start is not None else start
                 self.send_response(206 if rng else 200)
                 if rng:
                     self.send_header("Content-Range",
@@ -221,6 +224,20 @@ def test_a_killed_process_resumes(server, weights, tmp_path):
     assert r.exit_code == 0, r.output
     assert server.requests[-1] == (f"/{NAME}.pth", f"bytes={have}-")
     assert (part.parent / f"{NAME}_net_G.pth").read_bytes() == weights[0]
+
+
+def test_a_resume_answered_with_other_bytes_is_not_appended(server, weights, tmp_path):
+    dest = tmp_path / "x" / "g.pth"
+    url = f"{server.url}/{NAME}.pth"
+    download.part_path(dest).parent.mkdir()
+    download.part_path(dest).write_bytes(weights[0][:3000])
+    server.ignore_start = 0  # a 206 that starts at byte 0, not 3000
+    with pytest.raises(download.DownloadError, match="answered the resume with other bytes"):
+        download.fetch(url, dest, progress=False)
+    assert not dest.exists() and not download.part_path(dest).exists()
+    server.ignore_start = None
+    assert download.fetch(url, dest, progress=False) == sha(weights[0])
+    assert dest.read_bytes() == weights[0] and server.requests[-1] == (f"/{NAME}.pth", None)
 
 
 def test_no_network_says_what_was_tried_and_how_to_import(tmp_path, monkeypatch,
