@@ -92,7 +92,8 @@ def reference_files(folder: Path, ngf: int = 8, size_downs: int = 5):
     return folder / "latest_net_G.pth", folder / "latest_net_D.pth", g, d
 
 
-def test_fine_tune_from_a_reference_generator_then_export(pairs, tmp_path):
+def test_fine_tune_from_a_reference_generator_then_export(pairs, tmp_path, monkeypatch):
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path / "cache"))  # export's checks: not ~/.cache
     g_path, d_path, g, d = reference_files(tmp_path / "ref")
     args = ["--data", pairs, "--image-size", 32, "--load-size", 36, "--ngf", 8, "--ndf", 8,
             "--quiet", "--threads", 1, "--workers", 0, "--sample-every", 0,
