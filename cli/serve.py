@@ -15,8 +15,9 @@ from p2p.runtime.engine import PROVIDERS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Exported .onnx model [default: the newest *.onnx under runs/].")
+@click.option("--model", "-m", type=click.Path(dir_okay=False, path_type=Path),
+              help="Exported .onnx model, or the name of a model fetched with p2p-pretrained "
+                   "get [default: the newest *.onnx under runs/].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)

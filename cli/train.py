@@ -70,9 +70,15 @@ def _power_of_two(ctx, param, value):
               help="Update checkpoints/latest.pt every N steps (and at the end / Ctrl-C).")
 @click.option("--snapshot-every", type=click.IntRange(min=0), default=20000, show_default=True,
               help="Keep checkpoints/step_N.pt every N steps (0: none).")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
+              help="Fine-tune: start G (and D) from a p2p checkpoint or a "
+                   "pytorch-CycleGAN-and-pix2pix *_net_G.pth; fresh optimizers and schedule.")
+@click.option("--init-from-d", type=click.Path(exists=True, dir_okay=False),
+              help="With --init-from: the matching *_net_D.pth to start D from.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --output from checkpoints/latest.pt; flags not given "
-                   "are taken from its config.json.")
+                   "are taken from its config.json. Larger --epochs/--epochs-decay extend a "
+                   "finished run; the LR rule goes on from the current epoch.")
 @click.option("--overwrite", is_flag=True, help="Start again in an --output that holds a run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -84,11 +90,17 @@ def main(ctx, quiet, **opts):
             raise P2PError("--resume needs --output (or the --data the run used)")
         out = opts["output"] or default_output(opts["data"], opts["data_a"])
         saved = load_run_config(out)
+        if (ctx.get_parameter_source("init_from") != ParameterSource.DEFAULT
+                and opts["init_from"] != saved.get("init_from")):
+            raise P2PError("--init-from starts a new run; --resume continues its own "
+                           "checkpoint (drop --init-from, or choose another --output)")
         # Flags the user did not type come from the run being resumed, never from defaults.
         for name in opts:
             if (name not in ("resume", "overwrite", "output") and name in saved
                     and ctx.get_parameter_source(name) == ParameterSource.DEFAULT):
                 opts[name] = saved[name]
         opts["output"] = out
+    if opts["init_from_d"] and not opts["init_from"]:
+        raise P2PError("--init-from-d needs --init-from (the generator to start from)")
     opts["output"] = opts["output"] or default_output(opts["data"], opts["data_a"])
     train_main(TrainConfig(**opts, progress=not quiet))

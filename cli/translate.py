@@ -20,8 +20,9 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Exported .onnx model [default: the newest *.onnx under runs/].")
+@click.option("--model", "-m", type=click.Path(dir_okay=False, path_type=Path),
+              help="Exported .onnx model, or the name of a model fetched with p2p-pretrained "
+                   "get [default: the newest *.onnx under runs/].")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder; the input tree is mirrored under it "
                    "[default: <input>-translated beside each input].")

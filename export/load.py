@@ -13,7 +13,6 @@ pickles):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from torch import nn
 from p2p.runtime.errors import CheckpointError, choices
 from p2p.runtime.metadata import COLOR_SPACES, DIRECTIONS
 from p2p.trainer.checkpoint import check_checkpoint, load_state, sha256_file
-from p2p.trainer.models import ModelConfig, UnetGenerator
+from p2p.trainer.models import ModelConfig
+from p2p.trainer.reference import JUNYANZ_KEY, build_generator, is_junyanz
 
-JUNYANZ_KEY = "model.model.0.weight"  # the outermost down-convolution in their UnetGenerator
 ARCH_FLAGS = ("ngf", "norm", "image_size", "in_channels", "out_channels")
 
 
@@ -83,10 +82,6 @@ def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
-def is_junyanz(state: dict) -> bool:
-    return JUNYANZ_KEY in state and "format" not in state
-
-
 def load(source: Path | None, overrides: Overrides = Overrides(),
          runs_dir: Path = Path("runs")) -> Loaded:
     path = resolve(source, runs_dir)
@@ -117,7 +112,7 @@ def _load_p2p(path: Path, state: dict, o: Overrides) -> Loaded:
             flag = "--" + name.replace("_", "-")
             raise CheckpointError(f"{path}: {flag} {want} contradicts the checkpoint, which "
                                   f"records {name}={have}; drop the flag")
-    generator = _build(path, cfg, state["generator"])
+    generator = build_generator(path, cfg, state["generator"])
     return Loaded(generator, cfg, facts["direction"], facts["color_space"], int(state["step"]),
                   sha256_file(path), "p2p", path, run_dir_of(path), task.get("data"))
 
@@ -136,56 +131,9 @@ def _load_junyanz(path: Path, state: dict, o: Overrides) -> Loaded:
     if color_space == "lab" and (cfg.in_channels, cfg.out_channels) != (1, 2):
         raise CheckpointError(f"{path}: --color-space lab needs --in-channels 1 "
                               "--out-channels 2 (L in, ab out)")
-    generator = _build(path, cfg, _drop_instance_norm_stats(state, cfg), junyanz=True)
+    generator = build_generator(path, cfg, state, junyanz=True)
     return Loaded(generator, cfg, direction, color_space, 0, sha256_file(path), "junyanz",
                   path, run_dir_of(path), None)
-
-
-def _drop_instance_norm_stats(state: dict, cfg: ModelConfig) -> dict:
-    """What junyanz's ``patch_instance_norm_state_dict`` does for pre-0.4 checkpoints.
-
-    Old PyTorch saved running_mean/var (and later num_batches_tracked) for InstanceNorm
-    layers that have no such buffers; they carry no information, so they are dropped.
-    """
-    if cfg.norm != "instance":
-        return state
-    inst = {name for name, m in UnetGenerator(cfg).named_modules()
-            if isinstance(m, nn.InstanceNorm2d)}
-    stats = ("running_mean", "running_var", "num_batches_tracked")
-    return {k: v for k, v in state.items()
-            if not (k.rsplit(".", 1)[-1] in stats and k.rsplit(".", 1)[0] in inst)}
-
-
-def _build(path: Path, cfg: ModelConfig, weights, junyanz: bool = False) -> nn.Module:
-    generator = UnetGenerator(cfg)
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{path}: generator weights are a {type(weights).__name__}, "
-                              "not a state_dict")
-    try:
-        generator.load_state_dict(weights, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        hint = _junyanz_hint(weights) if junyanz else ""
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{path}: weights do not fit a U-Net with ngf={cfg.ngf}, norm={cfg.norm}, "
-            f"image_size={cfg.image_size}, channels {cfg.in_channels}->{cfg.out_channels}"
-            f"{hint} ({first[:160]})") from None
-    return generator
-
-
-def _junyanz_hint(state: dict) -> str:
-    """Read the architecture off the weights, to tell the user which flags would fit."""
-    try:
-        first = state[JUNYANZ_KEY]
-        # Each nested block is entered through index 1 (outermost) or 3 (the others).
-        depth = 1 + max(len(re.findall(r"\.[13]\.model(?=\.)", k)) for k in state)
-        out_ch = state["model.model.3.weight"].shape[1]
-        norm = "batch" if any(k.endswith("running_mean") for k in state) else "instance"
-        return (f"; the file looks like --ngf {first.shape[0]} --in-channels {first.shape[1]} "
-                f"--out-channels {out_ch} --image-size {2 ** depth} --norm {norm} "
-                "(an old instance-norm file also has running_mean keys)")
-    except (AttributeError, IndexError, KeyError, TypeError):
-        return ""
 
 
 def _some_keys(state: dict, n: int = 4) -> str:

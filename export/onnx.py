@@ -59,6 +59,7 @@ class ExportConfig:
     verify: bool = True
     val_images: int = 4  # the batch >= 4 check
     overrides: Overrides = field(default_factory=Overrides)
+    source_url: str = ""  # recorded in the metadata: where the checkpoint was downloaded from
 
 
 # --- the inference graph ---------------------------------------------------------------
@@ -167,7 +168,8 @@ def export_graph(graph: nn.Module, loaded: Loaded, opset: int,
 
 # --- metadata and files ------------------------------------------------------------------
 
-def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool) -> ModelMetadata:
+def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool,
+             source_url: str = "") -> ModelMetadata:
     try:
         p2p_version = version("p2p")
     except PackageNotFoundError:
@@ -180,7 +182,8 @@ def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool) -> 
         out_channels=cfg.out_channels, norm_mode=norm_mode,
         input_dtype="float16" if fp16 else "float32", output_dtype="float32",
         input_name=INPUT, output_name=OUTPUT, training_step=loaded.step,
-        checkpoint_sha256=loaded.sha256, source=loaded.source, p2p_version=p2p_version)
+        checkpoint_sha256=loaded.sha256, source=loaded.source, source_url=source_url,
+        p2p_version=p2p_version)
 
 
 def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProto:
@@ -254,10 +257,11 @@ def main(cfg: ExportConfig) -> list[Path]:
     graph = inference_graph(loaded.generator, mc.norm, cfg.norm_mode)
     fp32 = export_graph(graph, loaded, cfg.opset, cfg.dynamic_size)
     out = cfg.output or default_output(loaded)
-    metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False)}
+    metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, False, cfg.source_url)}
     models = {out: with_metadata(fp32, metas[out])}
     if cfg.fp16:
-        metas[fp16_path(out)] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=True)
+        metas[fp16_path(out)] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, True,
+                                         cfg.source_url)
         models[fp16_path(out)] = with_metadata(to_fp16(fp32), metas[fp16_path(out)])
     print(f"exported opset {cfg.opset} with torch.onnx (dynamo) in "
           f"{time.perf_counter() - t0:.1f} s")

@@ -31,6 +31,14 @@ class ProviderError(P2PError):
     """An execution provider was requested but cannot run here (and says why)."""
 
 
+class DownloadError(P2PError):
+    """A download failed: server unreachable, an HTTP error, or a file that cannot be written."""
+
+
+class HashMismatch(DownloadError):
+    """A downloaded or imported file is not the one expected (its SHA-256 differs)."""
+
+
 class ImageError(P2PError):
     """One image cannot be decoded or converted; the batch goes on without it."""
 

@@ -42,6 +42,7 @@ class ModelMetadata:
     training_step: int = 0
     checkpoint_sha256: str = ""
     source: str = "p2p"  # "p2p" or "junyanz" (pytorch-CycleGAN-and-pix2pix state_dict)
+    source_url: str = ""  # where the checkpoint was downloaded from (p2p-pretrained), if it was
     p2p_version: str = ""
     schema_version: int = SCHEMA_VERSION
 

@@ -26,6 +26,7 @@ from PIL import Image
 from . import gallery, images
 from .engine import Engine
 from .errors import DataError, ImageError, ModelError, P2PError
+from .pretrained import resolve_model
 
 TMP_SUFFIX = ".p2p-tmp"
 # Extensions of formats Pillow can open (not save-only ones such as .pdf).
@@ -36,7 +37,7 @@ IMAGE_EXTS = frozenset(ext.lower() for ext, fmt in Image.registered_extensions()
 @dataclass(frozen=True)
 class TranslateConfig:
     inputs: tuple[Path, ...]
-    model: Path | None = None  # None: the newest *.onnx under runs/
+    model: Path | None = None  # a file or pretrained name; None: the newest *.onnx under runs/
     output: Path | None = None  # None: "<input>-translated" beside each input
     provider: str = "auto"
     batch_size: int = 8
@@ -139,6 +140,12 @@ def find_model(runs: Path = Path("runs")) -> Path:
         raise ModelError(f"no --model given and no *.onnx under {runs}/; export one with "
                          "p2p-export or pass --model PATH")
     return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def pick_model(model: Path | str | None) -> Path:
+    """``--model`` of p2p-translate and p2p-serve: a file, a downloaded pretrained name
+    (``runtime/pretrained.py``), or, when not given, the newest export under runs/."""
+    return resolve_model(model) if model else find_model()
 
 
 def _natural(s: str):
@@ -316,7 +323,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     written), then plan, skip what exists, run, gallery."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
-    model = Path(cfg.model) if cfg.model else find_model()
+    model = pick_model(cfg.model)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")

@@ -49,7 +49,7 @@ FORMAT_ALIASES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: Path | None = None  # None: the newest *.onnx under runs/ (p2p-translate's finder)
+    model: Path | None = None  # a file or pretrained name; None: newest under runs/ (pick_model)
     host: str = "127.0.0.1"  # loopback unless the user says otherwise
     port: int = 8000
     provider: str = "auto"
@@ -280,10 +280,10 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
     import uvicorn
 
     from .engine import Engine
-    from .pipeline import find_model
+    from .pipeline import pick_model
 
     log_line = log_line or (lambda msg: print(msg, file=sys.stderr))
-    model = Path(cfg.model) if cfg.model else find_model()
+    model = pick_model(cfg.model)
     engine = Engine(model, cfg.provider, cfg.max_batch, cfg.threads, precision=cfg.precision)
     m = engine.metadata
     log_line(f"model {model} ({m.direction}, {m.image_size}px"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,11 @@ def facades() -> Path:
     if not (FACADES / "val").is_dir():
         pytest.fail(f"facades dataset not found at {FACADES}; set P2P_FACADES")
     return FACADES
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on (connections are refused): no network."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

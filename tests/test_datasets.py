@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import io
+import shutil
 import tarfile
 import threading
 from pathlib import Path
@@ -79,7 +80,8 @@ def test_download_checks_and_extracts_once(server, tmp_path):
     assert path == tmp_path / "cache" / "facades"
     assert sorted(p.name for p in (path / "train").iterdir()) == ["1.png", "2.png"]
     assert (path / "val" / "2.png").read_bytes() == GOOD["facades/val/2.png"]
-    assert _leftovers(tmp_path / "cache") == ["facades"]  # no archive or temp dir left
+    # no archive, .part or temp dir left; the archive's digest is recorded for next time
+    assert _leftovers(tmp_path / "cache") == ["facades", "sha256.json"]
     assert datasets.resolve("facades") == path and hits == ["/facades.tar.gz"]  # cached
 
 
@@ -153,3 +155,30 @@ def test_p2p_train_data_name_downloads_then_trains(server, tmp_path, _restore_th
     assert (out / "checkpoints" / "latest.pt").is_file() and hits == ["/facades.tar.gz"]
     r = CliRunner().invoke(train_cli, ["--data", "nosuchset", "-o", str(tmp_path / "x")])
     assert r.exit_code == 1 and "allowed names: facades|cityscapes" in r.output
+
+
+def test_first_digest_is_recorded_and_a_changed_archive_refused(server, tmp_path):
+    www, hits = server
+    archive = make_archive(www / "facades.tar.gz", GOOD)
+    path = datasets.resolve("facades")
+    book = datasets.download.HashBook(tmp_path / "cache" / "sha256.json")
+    assert book.get("facades") == hashlib.sha256(archive.read_bytes()).hexdigest()
+    # The server now sends another archive: once the local copy is gone it is refused.
+    make_archive(www / "facades.tar.gz", {**GOOD, "facades/train/3.png": _png()})
+    shutil.rmtree(path)
+    with pytest.raises(DataError, match="does not match the expected"):
+        datasets.resolve("facades")
+    assert _leftovers(tmp_path / "cache") == ["sha256.json"]
+
+
+def test_unreachable_server_says_where_it_looked_and_how_to_use_a_copy(tmp_path, monkeypatch,
+                                                                       closed_port):
+    port = closed_port
+    monkeypatch.setenv("P2P_DATASET_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("P2P_DATA", str(tmp_path / "data"))
+    with pytest.raises(DataError) as e:
+        datasets.resolve("facades")
+    msg = str(e.value)
+    assert "\n" not in msg and f"127.0.0.1:{port}/facades.tar.gz" in msg
+    assert str(tmp_path / "data") in msg and "--data /path/to/facades" in msg
+    assert _leftovers(tmp_path / "data") == []

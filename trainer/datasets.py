@@ -2,30 +2,30 @@
 
 ``--data facades`` looks in ``$P2P_DATA`` (default ``~/.cache/p2p/datasets``) for
 ``facades/``; when it is absent it downloads the archive pix2pix's own
-``datasets/download_pix2pix_dataset.sh`` uses, checks it and extracts it so that the
-folder appears whole or not at all (temp dir + rename). Torch-free on purpose.
+``datasets/download_pix2pix_dataset.sh`` uses (resumable, ``runtime/download.py``), checks
+its SHA-256 and extracts it so that the folder appears whole or not at all (temp dir +
+rename). Torch-free on purpose.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from p2p.runtime.errors import DataError, choices
+from p2p.runtime import download
+from p2p.runtime.errors import DataError, DownloadError, choices
 
 NAMES = ("facades", "cityscapes", "maps", "edges2shoes", "edges2handbags", "night2day")
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets"
-# sha256 of each official archive, where one has been recorded. The server publishes no
-# checksums; an archive whose digest is listed here must match it, others are still checked
-# structurally (valid gzip tar, no unsafe members, NAME/train/ present).
+# sha256 of each official archive, pinned only where known for certain. The server publishes
+# no checksums; unpinned archives are checked against the digest recorded on their first
+# download ($P2P_DATA/sha256.json) and always structurally (valid gzip tar, no unsafe
+# members, NAME/train/ present).
 SHA256: dict[str, str] = {}
 
 
@@ -52,48 +52,39 @@ def resolve(data: str) -> Path:
 
 def ensure(name: str, root: Path | None = None, url: str | None = None,
            sha256: str | None = None) -> Path:
-    """Path to the extracted dataset ``root/name``, downloading it if it is not there."""
+    """Path to the extracted dataset ``root/name``, downloading it if it is not there.
+
+    The archive's SHA-256 must match ``sha256`` (a caller's pin), else ``SHA256[name]``, else
+    the digest recorded in ``root/sha256.json`` when this name was first downloaded; the
+    first successful download records it. Raises ``DataError`` (one line) when the archive
+    cannot be fetched (saying where p2p looked and how to use a copy), is not the expected
+    file, or is not a safe pix2pix archive.
+    """
     if name not in NAMES:
         raise DataError(f"{name}: unknown dataset name; allowed: {choices(NAMES)}")
     root = cache_dir() if root is None else Path(root)
     target = root / name
     if target.is_dir() and any(target.iterdir()):
         return target
-    root.mkdir(parents=True, exist_ok=True)
     url = url or f"{base_url().rstrip('/')}/{name}.tar.gz"
-    fd, part = tempfile.mkstemp(prefix=f".{name}.", suffix=".tar.gz.part", dir=root)
-    os.close(fd)
-    part = Path(part)
+    book = download.HashBook(root / "sha256.json")
+    archive = root / f"{name}.tar.gz"
     try:
-        digest = download(url, part)
-        expected = sha256 or SHA256.get(name)
-        if expected and digest != expected:
-            raise DataError(f"{url}: sha256 {digest} does not match the expected {expected}; "
-                            "the download is corrupt or not the official archive")
-        extract(part, name, root, source=url)
+        want = download.expected(name, SHA256.get(name), sha256, book)
+        digest = download.fetch(url, archive, want)
+    except download.HashMismatch as e:
+        raise DataError(str(e)) from None
+    except DownloadError as e:
+        raise DataError(f"{name}: not in {root} ($P2P_DATA) and not downloadable ({e}); put a copy of the "
+                        f"dataset at {target} (with train/ and val/), point P2P_DATA at the "
+                        f"folder that holds {name}/, or pass --data /path/to/{name}") from None
+    try:
+        extract(archive, name, root, source=url)
     finally:
-        part.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+    book.record(name, digest, url)
     print(f"dataset {name}: {target} (archive sha256 {digest})")
     return target
-
-
-def download(url: str, dest: Path, chunk: int = 1 << 20) -> str:
-    """Stream ``url`` into ``dest`` with a progress bar; returns the sha256 of the bytes."""
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {url}") as bar:
-                while block := r.read(chunk):
-                    f.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-    except urllib.error.HTTPError as e:
-        raise DataError(f"{url}: download failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", e)
-        raise DataError(f"{url}: download failed: {reason}") from None
-    return h.hexdigest()
 
 
 def _check_member(m: tarfile.TarInfo, name: str, archive: str) -> None:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from p2p.runtime.errors import CheckpointError, DataError, P2PError, ProviderError, choices
 from p2p.trainer import checkpoint, data, datasets
+from p2p.trainer.continuation import continue_schedule, init_from, nothing_left
 from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
 from p2p.trainer.rundir import RunLog, prepare_output
@@ -61,6 +62,8 @@ class TrainConfig:
     epochs: int = 100  # at the initial LR
     epochs_decay: int = 100  # then linear decay to zero
     max_steps: int = 0  # stop after this many optimizer steps in total (0: full schedule)
+    init_from: str | None = None  # fine-tune: starting G (+D) from a checkpoint or *_net_G.pth
+    init_from_d: str | None = None  # a junyanz *_net_D.pth to start D from
     seed: int = 0
     device: str = "auto"
     amp: bool = False  # mixed precision, CUDA only
@@ -79,7 +82,7 @@ class TrainConfig:
 # What defines the training trajectory: a resume must not change any of these.
 RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "image_size",
           "load_size", "flip", "ngf", "ndf", "norm", "l1_weight", "lr", "beta1", "batch_size",
-          "epochs", "epochs_decay", "seed")
+          "seed")  # epochs/epochs_decay may grow: continuation.continue_schedule
 
 
 def resolve_device(name: str, amp: bool) -> torch.device:
@@ -169,6 +172,7 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
+        continue_schedule((self.sched_g, self.sched_d))
         if self.cfg.amp:
             self.scaler_g.load_state_dict(state.get("scaler_g") or {})
             self.scaler_d.load_state_dict(state.get("scaler_d") or {})
@@ -277,16 +281,16 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
                         # seed from the global RNG, which dropout uses, and break --resume.
                         generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-    total = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
-    total = min(total, cfg.max_steps) if cfg.max_steps else total
+    schedule_steps = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
+    total = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps
     samples = [sample_ds[i] for i in range(min(cfg.num_samples, len(sample_ds)))]
     log = RunLog(out, t.step)
     if t.step == 0 and cfg.sample_every:
         val_l1 = _samples(t, samples, out / "samples" / f"step_{0:06d}.png")
         log.write({"step": 0, "epoch": 0, "val_L1": val_l1})
     if t.step >= total:
-        print(f"{out}: already at step {t.step} of {total}; nothing to do "
-              "(raise --max-steps to train further)")
+        print(f"{out}: " + nothing_left(t.step, total, cfg.epochs, cfg.epochs_decay,
+                                        cfg.max_steps, schedule_steps))
         log.close()
         return
 
@@ -354,6 +358,12 @@ def main(cfg: TrainConfig) -> Trainer:
     if state is not None:
         t.load_state_dict(state, out / "checkpoints" / "latest.pt")
         print(f"resuming {out} at step {t.step} (epoch {t.epoch})")
+    elif cfg.init_from:
+        init = init_from(t.G, t.D, model_cfg, cfg.init_from, cfg.init_from_d)
+        print(f"starting from {init['generator']} ({init['format']}, step {init['step']}, "
+              f"sha256 {init['generator_sha256'][:12]}...); fresh optimizers and schedule")
+    if cfg.init_from:  # where the weights started: kept through resumes (init is not redone)
+        task["init"] = init if state is None else state["task"].get("init")
     run_info = {"train": asdict(cfg), "model": asdict(model_cfg), "task": task,
                 "data_path": str(root or ""), "device": str(device),
                 "train_images": len(train_ds), "sample_images": len(sample_ds)}
