@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import physical_cores
+from .host import physical_cores
 from .errors import ModelError, ProviderError, choices
 from .metadata import ModelMetadata
 

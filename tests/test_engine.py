@@ -13,7 +13,9 @@ import pytest
 
 import onnxruntime
 from onnx_models import conv_model, identity_model, reference_conv_tanh
-from p2p.runtime.engine import Engine, physical_cores, read_metadata
+from p2p.runtime.engine import Engine
+from p2p.runtime.host import physical_cores
+from p2p.runtime.modelfile import read_metadata
 from p2p.runtime.errors import ModelError, ProviderError
 
 

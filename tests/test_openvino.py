@@ -110,7 +110,7 @@ def test_any_batch_size_on_one_compiled_model(tiny, batch, reference, streams):
 
 
 def test_streams_default_to_cores_and_batch(tiny):
-    from p2p.runtime.engine import physical_cores
+    from p2p.runtime.host import physical_cores
 
     assert OpenVINOSession(tiny, batch_size=1).streams == 1  # one image: all threads on it
     assert OpenVINOSession(tiny, batch_size=8, threads=1).streams == 1

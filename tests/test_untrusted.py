@@ -24,9 +24,10 @@ from PIL import Image, ImageFile
 
 from badfiles import bomb_png, noise
 from onnx_models import identity_model
-from p2p.runtime import engine as engine_mod
+from p2p.runtime import modelfile
 from p2p.runtime import images
-from p2p.runtime.engine import Engine, read_metadata_props
+from p2p.runtime.engine import Engine
+from p2p.runtime.modelfile import read_metadata_props
 from p2p.runtime.errors import ImageError, ModelError
 
 BIN = Path(sys.executable).parent
@@ -169,7 +170,7 @@ def test_protobuf_field_numbers_match_onnx():
         if not more:
             break
         reach |= more
-    table = engine_mod._TENSOR_PATHS
+    table = modelfile._TENSOR_PATHS
     assert {kinds[n] for n in reach} == set(table)
     for name in reach:
         want = {f.number: kinds[f.message_type.name] for f in seen[name].fields

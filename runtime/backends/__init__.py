@@ -18,10 +18,8 @@ onnxruntime (``ort.py``) serves cpu, cuda and tensorrt; OpenVINO (``../openvino.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
-
 from ..errors import ProviderError
-from ..metadata import ModelMetadata
+from ..modelfile import ModelFile
 
 
 def auto_order() -> list[str]:
@@ -40,14 +38,14 @@ def auto_order() -> list[str]:
     return order
 
 
-def create(provider: str, path: Path, metadata: ModelMetadata, options):
+def create(provider: str, model: ModelFile, options):
     if options.precision not in (None, "fp32") and provider != "openvino":
         raise ProviderError(f"provider {provider}: precision {options.precision} runs on "
                             "openvino only (pip install 'p2p[openvino]', --provider openvino)")
     if provider == "openvino":
         from ..openvino import backend
 
-        return backend(provider, path, metadata, options)
+        return backend(provider, model.path, model.metadata, options)
     from .ort import OrtBackend
 
-    return OrtBackend(provider, path, metadata, options)
+    return OrtBackend(provider, model, options)

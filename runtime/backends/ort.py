@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import cache_root, cpu_identity, file_sha256, physical_cores
 from ..errors import ModelError, ProviderError
 from ..files import remove_stale_temps
-from ..metadata import ModelMetadata
+from ..host import cache_root, cpu_identity, physical_cores
+from ..modelfile import ModelFile
 
 EP_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
             "tensorrt": "TensorrtExecutionProvider"}
@@ -116,9 +116,11 @@ def _safe(text: str) -> str:
 
 
 class OrtBackend:
-    def __init__(self, provider: str, path: Path, metadata: ModelMetadata, options):
+    def __init__(self, provider: str, model: ModelFile, options):
         ort = self.ort = import_ort()
-        self.provider, self.path, self.meta, self.opts = provider, Path(path), metadata, options
+        self.model, self.path, self.meta = model, model.path, model.metadata
+        self.provider, self.opts = provider, options
+        metadata = self.meta
         self.ep = EP_NAMES[provider]
         available = ort.get_available_providers()
         if self.ep not in available:
@@ -134,17 +136,8 @@ class OrtBackend:
             self.session = self._cpu_session()
         else:
             self.session = self._gpu_session()
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        if (inp.name, out.name) != (metadata.input_name, metadata.output_name):
-            raise ModelError(f"{path}: graph input/output are {inp.name!r}/{out.name!r} but its "
-                             f"metadata says {metadata.input_name!r}/{metadata.output_name!r}")
-        # Images are resized to the metadata's size before the graph checks anything: a
-        # file that claims image_size 65536 must not make every image 12 GB of floats.
-        s, hw = metadata.image_size, list(inp.shape[2:])
-        if (not metadata.dynamic_size and len(hw) == 2 and all(isinstance(d, int) for d in hw)
-                and hw != [s, s]):
-            raise ModelError(f"{path}: graph input is {hw[0]}x{hw[1]} but its metadata says "
-                             f"image_size {s}")
+        # Names and sizes were checked against the metadata by the model-file reader.
+        inp = next(i for i in self.session.get_inputs() if i.name == metadata.input_name)
         batch = inp.shape[0]
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._batch = self.fixed_batch or options.batch_size
@@ -176,7 +169,7 @@ class OrtBackend:
         onnxruntime version and CPU), which makes a second load ~2-3x faster on a U-Net."""
         cached = None
         if self.opts.optimized_cache:
-            key = hashlib.sha256(f"{file_sha256(self.path)}|{self.ort.__version__}|"
+            key = hashlib.sha256(f"{self.model.content_sha256()}|{self.ort.__version__}|"
                                  f"{cpu_identity()}".encode()).hexdigest()[:24]
             # Content only, not the name: a file validated under a temporary name by
             # p2p-export and then renamed finds its graph already cached.
@@ -229,7 +222,7 @@ class OrtBackend:
         lo, hi = (m.size_multiple, max(s, TRT_MAX_SIDE)) if m.dynamic_size else (s, s)
         name = m.input_name
         self.trt_cache = cache_root(self.opts.cache_dir) / "tensorrt" / _safe(
-            f"{file_sha256(self.path)[:16]}-{gpu_identity(self.opts.device_id)}"
+            f"{self.model.content_sha256()[:16]}-{gpu_identity(self.opts.device_id)}"
             f"-ort{self.ort.__version__}-trt{tensorrt_version()}"
             f"-{'fp16' if self.fp16 else 'fp32'}-b{b}-{lo}-{hi}")
         self.trt_cache.mkdir(parents=True, exist_ok=True)
