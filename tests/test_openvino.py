@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference he
 torch = pytest.importorskip("torch", reason="torch builds the tiny test model")
 
 from p2p.runtime.engine import Engine, EngineOptions  # noqa: E402
-from p2p.runtime.openvino import OpenVINOSession, backend  # noqa: E402
+from p2p.runtime.backends.openvino import OpenVINOSession, backend  # noqa: E402
 
 SIZE = 32
 

@@ -43,7 +43,7 @@ def create(provider: str, model: ModelFile, options):
         raise ProviderError(f"provider {provider}: precision {options.precision} runs on "
                             "openvino only (pip install 'p2p[openvino]', --provider openvino)")
     if provider == "openvino":
-        from ..openvino import backend
+        from .openvino import backend
 
         return backend(provider, model.path, model.metadata, options)
     from .ort import OrtBackend

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .host import physical_cores
-from .errors import ModelError, ProviderError, choices
-from .metadata import ModelMetadata
+from ..errors import ModelError, ProviderError, choices
+from ..host import physical_cores
+from ..metadata import ModelMetadata
 
 PRECISIONS = ("fp32", "bf16")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
