@@ -9,9 +9,10 @@ The public surface is the contract that ``p2p.export`` (validation), ``p2p-trans
     engine.run(x)     # NCHW float32 in [-1, 1], any batch size -> NCHW float32 in [-1, 1]
 
 Everything about the model (names, sizes, dtype, colour space) comes from its metadata. The
-session itself lives in a backend (``p2p.runtime.backends``): onnxruntime today for cpu, cuda
-and tensorrt; a second backend (OpenVINO) plugs in behind the same three methods. A provider
-that was asked for and cannot run is a ``ProviderError`` that says why: never a silent CPU run.
+session itself lives in a backend (``p2p.runtime.backends.Backend``): onnxruntime for cpu,
+cuda and tensorrt, OpenVINO for openvino. The file is checked once, before any backend sees it
+(``p2p.runtime.modelfile``), so every check holds for every backend. A provider that was asked
+for and cannot run is a ``ProviderError`` that says why: never a silent CPU run.
 """
 
 from __future__ import annotations

@@ -1,25 +1,37 @@
 """Backends: where an ``Engine``'s session lives.
 
-``Engine`` owns the contract (metadata, shape checks, batching, float32 out); a backend owns
-one session and runs one chunk. A backend is any object with
-
-    provider: str              # what actually runs: "cpu", "cuda", "tensorrt", "openvino"
-    fixed_batch: int | None    # the model's static batch dimension, None when dynamic
-    describe() -> str          # one line for logs: provider, threads, precision, cache
-    check_size(h, w) -> None   # ValueError for sizes this backend cannot run (TensorRT profile)
-    run(x) -> np.ndarray       # x: (n <= batch_size, C, H, W) in the model's input dtype
-    close() -> None
-
-and raises ``ProviderError`` from its constructor when its provider cannot run here.
-onnxruntime (``ort.py``) serves cpu, cuda and tensorrt; OpenVINO (``../openvino.py``, extra
-``p2p[openvino]``) is the second backend, reading the same ONNX file.
+``Engine`` owns the contract (the model-file checks of ``p2p.runtime.modelfile``, shape
+checks, batching, float32 out); a backend owns one session and runs one chunk. A backend is
+any object that satisfies ``Backend`` below and raises ``ProviderError`` from its constructor
+when its provider cannot run here. onnxruntime (``ort.py``) serves cpu, cuda and tensorrt;
+OpenVINO (``openvino.py``, extra ``p2p[openvino]``) reads the same ONNX file.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Protocol
+
+import numpy as np
+
 from ..errors import ProviderError
 from ..modelfile import ModelFile
+
+
+class Backend(Protocol):
+    provider: str  # what actually runs: "cpu", "cuda", "tensorrt", "openvino"
+    fixed_batch: int | None  # the model's static batch dimension, None when dynamic
+
+    def describe(self) -> str:
+        """One line for logs: provider, threads, precision, cache."""
+
+    def check_size(self, h: int, w: int) -> None:
+        """ValueError for sizes this backend cannot run (e.g. outside a TensorRT profile)."""
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """x: (n <= batch size, C, H, W) in the model's input dtype -> (n, C_out, H, W)."""
+
+    def close(self) -> None: ...
 
 
 def auto_order() -> list[str]:
@@ -38,7 +50,9 @@ def auto_order() -> list[str]:
     return order
 
 
-def create(provider: str, model: ModelFile, options):
+def create(provider: str, model: ModelFile, options) -> Backend:
+    """The backend for ``provider`` (not "auto") on a checked model file; ``options`` is an
+    ``EngineOptions``. ``ProviderError`` when that provider cannot run here."""
     if options.precision not in (None, "fp32") and provider != "openvino":
         raise ProviderError(f"provider {provider}: precision {options.precision} runs on "
                             "openvino only (pip install 'p2p[openvino]', --provider openvino)")
