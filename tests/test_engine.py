@@ -15,7 +15,6 @@ import onnxruntime
 from onnx_models import conv_model, identity_model, reference_conv_tanh
 from p2p.runtime.engine import Engine
 from p2p.runtime.host import physical_cores
-from p2p.runtime.modelfile import read_metadata
 from p2p.runtime.errors import ModelError, ProviderError
 
 
@@ -158,11 +157,6 @@ def test_model_file_errors(tmp_path):
     onnx.save(model, str(bare))
     with pytest.raises(ModelError, match="no p2p metadata"):
         Engine(bare)
-
-
-def test_metadata_reader_needs_no_onnxruntime(conv):
-    meta = read_metadata(conv)
-    assert (meta.direction, meta.image_size, meta.in_channels) == ("AtoB", 16, 3)
 
 
 def test_runtime_imports_and_runs_without_torch(tmp_path):
