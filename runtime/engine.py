@@ -67,7 +67,8 @@ class Engine:
 
         if provider == "auto":
             self._backend = None
-            for candidate in backends.auto_order():
+            order, self.passed_over = backends.auto_order()
+            for candidate in order:
                 try:
                     self._backend = backends.create(candidate, self.model_file, self.options)
                     break

@@ -6,6 +6,7 @@ import these without pulling in an inference library.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -70,3 +71,44 @@ def cpu_identity() -> str:
     fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
     ident = "|".join(fields.get(k, "").strip() for k in ("model name", "flags"))
     return ident or f"{platform.machine()}|{platform.processor()}"
+
+
+def cuda_devices() -> tuple[int, str]:
+    """(number of CUDA devices, why none) from the CUDA driver API, no torch or onnxruntime.
+
+    libcuda.so.1 ships with the NVIDIA driver (not with CUDA toolkits or pip wheels), so it
+    is the one library whose absence means "no usable GPU here" for certain; cuInit and
+    cuDeviceGetCount then say whether the driver sees a device (CUDA Driver API reference).
+    """
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "no NVIDIA driver (libcuda.so.1 not found)"
+    count = ctypes.c_int()
+    try:
+        rc = cuda.cuInit(0)
+        if rc != 0:
+            return 0, f"the NVIDIA driver found no usable GPU (cuInit error {rc})"
+        if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+            return 0, "the NVIDIA driver reports no GPU"
+    except AttributeError:
+        return 0, "libcuda.so.1 lacks the CUDA driver API"
+    return count.value, ""
+
+
+def gpu_identity(device_id: int) -> str:
+    """'<name>-sm<cc>-drv<version>' from the CUDA driver API (no torch, no pycuda)."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        dev, major, minor, drv = (ctypes.c_int() for _ in range(4))
+        name = ctypes.create_string_buffer(256)
+        ok = (cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(dev), device_id) == 0
+              and cuda.cuDeviceGetName(name, 256, dev) == 0
+              and cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) == 0
+              and cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) == 0
+              and cuda.cuDriverGetVersion(ctypes.byref(drv)) == 0)
+        if ok:
+            return f"{name.value.decode()}-sm{major.value}{minor.value}-drv{drv.value}"
+    except (OSError, AttributeError):
+        pass
+    return "unknown-gpu"

@@ -34,20 +34,27 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def auto_order() -> list[str]:
-    """Providers for ``auto``, fastest first; each is tried until one loads."""
+def auto_order() -> tuple[list[str], list[tuple[str, str]]]:
+    """Providers for ``auto``, fastest first (each is tried until one loads), and those
+    passed over without trying, with why: GPU providers when no CUDA device exists (trying
+    them would only print onnxruntime's load errors and build nothing)."""
+    from ..host import cuda_devices
     from .ort import available_providers
 
     have = available_providers()
-    order = []
-    if "TensorrtExecutionProvider" in have:
-        order.append("tensorrt")
-    if "CUDAExecutionProvider" in have:
-        order.append("cuda")
+    gpu = [p for p, ep in (("tensorrt", "TensorrtExecutionProvider"),
+                           ("cuda", "CUDAExecutionProvider")) if ep in have]
+    order, skipped = [], []
+    if gpu:
+        count, why = cuda_devices()
+        if count:
+            order += gpu
+        else:
+            skipped.append((", ".join(gpu), f"no CUDA device here: {why}"))
     if importlib.util.find_spec("openvino") is not None:
         order.append("openvino")  # beats onnxruntime's CPU provider on x86 (BENCHMARKS.md)
     order.append("cpu")
-    return order
+    return order, skipped
 
 
 def create(provider: str, model: ModelFile, options) -> Backend:
