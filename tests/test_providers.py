@@ -118,6 +118,7 @@ def test_cuda_session_lists_no_cpu_provider(conv, monkeypatch, tmp_path):
     Engine(conv, provider="cuda", cache_dir=tmp_path)
     (call,) = fake.gpu_calls()
     assert [p[0] for p in call["providers"]] == ["CUDAExecutionProvider"]
+    assert call["providers"][0][1]["use_tf32"] == "0"  # "cuda" is FP32, not TF32
     assert call["so"].get_session_config_entry("session.disable_cpu_ep_fallback") == "1"
     assert not (tmp_path / "tensorrt").exists()
 

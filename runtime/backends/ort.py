@@ -165,8 +165,11 @@ class OrtBackend:
         explicitly listed CPU provider ("Conflicting session configuration")."""
         dev = str(self.opts.device_id)
         # CUDA EP: the generic provider-options parser, where "1"/"0" are the values.
+        # use_tf32 "0": the CUDA EP runs FP32 convolutions as TF32 by default (on since
+        # onnxruntime 1.17 on Ampere and newer), and p2p never reports a precision that did
+        # not run: "cuda" is FP32.
         cuda = {"device_id": dev, "cudnn_conv_algo_search": "EXHAUSTIVE",
-                "do_copy_in_default_stream": "1"}
+                "do_copy_in_default_stream": "1", "use_tf32": "0"}
         if self.opts.cuda_graphs:
             cuda["enable_cuda_graph"] = "1"
         if self.provider == "cuda":
