@@ -58,7 +58,9 @@ def _short(names) -> str:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+    line = text.splitlines()[0] if text else type(e).__name__
+    # onnxruntime prefixes its messages with the C++ source location: keep the message.
+    return re.sub(r"^/onnxruntime_src/\S+ [^(]*\([^)]*\) ", "", line)[:400]
 
 
 def _safe(text: str) -> str:
@@ -208,9 +210,11 @@ class OrtBackend:
             providers = self._gpu_providers()
         made = []
         if self.trt_cache is not None:
-            made = [d for d in (self.trt_cache.parent, self.trt_cache) if not d.exists()]
+            made = [d for d in (*reversed(self.trt_cache.parents), self.trt_cache)
+                    if not d.exists()]
             self.trt_cache.mkdir(parents=True, exist_ok=True)
-            if not any(self.trt_cache.iterdir()):
+            if not any(self.trt_cache.iterdir()) and "-trtunknown-" not in self.trt_cache.name:
+                # (No TensorRT found: the session will fail and say why; no "building" line.)
                 print(f"p2p: building a TensorRT engine for {self.path.name} (first run on this "
                       f"GPU only, can take minutes); cache: {self.trt_cache}", file=sys.stderr)
         so = self._options()

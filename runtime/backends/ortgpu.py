@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import mmap
 import os
 import re
 import sys
@@ -74,8 +73,14 @@ def onnxruntime_said(log: str, limit: int = 3) -> str:
     lines = []
     for line in log.splitlines():
         line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()  # preload_dlls colours warnings
-        if re.search(r"error|fail|not assigned|require", line, re.IGNORECASE) and line not in lines:
-            lines.append(line[-400:])
+        if not re.search(r"error|fail|not assigned|require", line, re.IGNORECASE):
+            continue
+        # "<time> [E:onnxruntime:Default, file.cc:123 Func] /src/file.cc:45 Sig [ONNXRuntimeError]
+        # : 1 : FAIL : <message>": keep the message.
+        line = re.sub(r"^.*?\[[EWIV]:onnxruntime:[^\]]*\]\s*", "", line)
+        line = re.sub(r"^.*\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)[:300]
+        if line not in lines:
+            lines.append(line)
     return " | ".join(lines[-limit:])
 
 
@@ -92,11 +97,10 @@ def trt_major(ort) -> int:
     """The libnvinfer major the wheel's TensorRT EP library links against."""
     lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
     try:
-        with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            found = re.search(rb"libnvinfer\.so\.(\d+)", m)
-        return int(found.group(1)) if found else TRT_MAJOR_DEFAULT
-    except (OSError, ValueError):
+        found = re.search(rb"libnvinfer\.so\.(\d+)", lib.read_bytes())  # its DT_NEEDED name
+    except OSError:
         return TRT_MAJOR_DEFAULT
+    return int(found.group(1)) if found else TRT_MAJOR_DEFAULT
 
 
 def install_hint(ort, provider: str) -> str:
