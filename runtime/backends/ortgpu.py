@@ -41,7 +41,8 @@ def trt_flag(value: bool) -> str:
 def captured_output():
     """Collect everything written to stdout and stderr inside the block, both by Python
     (``print``, even when ``sys.stdout`` is not fd 1) and by native code (fd 1 and 2).
-    Yields a list that holds the text once the block ends."""
+    Yields a list that holds the text once the block ends. Process-wide (file descriptors,
+    ``sys.stdout``): used while a session is created, before any worker thread prints."""
     box: list[str] = []
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
