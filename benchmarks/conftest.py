@@ -20,7 +20,7 @@ from PIL import Image
 
 from benchlib import (BATCH_SIZES, FACADES, GFLOP_PER_IMAGE, _version, cpu_flags, cpu_model,
                       measured_peak)
-from p2p.runtime.engine import physical_cores
+from p2p.runtime.host import physical_cores
 
 
 @pytest.fixture(scope="session")

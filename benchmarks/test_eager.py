@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from benchlib import BATCH_SIZES, finish, record
-from p2p.runtime.engine import physical_cores
+from p2p.runtime.host import physical_cores
 
 torch = pytest.importorskip("torch", reason="the eager baselines need torch")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from p2p.runtime import prometheus
+from p2p.runtime import metrics
 
 CLIENTS = int(os.environ.get("P2P_SERVE_CLIENTS", 32))
 SECONDS = float(os.environ.get("P2P_SERVE_SECONDS", 20))
@@ -114,9 +114,9 @@ def run_load(model: Path, bodies: list[bytes], clients: int = CLIENTS, seconds: 
     try:
         health = httpx.get(url + "/healthz").json()
         httpx.post(url + "/translate", content=bodies[0], timeout=120)  # warm: not measured
-        before = prometheus.parse(httpx.get(url + "/metrics").text)
+        before = metrics.parse(httpx.get(url + "/metrics").text)
         res = asyncio.run(_load(url, bodies, clients, seconds))
-        after = prometheus.parse(httpx.get(url + "/metrics").text)
+        after = metrics.parse(httpx.get(url + "/metrics").text)
     finally:
         stop_server(proc)
     lat = np.sort(np.asarray(res["latencies"])) if res["latencies"] else np.zeros(1)

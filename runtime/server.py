@@ -37,7 +37,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import images, prometheus
+from . import images
+from .metrics import ServiceMetrics
 from .batcher import InferenceError, MicroBatcher, QueueFull, ShuttingDown
 from .errors import ImageError, P2PError
 
@@ -141,30 +142,13 @@ class Service:
         self.batcher = MicroBatcher(engine.run, cfg.max_batch, cfg.max_wait_ms / 1000.0,
                                     cfg.max_queue, on_batch=self._on_batch)
         self.pool: ThreadPoolExecutor | None = None
-        m = self.metrics = prometheus.Registry()
-        self.requests = m.add(prometheus.Counter(
-            "p2p_requests_total", "POST /translate requests by HTTP status.", "status"))
-        self.errors = m.add(prometheus.Counter(
-            "p2p_errors_total", "Failed /translate requests by reason.", "reason"))
-        self.latency = m.add(prometheus.Histogram(
-            "p2p_request_latency_seconds", "POST /translate latency, body received to "
-            "response ready.", prometheus.LATENCY_BUCKETS))
-        self.batch_size = m.add(prometheus.Histogram(
-            "p2p_batch_size", "Images per engine batch.", range(1, cfg.max_batch + 1)))
-        self.inference = m.add(prometheus.Histogram(
-            "p2p_inference_seconds", "Engine time per batch.", prometheus.LATENCY_BUCKETS))
-        m.add(prometheus.Gauge("p2p_queue_depth", "Requests admitted and not yet in a batch.",
-                               lambda: self.batcher.waiting))
-        m.add(prometheus.Gauge("p2p_max_batch", "Largest engine batch (--max-batch).",
-                               lambda: cfg.max_batch))
-        m.add(prometheus.Gauge("p2p_model_info", "The model being served and where it runs.",
-                               lambda: 1, {"model": str(engine.path), "provider": engine.provider,
-                                           "direction": self.meta.direction,
-                                           "image_size": self.meta.image_size}))
+        self.metrics = ServiceMetrics(
+            cfg.max_batch, lambda: self.batcher.waiting,
+            {"model": str(engine.path), "provider": engine.provider,
+             "direction": self.meta.direction, "image_size": str(self.meta.image_size)})
 
     def _on_batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.inference.observe(seconds)
+        self.metrics.batch(size, seconds)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -189,14 +173,13 @@ class Service:
         try:
             response = await self._translate(request)
         except HTTPError as e:
-            self.errors.inc(e.reason)
+            self.metrics.error(e.reason)
             response = JSONResponse({"error": e.message}, e.status, headers=e.headers)
         except Exception as e:  # a bug must cost one request, not the server
             log.exception("translate: unexpected error")
-            self.errors.inc("internal")
+            self.metrics.error("internal")
             response = JSONResponse({"error": f"internal error: {e}"}, 500)
-        self.requests.inc(response.status_code)
-        self.latency.observe(time.perf_counter() - t0)
+        self.metrics.request(response.status_code, time.perf_counter() - t0)
         return response
 
     async def _translate(self, request: Request) -> Response:
@@ -253,7 +236,8 @@ class Service:
         })
 
     async def metrics_text(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type=prometheus.CONTENT_TYPE)
+        body, content_type = self.metrics.exposition(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     async def index(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})

@@ -310,7 +310,7 @@ def test_openvino_sessions_leave_the_signal_stack_alive(tmp_path):
     pytest.importorskip("openvino")
     if not sys.platform.startswith("linux"):
         pytest.skip("stack_t layout and /proc/self/maps are Linux's")
-    from p2p.runtime.openvino import OpenVINOSession, _SignalStack
+    from p2p.runtime.backends.openvino import OpenVINOSession, _SignalStack
 
     def current_stack() -> tuple[int, bool]:
         st = _SignalStack()

@@ -13,8 +13,9 @@ import pytest
 
 import onnxruntime
 from onnx_models import conv_model, identity_model, reference_conv_tanh
-from p2p.runtime.engine import Engine, physical_cores, read_metadata
+from p2p.runtime.engine import Engine
 from p2p.runtime.errors import ModelError, ProviderError
+from p2p.runtime.host import physical_cores
 
 
 @pytest.fixture(scope="module")
@@ -90,20 +91,25 @@ def test_provider_strictness(conv, provider, words):
 
 
 def test_provider_that_does_not_load_is_an_error_not_a_cpu_run(conv, monkeypatch, tmp_path):
-    # Pretend the build has CUDA: onnxruntime then creates a CPU-only session (the silent
-    # fallback this engine exists to refuse), and the post-creation check must catch it.
+    # Pretend the build has CUDA and a device: the real onnxruntime then places every node
+    # on the CPU (the silent fallback this engine exists to refuse), and the session's
+    # session.disable_cpu_ep_fallback makes onnxruntime itself refuse it.
+    from p2p.runtime import host
+
     real = onnxruntime.get_available_providers()
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", *real])
+    monkeypatch.setattr(host, "cuda_devices", lambda: (1, ""))
     with pytest.warns(UserWarning):
-        with pytest.raises(ProviderError, match="did not load.*CPU"):
+        with pytest.raises(ProviderError, match="could not start CUDAExecutionProvider.*"
+                                                "assigned to the default CPU EP"):
             Engine(conv, provider="cuda", cache_dir=tmp_path)
     # auto tries cuda, says why it passed over it, and runs on the CPU it reports.
     with pytest.warns(UserWarning):
         engine = Engine(conv, provider="auto", cache_dir=tmp_path)
     assert engine.provider == BEST_CPU
     assert [p for p, _ in engine.passed_over] == ["cuda"]
-    assert "did not load" in engine.passed_over[0][1]
+    assert "fallback to CPU EP has been explicitly disabled" in engine.passed_over[0][1]
     os.write(2, b"")  # stderr (fd 2) was restored after capturing onnxruntime's log
 
 
@@ -156,11 +162,6 @@ def test_model_file_errors(tmp_path):
     onnx.save(model, str(bare))
     with pytest.raises(ModelError, match="no p2p metadata"):
         Engine(bare)
-
-
-def test_metadata_reader_needs_no_onnxruntime(conv):
-    meta = read_metadata(conv)
-    assert (meta.direction, meta.image_size, meta.in_channels) == ("AtoB", 16, 3)
 
 
 def test_runtime_imports_and_runs_without_torch(tmp_path):

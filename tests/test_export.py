@@ -221,8 +221,9 @@ def parse_pbtxt(text: str) -> dict:
 def test_triton_repository_layout(exported):
     repo = exported["root"] / "triton"
     assert sorted(p.name for p in repo.iterdir()) == ["facades_run", "facades_run_fp16"]
-    for name, dtype, src in (("facades_run", "TYPE_FP32", exported["out"]),
-                             ("facades_run_fp16", "TYPE_FP16", exported["fp16"])):
+    for name, dtype, src, precision in (
+            ("facades_run", "TYPE_FP32", exported["out"], "FP32"),
+            ("facades_run_fp16", "TYPE_FP16", exported["fp16"], "FP16")):
         assert (repo / name / "1" / "model.onnx").read_bytes() == src.read_bytes()
         cfg = parse_pbtxt((repo / name / "config.pbtxt").read_text())
         assert cfg["name"] == [name] and cfg["platform"] == ["onnxruntime_onnx"]
@@ -234,7 +235,30 @@ def test_triton_repository_layout(exported):
         assert max(cfg["dynamic_batching"][0]["preferred_batch_size"]) <= 16
         (acc,) = cfg["optimization"][0]["execution_accelerators"][0]["gpu_execution_accelerator"]
         params = {p["key"][0]: p["value"][0] for p in acc["parameters"]}
-        assert acc["name"] == ["tensorrt"] and params["precision_mode"] == "FP16"
+        # TensorRT runs the model's own precision (issue 14, fault 10), builds one engine
+        # for the whole batch range Triton forms, and caches it one level under /tmp (the EP
+        # creates that level; nothing above it needs to exist in a fresh container).
+        assert acc["name"] == ["tensorrt"] and params["precision_mode"] == precision
+        assert params["trt_profile_min_shapes"] == f"input:1x3x{SIZE}x{SIZE}"
+        assert params["trt_profile_opt_shapes"] == f"input:16x3x{SIZE}x{SIZE}"
+        assert params["trt_profile_max_shapes"] == f"input:16x3x{SIZE}x{SIZE}"
+        cache = Path(params["trt_engine_cache_path"])
+        assert cache.is_absolute() and cache.parent == Path("/tmp") and name in cache.name
+
+
+def test_triton_config_of_a_dynamic_size_model_and_the_fp16_flag():
+    from onnx_models import metadata
+    from p2p.export.triton import config_pbtxt
+
+    meta = metadata(dynamic_size=True, image_size=256, size_multiple=256)
+    cfg = parse_pbtxt(config_pbtxt("m", meta, 8, trt_fp16=True))
+    (acc,) = cfg["optimization"][0]["execution_accelerators"][0]["gpu_execution_accelerator"]
+    params = {p["key"][0]: p["value"][0] for p in acc["parameters"]}
+    assert cfg["input"][0]["dims"] == [3, -1, -1]
+    assert params["precision_mode"] == "FP16"  # the flag, over the FP32 model
+    assert params["trt_profile_min_shapes"] == "input:1x3x256x256"
+    assert params["trt_profile_opt_shapes"] == "input:8x3x256x256"
+    assert params["trt_profile_max_shapes"] == "input:8x3x1024x1024"
 
 
 @pytest.mark.slow

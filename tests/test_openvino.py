@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the reference he
 torch = pytest.importorskip("torch", reason="torch builds the tiny test model")
 
 from p2p.runtime.engine import Engine, EngineOptions  # noqa: E402
-from p2p.runtime.openvino import OpenVINOSession, backend  # noqa: E402
+from p2p.runtime.backends.openvino import OpenVINOSession, backend  # noqa: E402
 
 SIZE = 32
 
@@ -110,7 +110,7 @@ def test_any_batch_size_on_one_compiled_model(tiny, batch, reference, streams):
 
 
 def test_streams_default_to_cores_and_batch(tiny):
-    from p2p.runtime.engine import physical_cores
+    from p2p.runtime.host import physical_cores
 
     assert OpenVINOSession(tiny, batch_size=1).streams == 1  # one image: all threads on it
     assert OpenVINOSession(tiny, batch_size=8, threads=1).streams == 1
@@ -210,7 +210,7 @@ def test_bad_model_files(tmp_path):
         OpenVINOSession(tmp_path / "missing.onnx")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not an onnx model")
-    with pytest.raises(ModelError, match="garbage.onnx: openvino cannot read it"):
+    with pytest.raises(ModelError, match="garbage.onnx: not an ONNX model"):  # modelfile.py
         OpenVINOSession(garbage)
     bare = export_tiny(tmp_path / "bare.onnx", with_metadata=False)
     with pytest.raises(ModelError, match="no p2p metadata"):

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from onnx_models import constant_model, conv_model, identity_model
-from p2p.runtime import prometheus
+from p2p.runtime import metrics
 from p2p.runtime.batcher import InferenceError, MicroBatcher, QueueFull
 from p2p.runtime.engine import Engine
 from p2p.runtime.server import STATIC, ServeConfig, decode, encode
@@ -137,7 +137,7 @@ def test_bad_images_are_400_with_reason_and_do_not_touch_others(server):
     assert "empty request body" in responses[8].json()["error"]
     r = httpx.post(url + "/translate", files={"image": png(good[0])})
     assert r.status_code == 400 and "not a multipart form" in r.json()["error"]
-    assert service.errors.get("bad_image") >= 4
+    assert service.metrics.sample("p2p_errors_total", reason="bad_image") >= 4
     assert service.batcher.waiting == 0  # refused requests gave their places back
 
 
@@ -162,7 +162,7 @@ def test_body_over_limit_is_413(models, tmp_path_factory):
         r = httpx.post(url + "/translate", content=iter([big[:1500], big[1500:]]))  # chunked
         assert r.status_code == 413
         assert httpx.post(url + "/translate", content=png(noise(8, 8))).status_code == 200
-        assert service.errors.get("too_large") == 2
+        assert service.metrics.sample("p2p_errors_total", reason="too_large") == 2
 
 
 def test_lab_model_answers_in_colour(models, tmp_path_factory):
@@ -181,8 +181,8 @@ def test_healthz_and_metrics(server):
     assert h["model"].endswith("identity.onnx") and h["dynamic_size"] is True
     httpx.post(url + "/translate", content=png(noise(8, 8)))
     r = httpx.get(url + "/metrics")
-    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
-    m = prometheus.parse(r.text)
+    assert r.headers["content-type"].startswith("text/plain; version=")  # prometheus_client's
+    m = metrics.parse(r.text)
     assert m['p2p_requests_total{status="200"}'] >= 1
     assert m["p2p_queue_depth"] == 0
     info = [k for k in m if k.startswith("p2p_model_info")]
@@ -222,12 +222,12 @@ def test_concurrent_requests_share_a_batch_and_the_loop_stays_free(gated):
         wait_for(lambda: service.batcher.waiting == 7)
         t0 = time.perf_counter()  # inference is blocked, the event loop is not
         assert c.get(url + "/healthz").status_code == 200
-        m = prometheus.parse(c.get(url + "/metrics").text)
+        m = metrics.parse(c.get(url + "/metrics").text)
         assert time.perf_counter() - t0 < 2.0
         assert m["p2p_queue_depth"] == 7
         eng.gate.set()
         responses = [first.result()] + [f.result() for f in rest]
-        m = prometheus.parse(c.get(url + "/metrics").text)
+        m = metrics.parse(c.get(url + "/metrics").text)
     assert eng.calls == [1, 7]
     assert [r.headers["x-p2p-batch-size"] for r in responses] == ["1"] + ["7"] * 7
     meta = eng.metadata
@@ -236,8 +236,8 @@ def test_concurrent_requests_share_a_batch_and_the_loop_stays_free(gated):
         want = encode(eng.engine.run(prep.array[None])[0], prep, meta, "png")
         assert np.abs(pixels(r.content).astype(int) - pixels(want)).max() <= 1
     assert m["p2p_batch_size_count"] == 2
-    assert m['p2p_batch_size_bucket{le="1"}'] == 1 and m['p2p_batch_size_bucket{le="6"}'] == 1
-    assert m['p2p_batch_size_bucket{le="7"}'] == 2 and m["p2p_batch_size_sum"] == 8
+    assert m['p2p_batch_size_bucket{le="1.0"}'] == 1 and m['p2p_batch_size_bucket{le="6.0"}'] == 1
+    assert m['p2p_batch_size_bucket{le="7.0"}'] == 2 and m["p2p_batch_size_sum"] == 8
     assert m['p2p_requests_total{status="200"}'] == 8
 
 
@@ -255,7 +255,8 @@ def test_full_queue_is_503_with_retry_after(gated):
         assert "queue full" in r.json()["error"]
         eng.gate.set()
         assert [f.result().status_code for f in [running] + queued] == [200, 200, 200]
-    assert service.errors.get("queue_full") == 1 and service.requests.get(503) == 1
+    assert (service.metrics.sample("p2p_errors_total", reason="queue_full") == 1
+            and service.metrics.sample("p2p_requests_total", status="503") == 1)
 
 
 def test_timeout_is_504_and_queued_requests_that_timed_out_never_run(gated):
@@ -272,7 +273,7 @@ def test_timeout_is_504_and_queued_requests_that_timed_out_never_run(gated):
         eng.gate.set()
         assert c.post(url + "/translate", content=body).status_code == 200
     assert eng.calls == [1, 1]  # a, then the last request: b was dropped unrun
-    assert service.errors.get("timeout") == 2 and service.batcher.waiting == 0
+    assert service.metrics.sample("p2p_errors_total", reason="timeout") == 2 and service.batcher.waiting == 0
 
 
 class PickyEngine(GatedEngine):

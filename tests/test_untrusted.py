@@ -24,9 +24,10 @@ from PIL import Image, ImageFile
 
 from badfiles import bomb_png, noise
 from onnx_models import identity_model
-from p2p.runtime import engine as engine_mod
+from p2p.runtime import modelfile
 from p2p.runtime import images
-from p2p.runtime.engine import Engine, read_metadata_props
+from p2p.runtime.engine import Engine
+from p2p.runtime.modelfile import read_metadata_props
 from p2p.runtime.errors import ImageError, ModelError
 
 BIN = Path(sys.executable).parent
@@ -169,7 +170,7 @@ def test_protobuf_field_numbers_match_onnx():
         if not more:
             break
         reach |= more
-    table = engine_mod._TENSOR_PATHS
+    table = modelfile._TENSOR_PATHS
     assert {kinds[n] for n in reach} == set(table)
     for name in reach:
         want = {f.number: kinds[f.message_type.name] for f in seen[name].fields
@@ -451,9 +452,17 @@ def test_a_bad_limit_is_one_error_before_any_work(tmp_path, monkeypatch, value):
     assert not (tmp_path / "out").exists()
 
 
-def test_metadata_that_lies_about_the_size_is_refused(tmp_path):
+@pytest.mark.parametrize("provider", ["cpu", "openvino", "auto"])
+def test_metadata_that_lies_about_the_size_is_refused(tmp_path, monkeypatch, provider):
     """Images are resized to the metadata's image_size before the graph sees them: a file
-    claiming 65536 would make each one 50 GB. The graph's own input shape must agree."""
+    claiming 65536 would make each one 50 GB. The graph's own input shape must agree, on
+    every backend: the check runs before any backend is created (none is, here)."""
+    if provider == "openvino":
+        pytest.importorskip("openvino", reason="p2p[openvino] not installed")
+    from p2p.runtime import backends
+
+    created = []
+    monkeypatch.setattr(backends, "create", lambda *a: created.append(a))
     path = identity_model(tmp_path / "m.onnx", image_size=32)
     model = onnx.load(str(path))
     for p in model.metadata_props:
@@ -462,4 +471,5 @@ def test_metadata_that_lies_about_the_size_is_refused(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(ModelError, match=r"m\.onnx: graph input is 32x32 but its metadata says "
                                          r"image_size 65536"):
-        Engine(path, "cpu")
+        Engine(path, provider)
+    assert created == []

@@ -1,53 +1,72 @@
 """Backends: where an ``Engine``'s session lives.
 
-``Engine`` owns the contract (metadata, shape checks, batching, float32 out); a backend owns
-one session and runs one chunk. A backend is any object with
-
-    provider: str              # what actually runs: "cpu", "cuda", "tensorrt", "openvino"
-    fixed_batch: int | None    # the model's static batch dimension, None when dynamic
-    describe() -> str          # one line for logs: provider, threads, precision, cache
-    check_size(h, w) -> None   # ValueError for sizes this backend cannot run (TensorRT profile)
-    run(x) -> np.ndarray       # x: (n <= batch_size, C, H, W) in the model's input dtype
-    close() -> None
-
-and raises ``ProviderError`` from its constructor when its provider cannot run here.
-onnxruntime (``ort.py``) serves cpu, cuda and tensorrt; OpenVINO (``../openvino.py``, extra
-``p2p[openvino]``) is the second backend, reading the same ONNX file.
+``Engine`` owns the contract (the model-file checks of ``p2p.runtime.modelfile``, shape
+checks, batching, float32 out); a backend owns one session and runs one chunk. A backend is
+any object that satisfies ``Backend`` below and raises ``ProviderError`` from its constructor
+when its provider cannot run here. onnxruntime (``ort.py``) serves cpu, cuda and tensorrt;
+OpenVINO (``openvino.py``, extra ``p2p[openvino]``) reads the same ONNX file.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from ..errors import ProviderError
-from ..metadata import ModelMetadata
+from ..modelfile import ModelFile
 
 
-def auto_order() -> list[str]:
-    """Providers for ``auto``, fastest first; each is tried until one loads."""
+class Backend(Protocol):
+    provider: str  # what actually runs: "cpu", "cuda", "tensorrt", "openvino"
+    fixed_batch: int | None  # the model's static batch dimension, None when dynamic
+
+    def describe(self) -> str:
+        """One line for logs: provider, threads, precision, cache."""
+
+    def check_size(self, h: int, w: int) -> None:
+        """ValueError for sizes this backend cannot run (e.g. outside a TensorRT profile)."""
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """x: (n <= batch size, C, H, W) in the model's input dtype -> (n, C_out, H, W)."""
+
+    def close(self) -> None: ...
+
+
+def auto_order() -> tuple[list[str], list[tuple[str, str]]]:
+    """Providers for ``auto``, fastest first (each is tried until one loads), and those
+    passed over without trying, with why: GPU providers when no CUDA device exists (trying
+    them would only print onnxruntime's load errors and build nothing)."""
+    from ..host import cuda_devices
     from .ort import available_providers
 
     have = available_providers()
-    order = []
-    if "TensorrtExecutionProvider" in have:
-        order.append("tensorrt")
-    if "CUDAExecutionProvider" in have:
-        order.append("cuda")
+    gpu = [p for p, ep in (("tensorrt", "TensorrtExecutionProvider"),
+                           ("cuda", "CUDAExecutionProvider")) if ep in have]
+    order, skipped = [], []
+    if gpu:
+        count, why = cuda_devices()
+        if count:
+            order += gpu
+        else:
+            skipped.append((", ".join(gpu), f"no CUDA device here: {why}"))
     if importlib.util.find_spec("openvino") is not None:
         order.append("openvino")  # beats onnxruntime's CPU provider on x86 (BENCHMARKS.md)
     order.append("cpu")
-    return order
+    return order, skipped
 
 
-def create(provider: str, path: Path, metadata: ModelMetadata, options):
+def create(provider: str, model: ModelFile, options) -> Backend:
+    """The backend for ``provider`` (not "auto") on a checked model file; ``options`` is an
+    ``EngineOptions``. ``ProviderError`` when that provider cannot run here."""
     if options.precision not in (None, "fp32") and provider != "openvino":
         raise ProviderError(f"provider {provider}: precision {options.precision} runs on "
                             "openvino only (pip install 'p2p[openvino]', --provider openvino)")
     if provider == "openvino":
-        from ..openvino import backend
+        from .openvino import backend
 
-        return backend(provider, path, metadata, options)
+        return backend(provider, model.path, model.metadata, options)
     from .ort import OrtBackend
 
-    return OrtBackend(provider, path, metadata, options)
+    return OrtBackend(provider, model, options)

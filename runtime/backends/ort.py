@@ -1,33 +1,34 @@
 """onnxruntime backend: the cpu, cuda and tensorrt execution providers.
 
 onnxruntime quietly drops a GPU provider it cannot load and runs on the CPU instead. This
-backend checks, before and after creating the session, that the provider asked for is the one
-running, and otherwise raises a ``ProviderError`` that names the reason (not in this build,
-or which library failed to load, from onnxruntime's own log).
+backend makes that an error: GPU sessions run with ``session.disable_cpu_ep_fallback`` (a node
+placed on the CPU refuses the session) and without Python's retry on other providers, and
+``session.get_providers()`` is checked afterwards. A ``ProviderError`` then quotes
+onnxruntime's own error and log lines, captured (stdout and stderr, Python and native) while
+the session was created and shown only on failure, plus an install hint derived from the
+installed wheel (``ortgpu.py``).
 
-The cuda and tensorrt paths follow onnxruntime-gpu's documented API but have not yet run on a
-GPU here (no GPU machine was lent when they were written); cpu is tested.
+The cuda and tensorrt paths follow onnxruntime-gpu's sources and documented API and are tested
+against recording fakes (tests/test_providers.py); they have not yet run on a GPU here.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import re
 import sys
-import tempfile
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..engine import cache_root, cpu_identity, file_sha256, physical_cores
 from ..errors import ModelError, ProviderError
 from ..files import remove_stale_temps
-from ..metadata import ModelMetadata
+from ..host import cache_root, cpu_identity, gpu_identity, physical_cores
+from ..modelfile import ModelFile
+from .ortgpu import captured_output, install_hint, onnxruntime_said, tensorrt_version, trt_flag
 
 EP_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
             "tensorrt": "TensorrtExecutionProvider"}
@@ -57,58 +58,9 @@ def _short(names) -> str:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
-@contextmanager
-def captured_stderr():
-    """Collect what native code writes to fd 2 (onnxruntime logs provider load failures there)."""
-    box: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as buf:
-        os.dup2(buf.fileno(), 2)
-        try:
-            yield box
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            buf.seek(0)
-            box.append(buf.read().decode(errors="replace"))
-
-
-def gpu_identity(device_id: int) -> str:
-    """'<name>-sm<cc>-drv<version>' from the CUDA driver API (no torch, no pycuda)."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-        dev, major, minor, drv = (ctypes.c_int() for _ in range(4))
-        name = ctypes.create_string_buffer(256)
-        ok = (cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(dev), device_id) == 0
-              and cuda.cuDeviceGetName(name, 256, dev) == 0
-              and cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) == 0
-              and cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) == 0
-              and cuda.cuDriverGetVersion(ctypes.byref(drv)) == 0)
-        if ok:
-            return f"{name.value.decode()}-sm{major.value}{minor.value}-drv{drv.value}"
-    except (OSError, AttributeError):
-        pass
-    return "unknown-gpu"
-
-
-def tensorrt_version() -> str:
-    try:
-        import tensorrt  # the pip wheel that onnxruntime-gpu can use
-
-        return tensorrt.__version__
-    except ImportError:
-        pass
-    for lib in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
-        try:
-            v = ctypes.CDLL(lib).getInferLibVersion()
-            return f"{v // 10000}.{v // 100 % 100}.{v % 100}" if v > 10000 else str(v)
-        except (OSError, AttributeError):
-            continue
-    return "unknown"
+    line = text.splitlines()[0] if text else type(e).__name__
+    # onnxruntime prefixes its messages with the C++ source location: keep the message.
+    return re.sub(r"^/onnxruntime_src/\S+ [^(]*\([^)]*\) ", "", line)[:400]
 
 
 def _safe(text: str) -> str:
@@ -116,9 +68,11 @@ def _safe(text: str) -> str:
 
 
 class OrtBackend:
-    def __init__(self, provider: str, path: Path, metadata: ModelMetadata, options):
+    def __init__(self, provider: str, model: ModelFile, options):
         ort = self.ort = import_ort()
-        self.provider, self.path, self.meta, self.opts = provider, Path(path), metadata, options
+        self.model, self.path, self.meta = model, model.path, model.metadata
+        self.provider, self.opts = provider, options
+        metadata = self.meta
         self.ep = EP_NAMES[provider]
         available = ort.get_available_providers()
         if self.ep not in available:
@@ -134,17 +88,8 @@ class OrtBackend:
             self.session = self._cpu_session()
         else:
             self.session = self._gpu_session()
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        if (inp.name, out.name) != (metadata.input_name, metadata.output_name):
-            raise ModelError(f"{path}: graph input/output are {inp.name!r}/{out.name!r} but its "
-                             f"metadata says {metadata.input_name!r}/{metadata.output_name!r}")
-        # Images are resized to the metadata's size before the graph checks anything: a
-        # file that claims image_size 65536 must not make every image 12 GB of floats.
-        s, hw = metadata.image_size, list(inp.shape[2:])
-        if (not metadata.dynamic_size and len(hw) == 2 and all(isinstance(d, int) for d in hw)
-                and hw != [s, s]):
-            raise ModelError(f"{path}: graph input is {hw[0]}x{hw[1]} but its metadata says "
-                             f"image_size {s}")
+        # Names and sizes were checked against the metadata by the model-file reader.
+        inp = next(i for i in self.session.get_inputs() if i.name == metadata.input_name)
         batch = inp.shape[0]
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._batch = self.fixed_batch or options.batch_size
@@ -176,7 +121,7 @@ class OrtBackend:
         onnxruntime version and CPU), which makes a second load ~2-3x faster on a U-Net."""
         cached = None
         if self.opts.optimized_cache:
-            key = hashlib.sha256(f"{file_sha256(self.path)}|{self.ort.__version__}|"
+            key = hashlib.sha256(f"{self.model.content_sha256()}|{self.ort.__version__}|"
                                  f"{cpu_identity()}".encode()).hexdigest()[:24]
             # Content only, not the name: a file validated under a temporary name by
             # p2p-export and then renamed finds its graph already cached.
@@ -217,77 +162,96 @@ class OrtBackend:
             old.unlink(missing_ok=True)
 
     def _gpu_providers(self):
+        """Provider list for cuda or tensorrt, without the CPU provider: the session runs
+        with session.disable_cpu_ep_fallback, and onnxruntime refuses that setting beside an
+        explicitly listed CPU provider ("Conflicting session configuration")."""
         dev = str(self.opts.device_id)
+        # CUDA EP: the generic provider-options parser, where "1"/"0" are the values.
+        # use_tf32 "0": the CUDA EP runs FP32 convolutions as TF32 by default (on since
+        # onnxruntime 1.17 on Ampere and newer), and p2p never reports a precision that did
+        # not run: "cuda" is FP32.
         cuda = {"device_id": dev, "cudnn_conv_algo_search": "EXHAUSTIVE",
-                "do_copy_in_default_stream": "1"}
+                "do_copy_in_default_stream": "1", "use_tf32": "0"}
         if self.opts.cuda_graphs:
             cuda["enable_cuda_graph"] = "1"
         if self.provider == "cuda":
-            return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+            return [("CUDAExecutionProvider", cuda)]
         m, b = self.meta, self.opts.batch_size
         c, s = m.in_channels, m.image_size
         lo, hi = (m.size_multiple, max(s, TRT_MAX_SIDE)) if m.dynamic_size else (s, s)
         name = m.input_name
         self.trt_cache = cache_root(self.opts.cache_dir) / "tensorrt" / _safe(
-            f"{file_sha256(self.path)[:16]}-{gpu_identity(self.opts.device_id)}"
+            f"{self.model.content_sha256()[:16]}-{gpu_identity(self.opts.device_id)}"
             f"-ort{self.ort.__version__}-trt{tensorrt_version()}"
             f"-{'fp16' if self.fp16 else 'fp32'}-b{b}-{lo}-{hi}")
-        self.trt_cache.mkdir(parents=True, exist_ok=True)
-        if not any(self.trt_cache.iterdir()):
-            print(f"p2p: building a TensorRT engine for {self.path.name} (first run on this GPU "
-                  f"only, can take minutes); cache: {self.trt_cache}", file=sys.stderr)
-        trt = {"device_id": dev, "trt_fp16_enable": "1" if self.fp16 else "0",
-               "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(self.trt_cache),
-               "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(self.trt_cache),
+        # trt_* booleans: "True"/"False" only (ortgpu.trt_flag; onnxruntime_pybind_state.cc).
+        trt = {"device_id": dev, "trt_fp16_enable": trt_flag(self.fp16),
+               "trt_engine_cache_enable": trt_flag(True),
+               "trt_engine_cache_path": str(self.trt_cache),
+               "trt_timing_cache_enable": trt_flag(True),
+               "trt_timing_cache_path": str(self.trt_cache),
                "trt_profile_min_shapes": f"{name}:1x{c}x{lo}x{lo}",
                "trt_profile_opt_shapes": f"{name}:{b}x{c}x{s}x{s}",
                "trt_profile_max_shapes": f"{name}:{b}x{c}x{hi}x{hi}"}
         self._trt_sides = (lo, hi)
-        return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda),
-                "CPUExecutionProvider"]
+        return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
 
     def _gpu_session(self):
+        """Load CUDA first (preload_dlls), then TensorRT (its import loads libnvinfer, which
+        needs CUDA), then the session, strict about placement; everything onnxruntime prints
+        on the way is kept and shown only if the provider does not start."""
         ort, err, session = self.ort, None, None
-        providers = self._gpu_providers()
-        with captured_stderr() as log:
+        with captured_output() as preload_log:
             if hasattr(ort, "preload_dlls"):  # finds CUDA/cuDNN installed from pip wheels
                 try:
                     ort.preload_dlls()
                 except Exception:
                     pass
+            providers = self._gpu_providers()
+        made = []
+        if self.trt_cache is not None:
+            made = [d for d in (*reversed(self.trt_cache.parents), self.trt_cache)
+                    if not d.exists()]
+            self.trt_cache.mkdir(parents=True, exist_ok=True)
+            if not any(self.trt_cache.iterdir()) and "-trtunknown-" not in self.trt_cache.name:
+                # (No TensorRT found: the session will fail and say why; no "building" line.)
+                print(f"p2p: building a TensorRT engine for {self.path.name} (first run on this "
+                      f"GPU only, can take minutes); cache: {self.trt_cache}", file=sys.stderr)
+        so = self._options()
+        # Partial placement is an error, not a quiet CPU run (onnxruntime's session config
+        # key kOrtSessionOptionsDisableCPUEPFallback); warnings (level 2) include its
+        # "Some nodes were not assigned to the preferred execution providers".
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        so.log_severity_level = 2
+        with captured_output() as session_log:
             try:
-                session = ort.InferenceSession(str(self.path), self._options(), providers=providers)
+                # enable_fallback=0: no quiet retry on other providers after an EP error.
+                session = ort.InferenceSession(str(self.path), so, providers=providers,
+                                               enable_fallback=0)
             except Exception as e:
                 err = e
-        text = log[0] if log else ""
+        said = onnxruntime_said(preload_log[0] + session_log[0])
+        got = session.get_providers() if session is not None else []
+        if err is not None or self.ep not in got:
+            for d in reversed(made):  # no empty cache folder left behind by a failed start
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+            self.trt_cache = None
         if err is not None:
-            raise ProviderError(f"provider {self.provider}: onnxruntime could not create the "
-                                f"session for {self.path}: {_first_line(err)}{self._why(text, ' (')}")
-        got = session.get_providers()
+            raise ProviderError(
+                f"provider {self.provider}: onnxruntime could not start {self.ep} for "
+                f"{self.path.name}: {_first_line(err)}"
+                f"{'; onnxruntime said: ' + said if said else ''}; "
+                f"{install_hint(ort, self.provider)}")
         if self.ep not in got:
             raise ProviderError(
                 f"provider {self.provider}: {self.ep} is in this onnxruntime build but did not "
-                f"load (the session would run on {_short(got)}){self._why(text, ': ')}; "
-                f"{self._install_hint()}")
-        if text.strip():
-            sys.stderr.write(text)  # onnxruntime's own warnings still reach the user
+                f"load (the session would run on {_short(got)})"
+                f"{'; onnxruntime said: ' + said if said else ''}; "
+                f"{install_hint(ort, self.provider)}")
         return session
-
-    def _why(self, log: str, sep: str) -> str:
-        libs = sorted(set(re.findall(r"lib[\w.+-]*?\.so(?:\.\d+)*", log)))
-        if libs:
-            reason = "missing or unloadable " + ", ".join(libs)
-        else:
-            lines = [ln.strip() for ln in log.splitlines() if "error" in ln.lower()]
-            reason = lines[-1][-300:] if lines else ""
-        return f"{sep}{reason}{')' if sep == ' (' else ''}" if reason else ""
-
-    def _install_hint(self) -> str:
-        if self.provider == "tensorrt":
-            return ("TensorRT needs its libraries (libnvinfer, e.g. pip install tensorrt) "
-                    "on LD_LIBRARY_PATH, plus CUDA and cuDNN")
-        return (f"onnxruntime-gpu {self.ort.__version__} needs the CUDA 12 and cuDNN 9 "
-                "libraries: pip install 'onnxruntime-gpu[cuda,cudnn]' or put them on LD_LIBRARY_PATH")
 
     def _not_in_build(self, available) -> str:
         what = {"cuda": "CUDA", "tensorrt": "TensorRT", "cpu": "CPU"}[self.provider]

@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import physical_cores
-from .errors import ModelError, ProviderError, choices
-from .metadata import ModelMetadata
+from ..errors import ModelError, ProviderError, choices
+from ..host import physical_cores
+from ..metadata import ModelMetadata
+from ..modelfile import read_model_file
 
 PRECISIONS = ("fp32", "bf16")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -147,16 +148,6 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
-def read_metadata(model, path: Path) -> ModelMetadata:
-    """The p2p metadata_props of the ONNX file, as OpenVINO's ONNX reader keeps them."""
-    props = {}
-    rt = model.get_rt_info()
-    if "framework" in rt:
-        for key in rt["framework"]:
-            props[key] = model.get_rt_info(["framework", key]).astype(str)
-    return ModelMetadata.from_props(props, where=str(path))
-
-
 class OpenVINOSession:
     """One OpenVINO model; also the ``Engine``'s backend interface (``p2p.runtime.backends``):
     ``provider``, ``fixed_batch``, ``describe()``, ``check_size(h, w)``, ``run(x)``, ``close()``.
@@ -179,8 +170,9 @@ class OpenVINOSession:
             if value is not None and value < 1:
                 raise ProviderError(f"provider openvino: {name} must be >= 1, got {value}")
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: no such model file")
+        # The one model-file reader: its checks (external data inside the folder, names,
+        # size) hold here too when this session is made without an Engine.
+        metadata = metadata or read_model_file(self.path).metadata
         ov = _openvino()
         self.core = ov.Core()
         devices = self.core.available_devices
@@ -197,7 +189,7 @@ class OpenVINOSession:
             self.model = self.core.read_model(str(self.path))
         except Exception as e:  # OpenVINO raises RuntimeError with multi-line text
             raise ModelError(f"{self.path}: openvino cannot read it: {_first_line(e)}") from None
-        self.metadata = metadata or read_metadata(self.model, self.path)
+        self.metadata = metadata
         if len(self.model.inputs) != 1 or len(self.model.outputs) != 1:
             raise ModelError(f"{self.path}: expected one input and one output, got "
                              f"{len(self.model.inputs)} and {len(self.model.outputs)}")
