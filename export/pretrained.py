@@ -19,7 +19,8 @@ from pathlib import Path
 
 from p2p.runtime import download
 from p2p.runtime import pretrained as catalogue
-from p2p.runtime.engine import file_sha256, read_metadata
+from p2p.runtime.host import file_sha256
+from p2p.runtime.modelfile import read_metadata
 from p2p.runtime.errors import CheckpointError, DownloadError, HashMismatch, ModelError, choices
 from p2p.runtime.files import atomic_write
 from p2p.runtime.metadata import DIRECTIONS

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .engine import file_sha256
+from .host import file_sha256
 from .errors import DownloadError, HashMismatch
 from .files import atomic_write
 

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import cache_root
+from .host import cache_root
 from .errors import ModelError
 
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch"

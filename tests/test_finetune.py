@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from p2p.cli.export import main as export_cli
-from p2p.runtime.engine import read_metadata
+from p2p.runtime.modelfile import read_metadata
 from p2p.trainer.checkpoint import sha256_file
 from p2p.trainer.models import ModelConfig, PatchDiscriminator
 from test_export import JunyanzUnetGenerator, junyanz_norm, liven

@@ -28,7 +28,7 @@ from p2p.cli.pretrained import main as pretrained_cli
 from p2p.cli.translate import main as translate_cli
 from p2p.export.pretrained import PRECISIONS
 from p2p.runtime import download, pretrained
-from p2p.runtime.engine import read_metadata
+from p2p.runtime.modelfile import read_metadata
 from p2p.runtime.errors import ModelError
 from p2p.runtime.pipeline import pick_model
 from test_export import JunyanzUnetGenerator, junyanz_norm, liven
