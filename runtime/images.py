@@ -18,13 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from . import color
-from .errors import ImageError
+from .errors import ImageError, one_line
 from .metadata import ModelMetadata
 
 SPLITS = ("auto", "left", "right", "none")
+# The one extension rule of every command: the formats Pillow can open (not save-only ones
+# such as .pdf). What a file holds is decided by decoding it; a name only selects candidates.
+IMAGE_EXTS = frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                       if fmt in Image.OPEN)
+SHOWN_EXTS = ".png, .jpg, .jpeg, .webp, .bmp, .tif, ... (any format Pillow reads)"
 FORMATS = ("png", "jpg", "webp")
 _DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Pillow warns between its limit and twice it; ``open_rgb`` turns anything over the limit into
@@ -58,6 +63,37 @@ def _flatten(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def is_image_name(name: str | os.PathLike) -> bool:
+    """Whether a file name is a candidate image: a Pillow-readable extension, not hidden
+    (p2p's own temp files are hidden)."""
+    name = Path(name).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTS
+
+
+# EXIF Orientation -> the transpose that makes the image upright (EXIF 2.32, tag 0x0112).
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF Orientation (1-8), 1 when absent or unreadable. Only this one tag is read:
+    Pillow's ``exif_transpose`` re-serialises the whole EXIF block and fails on any other
+    tag stored with the wrong type, and a broken EXIF block must not cost the pixels."""
+    try:
+        value = im.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - struct.error, AttributeError, ... on mangled EXIF
+        return 1
+    return value if isinstance(value, int) and value in _ORIENT else 1
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` turned by its EXIF orientation (without touching the rest of its EXIF)."""
+    o = orientation(im)
+    return im.transpose(_ORIENT[o]) if o in _ORIENT else im
 
 
 def check_regular_file(path) -> None:
@@ -95,7 +131,7 @@ def open_rgb(path: Path) -> Image.Image:
                                  f"bomb limit {limit} (raise P2P_MAX_IMAGE_PIXELS to allow it)")
             im.seek(0)
             im.load()
-            return _flatten(ImageOps.exif_transpose(im))
+            return _flatten(upright(im))
     except ImageError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice its limit
@@ -109,8 +145,10 @@ def open_rgb(path: Path) -> Image.Image:
         raise ImageError(f"{path}: no such file") from None
     except PermissionError:
         raise ImageError(f"{path}: cannot read: Permission denied") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-        raise ImageError(f"{path}: cannot decode: {e}") from None
+    except MemoryError:
+        raise ImageError(f"{path}: does not fit in memory") from None
+    except Exception as e:  # noqa: BLE001 - whatever a decoder plug-in raises on a bad file
+        raise ImageError(f"{path}: cannot decode: {one_line(e)}") from None
 
 
 def choose_half(size: tuple[int, int], split: str, meta: ModelMetadata) -> str | None:

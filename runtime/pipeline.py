@@ -13,7 +13,6 @@ import fnmatch
 import os
 import re
 import sys
-import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -23,14 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import gallery, images
+from . import files, gallery, images
 from .engine import Engine
 from .errors import DataError, ImageError, ModelError, P2PError
-
-TMP_SUFFIX = ".p2p-tmp"
-# Extensions of formats Pillow can open (not save-only ones such as .pdf).
-IMAGE_EXTS = frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
-                       if fmt in Image.OPEN)
 
 
 @dataclass(frozen=True)
@@ -77,56 +71,6 @@ class Summary:
         return out
 
 
-# --- files --------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Readers (and a rerun after kill -9) see the old file or the whole new one, never a torn
-    one. No fsync: a killed process loses nothing that was written; only a power cut could."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Temp files of runs that were killed (their pid is gone); live runs keep theirs."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for e in entries:
-        m = re.fullmatch(r"\..+\.(\d+)\.\d+" + re.escape(TMP_SUFFIX), e.name)
-        if m and not _alive(int(m.group(1))):
-            Path(e.path).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def check_writable(root: Path) -> None:
-    """Fail before any inference when the output folder cannot take files (read-only, full,
-    a file in the way), rather than decode and run every image to fail at each write."""
-    probe = root / f".probe.{os.getpid()}.0{TMP_SUFFIX}"  # a stale one is cleaned like a temp
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"{root}: cannot write into the output folder: {e.strerror or e}"
-                        ) from None
-
-
 def find_model(runs: Path = Path("runs")) -> Path:
     """The newest exported model: runs/*/export/*.onnx first, else any *.onnx under runs/."""
     # Hidden files are never models: a killed p2p-export leaves its half-written temp file as
@@ -161,7 +105,7 @@ def scan(folder: Path, pattern: str | None, exclude: Path | None,
             if name.startswith("."):
                 continue
             if pattern is None:
-                ok = Path(name).suffix.lower() in IMAGE_EXTS
+                ok = images.is_image_name(name)
             else:
                 ok = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
             if ok:
@@ -227,10 +171,11 @@ def _finish(job: Job, prep, y, meta, cfg: TranslateConfig) -> None:
     img = images.to_image(y, prep, meta, cfg.model_size)
     data = images.encode(img, cfg.fmt)
     try:
-        job.dst.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(job.dst, data)
-    except OSError as e:
-        raise ImageError(f"{job.src}: cannot write {job.dst}: {e.strerror or e}") from None
+        # No fsync: a killed process loses nothing that was written; only a power cut could.
+        # The folder's stale temps were removed once, before the run (not once per file).
+        files.atomic_write(job.dst, lambda tmp: tmp.write_bytes(data), fsync=False, clean=False)
+    except P2PError as e:
+        raise ImageError(f"{job.src}: {e}") from None
 
 
 def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) -> list[str | None]:
@@ -328,9 +273,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     for job in jobs:
         (todo if cfg.overwrite or not job.dst.exists() else summary.skipped).append(job)
     for root in sorted({j.root for j in todo}):
-        check_writable(root)
+        files.check_writable(root)
     for folder in {j.dst.parent for j in todo}:
-        remove_stale_temps(folder)
+        files.remove_stale_temps(folder)
     bar = None
     if cfg.progress and todo:
         from tqdm import tqdm
@@ -353,7 +298,6 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
             reasons[job.src] = reason
     if cfg.html:
         for page, text in gallery.pages(jobs, reasons, engine.metadata, cfg.split).items():
-            page.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(page, text.encode())
+            files.atomic_write(page, lambda tmp, text=text: tmp.write_text(text, "utf-8"))
             summary.galleries.append(page)
     return summary
