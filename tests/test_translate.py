@@ -18,7 +18,7 @@ from PIL import Image
 
 from onnx_models import identity_model, slow_model
 from p2p.cli.translate import main
-from p2p.runtime.pipeline import TMP_SUFFIX
+from p2p.runtime.files import TMP_SUFFIX
 
 
 def translate(*args):
