@@ -154,13 +154,21 @@ def open_rgb(path: Path) -> Image.Image:
 def choose_half(size: tuple[int, int], split: str, meta: ModelMetadata) -> str | None:
     """Which half of the image feeds the model: 'left', 'right' or None (the whole image).
     auto: only an exactly 2:1 image is a pix2pix A|B pair, and the model's direction names
-    its input half."""
+    its input half; a colorization (Lab) model never splits: it takes whole photos, and a
+    2:1 photo is a panorama, not a pair. Callers say so once per run (``split_note``)."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {'|'.join(SPLITS)}")
     if split == "auto":
         w, h = size
-        return meta.input_half if w == 2 * h else None
+        return meta.input_half if w == 2 * h and meta.color_space != "lab" else None
     return None if split == "none" else split
+
+
+def split_note(prep: "Prepared", keep_whole: str = "--split none") -> str:
+    """What an automatic split did, in one line for the log (said once per run)."""
+    w, h = prep.size
+    return (f"treating {2 * w}x{h} images as A|B pairs: using the {prep.half} half; "
+            f"{keep_whole} to keep the whole image")
 
 
 def crop_half(img: Image.Image, half: str | None) -> Image.Image:

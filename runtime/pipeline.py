@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import files, gallery, images
 from .engine import Engine
-from .errors import DataError, ImageError, ModelError, P2PError
+from .errors import DataError, ImageError, ModelError, P2PError, one_line
 
 
 @dataclass(frozen=True)
@@ -178,8 +178,10 @@ def _finish(job: Job, prep, y, meta, cfg: TranslateConfig) -> None:
         raise ImageError(f"{job.src}: {e}") from None
 
 
-def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) -> list[str | None]:
-    """Translate ``jobs``; returns, in input order, None for success or the failure reason."""
+def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
+             log=None) -> list[str | None]:
+    """Translate ``jobs``; returns, in input order, None for success or the failure reason.
+    The first automatic A|B split is said through ``log``, once."""
     meta, bs = engine.metadata, engine.batch_size
     workers = cfg.workers or min(4, os.cpu_count() or 1)
     window = 2 * bs + workers  # decoded images waiting for the engine, and outputs waiting to write
@@ -194,6 +196,7 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) ->
     writing: deque = deque()
     batch: list[tuple[int, object]] = []
     upcoming = iter(range(len(jobs)))
+    said_split = False
 
     def drain(limit: int) -> None:
         while len(writing) > limit:
@@ -204,7 +207,7 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) ->
             except P2PError as e:
                 done(i, str(e))
             except Exception as e:  # an encoder bug must not cost the other outputs
-                done(i, f"{jobs[i].src}: cannot encode: {e}")
+                done(i, f"{jobs[i].src}: cannot encode: {one_line(e)}")
 
     def infer(items) -> None:
         try:
@@ -215,7 +218,7 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) ->
                     infer([item])
                 return
             i = items[0][0]
-            return done(i, f"{jobs[i].src}: inference failed: {str(e).splitlines()[0][:300]}")
+            return done(i, f"{jobs[i].src}: inference failed: {one_line(e)[:300]}")
         for (i, prep), y in zip(items, ys):
             writing.append((i, writers.submit(_finish, jobs[i], prep, y, meta, cfg)))
         drain(window)
@@ -238,8 +241,11 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) ->
                     done(i, str(e))
                     continue
                 except Exception as e:
-                    done(i, f"{jobs[i].src}: cannot decode: {e}")
+                    done(i, f"{jobs[i].src}: cannot decode: {one_line(e)}")
                     continue
+                if prep.half and cfg.split == "auto" and not said_split and log:
+                    log(images.split_note(prep))
+                    said_split = True
                 if batch and prep.array.shape != batch[0][1].array.shape:
                     infer(batch)  # dynamic-size models: one batch holds one shape
                     batch = []
@@ -283,7 +289,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         bar = tqdm(total=len(todo), unit="img", desc="translate", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        results = run_jobs(engine, todo, cfg, bar)
+        results = run_jobs(engine, todo, cfg, bar, log)
     finally:
         if bar:
             bar.close()

@@ -138,6 +138,7 @@ class Service:
 
     def __init__(self, engine, cfg: ServeConfig):
         self.engine, self.cfg, self.meta = engine, cfg, engine.metadata
+        self.said_split = False  # the first automatic A|B split is logged, once
         self.batcher = MicroBatcher(engine.run, cfg.max_batch, cfg.max_wait_ms / 1000.0,
                                     cfg.max_queue, on_batch=self._on_batch)
         self.pool: ThreadPoolExecutor | None = None
@@ -221,6 +222,9 @@ class Service:
         try:
             async with asyncio.timeout(self.cfg.timeout_s):
                 prep = await self._in_pool(decode, body, self.meta, split)
+                if prep.half and split == "auto" and not self.said_split:
+                    self.said_split = True  # the rule p2p-translate follows: said once
+                    log.warning(images.split_note(prep, "?split=none"))
                 submitted = True  # from here the batcher owns the admission
                 y, batch = await self.batcher.submit(prep.array)
                 data = await self._in_pool(encode, y, prep, self.meta, fmt)
@@ -240,7 +244,8 @@ class Service:
             if not submitted:
                 self.batcher.release()
         return Response(data, media_type=MEDIA_TYPES[fmt],
-                        headers={"X-P2P-Batch-Size": str(batch), "Cache-Control": "no-store"})
+                        headers={"X-P2P-Batch-Size": str(batch), "Cache-Control": "no-store",
+                                 "X-P2P-Half": prep.half or "whole"})
 
     async def healthz(self, request: Request) -> Response:
         m = self.meta
