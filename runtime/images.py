@@ -35,6 +35,9 @@ _DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Pillow warns between its limit and twice it; ``open_rgb`` turns anything over the limit into
 # an ImageError itself, so the warning would only repeat that, once per file.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow warns (once per file, on stderr) about each corrupt EXIF entry it skips; ``orientation``
+# reads the one tag it needs and treats the rest as absent, so the warnings would be noise.
+warnings.filterwarnings("ignore", category=UserWarning, module="PIL.TiffImagePlugin")
 
 
 def max_pixels() -> int:
