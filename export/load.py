@@ -136,7 +136,10 @@ def _load_junyanz(path: Path, state: dict, o: Overrides) -> Loaded:
     if color_space == "lab" and (cfg.in_channels, cfg.out_channels) != (1, 2):
         raise CheckpointError(f"{path}: --color-space lab needs --in-channels 1 "
                               "--out-channels 2 (L in, ab out)")
-    generator = _build(path, cfg, _drop_instance_norm_stats(state, cfg), junyanz=True)
+    # The hint is read off the file as it is: after dropping instance-norm statistics a
+    # BatchNorm file would look like an instance-norm one.
+    generator = _build(path, cfg, _drop_instance_norm_stats(state, cfg),
+                       hint=_junyanz_hint(state))
     return Loaded(generator, cfg, direction, color_space, 0, sha256_file(path), "junyanz",
                   path, run_dir_of(path), None)
 
@@ -156,21 +159,32 @@ def _drop_instance_norm_stats(state: dict, cfg: ModelConfig) -> dict:
             if not (k.rsplit(".", 1)[-1] in stats and k.rsplit(".", 1)[0] in inst)}
 
 
-def _build(path: Path, cfg: ModelConfig, weights, junyanz: bool = False) -> nn.Module:
+def _build(path: Path, cfg: ModelConfig, weights, hint: str = "") -> nn.Module:
+    """The generator of ``cfg`` with ``weights``; CheckpointError (one line: what differs,
+    and ``hint``) when they do not fit."""
     generator = UnetGenerator(cfg)
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: generator weights are a {type(weights).__name__}, "
                               "not a state_dict")
     try:
         generator.load_state_dict(weights, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        hint = _junyanz_hint(weights) if junyanz else ""
-        first = str(e).strip().splitlines()[0]
+    except (RuntimeError, TypeError, AttributeError):
         raise CheckpointError(
             f"{path}: weights do not fit a U-Net with ngf={cfg.ngf}, norm={cfg.norm}, "
-            f"image_size={cfg.image_size}, channels {cfg.in_channels}->{cfg.out_channels}"
-            f"{hint} ({first[:160]})") from None
+            f"image_size={cfg.image_size}, channels {cfg.in_channels}->{cfg.out_channels} "
+            f"({_difference(generator.state_dict(), weights)}){hint}") from None
     return generator
+
+
+def _difference(want: dict, got: dict) -> str:
+    """What torch's load_state_dict error says, in a few words of our own (its message is
+    many lines and ends mid-sentence when cut)."""
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want]
+    shaped = [k for k in want if k in got and getattr(got[k], "shape", None) != want[k].shape]
+    parts = [f"{len(v)} {what}, e.g. {v[0]}" for v, what in (
+        (missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape")) if v]
+    return "; ".join(parts) or "the weights are not tensors"
 
 
 def _junyanz_hint(state: dict) -> str:
@@ -180,10 +194,13 @@ def _junyanz_hint(state: dict) -> str:
         # Each nested block is entered through index 1 (outermost) or 3 (the others).
         depth = 1 + max(len(re.findall(r"\.[13]\.model(?=\.)", k)) for k in state)
         out_ch = state["model.model.3.weight"].shape[1]
-        norm = "batch" if any(k.endswith("running_mean") for k in state) else "instance"
+        # junyanz's BatchNorm is affine (weight + running stats); their InstanceNorm is not
+        # (an old file may still hold its running stats, never a weight beside them).
+        norm = "batch" if any(k.endswith(".running_mean") and
+                              k.removesuffix(".running_mean") + ".weight" in state
+                              for k in state) else "instance"
         return (f"; the file looks like --ngf {first.shape[0]} --in-channels {first.shape[1]} "
-                f"--out-channels {out_ch} --image-size {2 ** depth} --norm {norm} "
-                "(an old instance-norm file also has running_mean keys)")
+                f"--out-channels {out_ch} --image-size {2 ** depth} --norm {norm}")
     except (AttributeError, IndexError, KeyError, TypeError):
         return ""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import stat
 import subprocess
 import sys
 from dataclasses import asdict
@@ -399,6 +400,28 @@ def test_junyanz_wrong_flags_say_what_fits(junyanz_file, tmp_path):
     assert result.exit_code == 1
     assert f"--ngf {NGF} --in-channels 3 --out-channels 3 --image-size {SIZE}" in result.output
     assert not (tmp_path / "g.onnx").exists()
+
+
+def test_junyanz_batchnorm_file_exported_as_instance_gets_the_batch_hint(junyanz_file, tmp_path):
+    """Issue 14 fault 5: the hint is read before instance-norm statistics are dropped, the
+    line ends with our own summary (no cut torch message), and following the hint exports."""
+    path, _ = junyanz_file
+    result = run_cli([path, "-o", tmp_path / "g.onnx", "--ngf", NGF, "--image-size", SIZE,
+                      "--norm", "instance"])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith(f"Error: {path}: weights do not fit")
+    hint = f"--ngf {NGF} --in-channels 3 --out-channels 3 --image-size {SIZE} --norm batch"
+    assert line.endswith(f"; the file looks like {hint}")
+    assert "unexpected, e.g. model.model.1.model.2.weight" in line  # the BatchNorm's gamma
+    result = run_cli([path, "-o", tmp_path / "g.onnx", *hint.split()])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "g.onnx").is_file()
+    # Issue 14 fault 6: an exported model has the umask's mode, as open() would give it,
+    # not mkstemp's 0600 (which breaks serving it as another user or from a container).
+    from p2p.runtime import files
+    mode = stat.S_IMODE((tmp_path / "g.onnx").stat().st_mode)
+    assert mode == files.file_mode() == 0o666 & ~files._UMASK and mode & 0o044
 
 
 # --- bad input -------------------------------------------------------------------------
