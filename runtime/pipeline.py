@@ -303,7 +303,5 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
             summary.failed.append((job.src, reason))
             reasons[job.src] = reason
     if cfg.html:
-        for page, text in gallery.pages(jobs, reasons, engine.metadata, cfg.split).items():
-            files.atomic_write(page, lambda tmp, text=text: tmp.write_text(text, "utf-8"))
-            summary.galleries.append(page)
+        summary.galleries += gallery.write(jobs, reasons, engine.metadata, cfg.split)
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,11 +125,27 @@ def test_split_auto_on_dataset_images_and_html_gallery(models, tmp_path):
     rows = page.split("<tr>")[2:]
     assert [re.search(r"<td>(.*?)</td>", row).group(1) for row in rows] == \
         ["1.png", "2.png", "10.png", "square.png"]
-    for src_url in re.findall(r'src="([^"]+)"', page):
-        assert (out / unquote(src_url)).resolve().is_file(), src_url
-    assert rows[0].count("object-position: right") == 1  # input = right half
-    assert rows[0].count("object-position: left") == 1  # target = left half
-    assert "object-position" not in rows[3]  # not a pair: no split, no target
+    # Issue 14 fault 7: the gallery stands on its own. Moved elsewhere, every file it
+    # references is still there, inside its folder, and each row has its three columns.
+    moved = shutil.move(out, tmp_path / "elsewhere" / "gallery")
+    shutil.rmtree(src)  # the inputs are gone too
+    page = (Path(moved) / "index.html").read_text()
+    urls = re.findall(r'src="([^"]+)"', page)
+    assert len(urls) == 3 * 3 + 2  # three pairs: input | output | target; square: no target
+    for url in urls:
+        assert not unquote(url).startswith(("/", "..")), url
+        assert (Path(moved) / unquote(url)).is_file(), url
+    rows = page.split("<tr>")[2:]
+    cells = [re.findall(r'src="([^"]+)"', row) for row in rows]
+    assert cells[0] == [".gallery/1.png.input.jpg", "1.png", ".gallery/1.png.target.jpg"]
+    assert cells[3] == [".gallery/square.png.input.jpg", "square.png"]
+    # The thumbnails are the halves the model saw: input = right half (BtoA), target = left.
+    shown = np.asarray(Image.open(Path(moved) / cells[0][0]), np.int16)
+    target = np.asarray(Image.open(Path(moved) / cells[0][2]), np.int16)
+    assert shown.shape == target.shape == (32, 32, 3)
+    right, left = pairs[0][:, 32:], pairs[0][:, :32]  # noise: JPEG keeps only so much of it
+    assert np.abs(shown - right).mean() + 25 < np.abs(shown - left).mean()
+    assert np.abs(target - left).mean() + 25 < np.abs(target - right).mean()
 
 
 def test_real_facades_pairs(facades, models, tmp_path):
