@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors
 from p2p.runtime.evaluate import DIRECTIONS, PSNR_CAP, EvalConfig, evaluate
 
 DIR = click.Path(path_type=Path, file_okay=False)
 FILE = click.Path(path_type=Path, dir_okay=False)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.argument("pred_dir", type=DIR)
 @click.argument("target_dir", type=DIR, required=False)
 @click.option("--targets-from", type=DIR,

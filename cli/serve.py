@@ -10,11 +10,11 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors, requires
 from p2p.runtime.engine import PROVIDERS
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Exported .onnx model [default: the newest *.onnx under runs/].")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -40,21 +40,21 @@ from p2p.runtime.engine import PROVIDERS
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/encode threads [default: min(4, CPUs)].")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print nothing but errors (no start-up lines, no access log).")
 @handle_errors
 def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms, max_queue,
-         max_body_mb, timeout_s, workers, access_log):
+         max_body_mb, timeout_s, workers, access_log, quiet):
     """Serve a p2p model: POST /translate, GET /healthz, GET /metrics, and a page at /."""
-    try:
+    with requires("p2p-serve"):
         from p2p.runtime.server import ServeConfig, serve
-    except ImportError as e:
-        raise click.ClickException(f"p2p-serve needs {e.name}: pip install 'p2p[serve]'")
     cfg = ServeConfig(model=model, host=host, port=port, provider=provider, threads=threads,
                       precision=precision,
                       max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_queue=max_queue or 4 * max_batch,
                       max_body_bytes=int(max_body_mb * (1 << 20)), timeout_s=timeout_s,
-                      workers=workers, access_log=access_log)
-    serve(cfg, log_line=lambda msg: click.echo(msg, err=True))
+                      workers=workers, access_log=access_log and not quiet, quiet=quiet)
+    serve(cfg, log_line=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)))
 
 
 if __name__ == "__main__":

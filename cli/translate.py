@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors
 from p2p.runtime.engine import PROVIDERS
 from p2p.runtime.images import FORMATS, SPLITS
 from p2p.runtime.pipeline import TranslateConfig, translate
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False, path_type=Path),

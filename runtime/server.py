@@ -62,6 +62,7 @@ class ServeConfig:
     timeout_s: float = 30.0  # whole request after its body arrived: decode, queue, run, encode
     workers: int | None = None  # decode/encode threads; None: min(4, CPUs)
     access_log: bool = True
+    quiet: bool = False  # uvicorn says only warnings and errors
 
 
 class HTTPError(Exception):
@@ -303,7 +304,8 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
         log_line(f"open http://{cfg.host if ':' not in cfg.host else f'[{cfg.host}]'}:{port}/ "
                  "to draw, POST images to /translate")
         server = uvicorn.Server(uvicorn.Config(
-            create_app(engine, cfg), access_log=cfg.access_log, log_level="info",
+            create_app(engine, cfg), access_log=cfg.access_log,
+            log_level="warning" if cfg.quiet else "info",
             timeout_graceful_shutdown=5))
         try:
             server.run(sockets=[sock])
