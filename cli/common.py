@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -53,3 +54,35 @@ def requires(command: str):
         if line is None:
             raise
         sys.exit(line)
+
+
+def default_model(runs: Path = Path("runs")) -> tuple[Path, str]:
+    """The model p2p-translate and p2p-serve use without --model, and the rule that picked
+    it, to be printed. The rule: exported models (runs/*/export/*.onnx) before any other
+    *.onnx under runs/; FP32 before FP16 (an FP16 model is exported beside its FP32 twin and
+    is newer, but it is the faster, less exact choice, which the user makes by name); then
+    the newest. Raises ModelError when there is none."""
+    from p2p.runtime.engine import read_metadata  # numpy + protobuf reading, no onnxruntime
+    from p2p.runtime.errors import ModelError
+
+    # Hidden files are never models: a killed p2p-export leaves its half-written temp file
+    # as .generator.onnx.<pid>.<random>.tmp.onnx, and pathlib's glob does not skip dot-files.
+    def visible(paths):
+        return [p for p in paths if not p.name.startswith(".")]
+
+    found = visible(runs.glob("*/export/*.onnx")) or visible(runs.glob("**/*.onnx"))
+    if not found:
+        raise ModelError(f"no --model given and no *.onnx under {runs}/; export one with "
+                         "p2p-export or pass --model PATH")
+
+    def precision(p: Path) -> str:
+        try:
+            return read_metadata(p).input_dtype
+        except P2PError:
+            return "unknown"  # not a p2p model: Engine says why if it is picked
+
+    fp32 = [p for p in found if precision(p) == "float32"]
+    newest = max(fp32 or found, key=lambda p: p.stat().st_mtime)
+    rule = (f"the newest FP32 model under {runs}/" if fp32 else
+            f"the newest model under {runs}/ (there is no FP32 one)")
+    return newest, f"no --model: using {newest}, {rule}; pass --model to choose"

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import CONTEXT, handle_errors, requires
+from p2p.cli.common import CONTEXT, default_model, handle_errors, requires
 from p2p.runtime.engine import PROVIDERS
 
 
 @click.command(context_settings=CONTEXT)
 @click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Exported .onnx model [default: the newest *.onnx under runs/].")
+              help="Exported .onnx model [default: the newest FP32 model under runs/, said when "
+                   "used].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -48,6 +49,10 @@ def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms
     """Serve a p2p model: POST /translate, GET /healthz, GET /metrics, and a page at /."""
     with requires("p2p-serve"):
         from p2p.runtime.server import ServeConfig, serve
+    if model is None:
+        model, rule = default_model()
+        if not quiet:
+            click.echo(rule, err=True)
     cfg = ServeConfig(model=model, host=host, port=port, provider=provider, threads=threads,
                       precision=precision,
                       max_batch=max_batch, max_wait_ms=max_wait_ms,

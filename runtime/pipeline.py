@@ -30,7 +30,7 @@ from .errors import DataError, ImageError, ModelError, P2PError, one_line
 @dataclass(frozen=True)
 class TranslateConfig:
     inputs: tuple[Path, ...]
-    model: Path | None = None  # None: the newest *.onnx under runs/
+    model: Path | None = None  # required; Optional only to keep the field order
     output: Path | None = None  # None: "<input>-translated" beside each input
     provider: str = "auto"
     batch_size: int = 8
@@ -69,20 +69,6 @@ class Summary:
         out += [f"failed: {reason}" for _, reason in self.failed]
         out += [f"gallery: {g}" for g in self.galleries]
         return out
-
-
-def find_model(runs: Path = Path("runs")) -> Path:
-    """The newest exported model: runs/*/export/*.onnx first, else any *.onnx under runs/."""
-    # Hidden files are never models: a killed p2p-export leaves its half-written temp file as
-    # .generator.<pid>.<random>.tmp.onnx, and pathlib's glob does not skip dot-files.
-    def visible(paths):
-        return [p for p in paths if not p.name.startswith(".")]
-
-    found = visible(runs.glob("*/export/*.onnx")) or visible(runs.glob("**/*.onnx"))
-    if not found:
-        raise ModelError(f"no --model given and no *.onnx under {runs}/; export one with "
-                         "p2p-export or pass --model PATH")
-    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def _natural(s: str):
@@ -267,7 +253,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     written), then plan, skip what exists, run, gallery."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
-    model = Path(cfg.model) if cfg.model else find_model()
+    if cfg.model is None:  # cli/ picks the default model, and says by which rule
+        raise ModelError("no model given: pass --model PATH")
+    model = Path(cfg.model)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")

@@ -39,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from . import images, prometheus
 from .batcher import InferenceError, MicroBatcher, QueueFull, ShuttingDown
-from .errors import ImageError, P2PError
+from .errors import ImageError, ModelError, P2PError
 
 log = logging.getLogger("p2p.serve")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -49,7 +49,7 @@ FORMAT_ALIASES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: Path | None = None  # None: the newest *.onnx under runs/ (p2p-translate's finder)
+    model: Path | None = None  # required; cli.common.default_model picks one without --model
     host: str = "127.0.0.1"  # loopback unless the user says otherwise
     port: int = 8000
     provider: str = "auto"
@@ -286,10 +286,11 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
     import uvicorn
 
     from .engine import Engine
-    from .pipeline import find_model
 
     log_line = log_line or (lambda msg: print(msg, file=sys.stderr))
-    model = Path(cfg.model) if cfg.model else find_model()
+    if cfg.model is None:  # cli/ picks the default model, and says by which rule
+        raise ModelError("no model given: pass --model PATH")
+    model = Path(cfg.model)
     engine = Engine(model, cfg.provider, cfg.max_batch, cfg.threads, precision=cfg.precision)
     m = engine.metadata
     log_line(f"model {model} ({m.direction}, {m.image_size}px"

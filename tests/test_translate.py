@@ -242,3 +242,30 @@ def test_resume_after_kill_9_leaves_no_partial_files(tmp_path):
     assert f"translated {n - len(done)}, skipped {len(done)}, failed 0" in r.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.png" for i in range(n))
     assert not [p for p in out.iterdir() if p.name.endswith(TMP_SUFFIX)]
+
+
+def test_without_model_the_fp32_file_is_preferred_and_the_rule_said(tmp_path, monkeypatch):
+    """Issue 14: after `p2p-export --fp16` the newest file is the FP16 model; without
+    --model, p2p-translate and p2p-serve take the FP32 one and print which rule picked it."""
+    from p2p.cli.common import default_model
+
+    export = tmp_path / "runs" / "facades" / "export"
+    export.mkdir(parents=True)
+    fp32 = identity_model(export / "generator.onnx", dynamic_size=True)
+    fp16 = identity_model(export / "generator.fp16.onnx", dynamic_size=True,
+                          input_dtype="float16")
+    os.utime(fp32, (1e9, 1e9))  # the FP16 file is the newer one, as after an export
+    noise(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    rule = ("no --model: using runs/facades/export/generator.onnx, the newest FP32 model "
+            "under runs/; pass --model to choose")
+    assert default_model() == (Path("runs/facades/export/generator.onnx"), rule)
+    r = translate(tmp_path / "a.png", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert rule in r.output and "model runs/facades/export/generator.onnx (" in r.output
+    fp32.unlink()
+    assert default_model() == (Path("runs/facades/export/generator.fp16.onnx"),
+                               "no --model: using runs/facades/export/generator.fp16.onnx, "
+                               "the newest model under runs/ (there is no FP32 one); pass "
+                               "--model to choose")
+    assert fp16.exists()
