@@ -511,3 +511,27 @@ def test_failed_or_interrupted_export_leaves_nothing(tmp_path, monkeypatch, how)
         assert "max abs error" in str(e.value) and "nothing was written" in str(e.value)
     assert not out.parent.exists()  # no model, no fp16 model, no temp file, no new folder
     assert not (tmp_path / "triton").exists()
+
+
+@pytest.mark.parametrize("conv_first", [True, False])
+def test_fp16_refuses_an_initializer_shared_by_fp16_and_fp32_ops_in_either_order(conv_first):
+    """Issue 14: the guard fired only when the FP16 op came first. Initializer "s" is the
+    FP16 Conv's bias and the FP32 InstanceNormalization's scale."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from p2p.export.fp16 import to_fp16
+    from p2p.runtime.errors import ExportError
+
+    inits = [numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.ones(3, np.float32), "s"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "b")]
+    if conv_first:
+        nodes = [helper.make_node("Conv", ["x", "w", "s"], ["h"]),
+                 helper.make_node("InstanceNormalization", ["h", "s", "b"], ["y"])]
+    else:
+        nodes = [helper.make_node("InstanceNormalization", ["x", "s", "b"], ["h"]),
+                 helper.make_node("Conv", ["h", "w", "s"], ["y"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 4, 4]) for n in "xy"]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], inits)
+    with pytest.raises(ExportError, match="initializer s is shared by FP16 and FP32 ops"):
+        to_fp16(helper.make_model(graph))

@@ -269,3 +269,32 @@ def test_without_model_the_fp32_file_is_preferred_and_the_rule_said(tmp_path, mo
                                "the newest model under runs/ (there is no FP32 one); pass "
                                "--model to choose")
     assert fp16.exists()
+
+
+def test_an_exception_without_a_message_is_still_one_line(tmp_path, monkeypatch):
+    """Issue 14: str(e) == '' made the pipeline's own error handling raise IndexError."""
+    from p2p.runtime.engine import Engine
+
+    def fail(self, x):
+        raise RuntimeError()
+
+    model = identity_model(tmp_path / "m.onnx", dynamic_size=True)
+    noise(tmp_path / "in" / "a.png")
+    monkeypatch.setattr(Engine, "run", fail)
+    r = translate(tmp_path / "in", "--model", model, "-o", tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    assert f"failed: {tmp_path / 'in' / 'a.png'}: inference failed: RuntimeError" in r.output
+
+
+def test_a_temp_named_file_with_a_huge_pid_is_not_a_crash(tmp_path):
+    """Issue 14: os.kill raises OverflowError for a 'pid' no kernel can hold; such a file
+    belongs to no live process, so it is removed like any stale temp file."""
+    model = identity_model(tmp_path / "m.onnx", dynamic_size=True)
+    noise(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    huge = out / f".a.png.{'9' * 30}.abcd1234{TMP_SUFFIX}"
+    huge.write_bytes(b"?")
+    r = translate(tmp_path / "in", "--model", model, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]
