@@ -27,6 +27,7 @@ from p2p.runtime.engine import Engine
 from p2p.runtime.metadata import ModelMetadata
 from p2p.trainer.checkpoint import save_checkpoint, sha256_file
 from p2p.trainer.models import ModelConfig, UnetGenerator
+from reference_nets import JunyanzUnetGenerator, junyanz_norm
 
 SIZE, NGF = 64, 4  # U-Net-64: 6 downsamplings, one dropout block, 2x2 innermost norm
 
@@ -266,74 +267,7 @@ def test_running_mode_dynamic_size_and_opset(tmp_path):
     assert np.abs(engine.run(images(2)) - train_mode_per_image(net, images(2))).max() > 1e-2
 
 
-# --- a junyanz/pytorch-CycleGAN-and-pix2pix generator -----------------------------------
-# A faithful copy of that project's models/networks.py U-Net (BSD licence), with its key names.
-
-class JunyanzUnetGenerator(nn.Module):
-    def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=nn.BatchNorm2d,
-                 use_dropout=False):
-        super(JunyanzUnetGenerator, self).__init__()
-        unet_block = JunyanzUnetSkipConnectionBlock(ngf * 8, ngf * 8, input_nc=None, submodule=None, norm_layer=norm_layer, innermost=True)  # noqa: E501
-        for i in range(num_downs - 5):
-            unet_block = JunyanzUnetSkipConnectionBlock(ngf * 8, ngf * 8, input_nc=None, submodule=unet_block, norm_layer=norm_layer, use_dropout=use_dropout)  # noqa: E501
-        unet_block = JunyanzUnetSkipConnectionBlock(ngf * 4, ngf * 8, input_nc=None, submodule=unet_block, norm_layer=norm_layer)  # noqa: E501
-        unet_block = JunyanzUnetSkipConnectionBlock(ngf * 2, ngf * 4, input_nc=None, submodule=unet_block, norm_layer=norm_layer)  # noqa: E501
-        unet_block = JunyanzUnetSkipConnectionBlock(ngf, ngf * 2, input_nc=None, submodule=unet_block, norm_layer=norm_layer)  # noqa: E501
-        self.model = JunyanzUnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=unet_block, outermost=True, norm_layer=norm_layer)  # noqa: E501
-
-    def forward(self, input):
-        return self.model(input)
-
-
-class JunyanzUnetSkipConnectionBlock(nn.Module):
-    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False,
-                 innermost=False, norm_layer=nn.BatchNorm2d, use_dropout=False):
-        super(JunyanzUnetSkipConnectionBlock, self).__init__()
-        self.outermost = outermost
-        if type(norm_layer) == __import__("functools").partial:
-            use_bias = norm_layer.func == nn.InstanceNorm2d
-        else:
-            use_bias = norm_layer == nn.InstanceNorm2d
-        if input_nc is None:
-            input_nc = outer_nc
-        downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
-        downrelu = nn.LeakyReLU(0.2, True)
-        downnorm = norm_layer(inner_nc)
-        uprelu = nn.ReLU(True)
-        upnorm = norm_layer(outer_nc)
-        if outermost:
-            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
-            down = [downconv]
-            up = [uprelu, upconv, nn.Tanh()]
-            model = down + [submodule] + up
-        elif innermost:
-            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)  # noqa: E501
-            down = [downrelu, downconv]
-            up = [uprelu, upconv, upnorm]
-            model = down + up
-        else:
-            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)  # noqa: E501
-            down = [downrelu, downconv, downnorm]
-            up = [uprelu, upconv, upnorm]
-            if use_dropout:
-                model = down + [submodule] + up + [nn.Dropout(0.5)]
-            else:
-                model = down + [submodule] + up
-        self.model = nn.Sequential(*model)
-
-    def forward(self, x):
-        if self.outermost:
-            return self.model(x)
-        else:
-            return torch.cat([x, self.model(x)], 1)
-
-
-def junyanz_norm(norm):  # their get_norm_layer
-    import functools
-    if norm == "batch":
-        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
-    return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
-
+# --- a junyanz/pytorch-CycleGAN-and-pix2pix generator (tests/reference_nets.py) -----------
 
 @pytest.fixture(scope="module")
 def junyanz_file(tmp_path_factory):
