@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from p2p.runtime import files
 from p2p.runtime.errors import DataError, choices
 
 NAMES = ("facades", "cityscapes", "maps", "edges2shoes", "edges2handbags", "night2day")
@@ -61,9 +62,9 @@ def ensure(name: str, root: Path | None = None, url: str | None = None,
         return target
     root.mkdir(parents=True, exist_ok=True)
     url = url or f"{base_url().rstrip('/')}/{name}.tar.gz"
-    fd, part = tempfile.mkstemp(prefix=f".{name}.", suffix=".tar.gz.part", dir=root)
-    os.close(fd)
-    part = Path(part)
+    # The runtime's temp-file naming (pid inside): a download killed midway leaves a large
+    # partial archive, which the next download into ``root`` removes.
+    part = files.stage(root / f"{name}.tar.gz")
     try:
         digest = download(url, part)
         expected = sha256 or SHA256.get(name)
