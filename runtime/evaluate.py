@@ -35,11 +35,10 @@ from tqdm import tqdm
 from .errors import DataError, choices
 from .files import atomic_write
 from .images import SHOWN_EXTS, open_rgb
-from .listing import list_images, pair_by_name
+from .listing import list_images, listed, pair_by_name
 from .metrics import PSNR_CAP, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, SSIMUndefined, l1, \
     psnr, ssim
 DIRECTIONS = ("AtoB", "BtoA")
-MAX_LISTED = 5  # names shown in one error line
 
 
 # ---------------------------------------------------------------------------- pairing
@@ -58,12 +57,6 @@ class EvalConfig:
     progress: bool = True
 
 
-def _listed(names) -> str:
-    names = [str(n) for n in names]
-    more = f" (and {len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
-    return ", ".join(names[:MAX_LISTED]) + more
-
-
 def pair_files(pred_dir: Path, target_dir: Path) -> list[tuple[Path, Path]]:
     """(pred rel path, target rel path) for every prediction, by ``listing.pair_by_name``;
     any prediction or target left unpaired is a DataError (metrics over a different subset
@@ -74,18 +67,7 @@ def pair_files(pred_dir: Path, target_dir: Path) -> list[tuple[Path, Path]]:
     if not targets:
         raise DataError(f"{target_dir}: no images ({SHOWN_EXTS})")
     m = pair_by_name(preds, targets)
-    if m.ambiguous:
-        raise DataError(f"{target_dir}: several targets match " + _listed(
-            f"{p} ({' / '.join(map(str, cands))})" for p, cands in m.ambiguous))
-    if m.only_a:
-        raise DataError(f"{len(m.only_a)} of {len(preds)} predictions in {pred_dir} have no "
-                        f"target in {target_dir}: {_listed(m.only_a)}")
-    if m.shared:
-        raise DataError(f"{pred_dir}: several predictions (other extensions?) match one target: "
-                        f"{_listed(m.shared)}")
-    if m.only_b:
-        raise DataError(f"{len(m.only_b)} of {len(targets)} targets in {target_dir} have no "
-                        f"prediction in {pred_dir}: {_listed(m.only_b)}")
+    m.require_complete(pred_dir, target_dir, "prediction", "target")
     return m.pairs
 
 
@@ -160,9 +142,9 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
         hint = ("; TARGET_DIR looks like side-by-side A|B images: use --targets-from DIR "
                 "--direction AtoB|BtoA" if ab else "; pass --resize-pred to resize predictions "
                 "to the target size")
-        listed = _listed(f"{p} {pw}x{ph} vs {tw}x{th}" for p, pw, ph, tw, th in mismatched)
+        names = listed(f"{p} {pw}x{ph} vs {tw}x{th}" for p, pw, ph, tw, th in mismatched)
         raise DataError(f"{len(mismatched)} of {len(jobs)} predictions differ in size from their "
-                        f"targets (pred vs target): {listed}{hint}")
+                        f"targets (pred vs target): {names}{hint}")
     notes = [r.pop("note") for r in results]
     rows = [{"pred": p.as_posix(), "target": t.as_posix(), **r}
             for (p, t), r in zip(pairs, results)]

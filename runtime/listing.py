@@ -13,7 +13,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import DataError
 from .images import is_image_name
+
+MAX_LISTED = 5  # names shown in one error line
 
 
 def list_images(root: Path, recursive: bool = True, errors: list | None = None) -> list[Path]:
@@ -38,6 +41,31 @@ class Pairing:
     only_b: list[Path] = field(default_factory=list)  # no a of that name
     ambiguous: list[tuple[Path, list[Path]]] = field(default_factory=list)  # several b match
     shared: list[Path] = field(default_factory=list)  # b matched by several a
+
+    def require_complete(self, a_dir: Path, b_dir: Path, a_kind: str, b_kind: str) -> None:
+        """DataError (one line, a few names listed) unless every a and every b is paired
+        exactly once; ``a_kind``/``b_kind`` name the two sides ("prediction", "target")."""
+        n_a = len(self.pairs) + len(self.only_a) + len(self.ambiguous)
+        n_b = len({t for _, t in self.pairs}) + len(self.only_b)
+        if self.ambiguous:
+            raise DataError(f"{b_dir}: several {b_kind}s match " + listed(
+                f"{p} ({' / '.join(map(str, cands))})" for p, cands in self.ambiguous))
+        if self.only_a:
+            raise DataError(f"{len(self.only_a)} of {n_a} {a_kind}s in {a_dir} have no "
+                            f"{b_kind} in {b_dir}: {listed(self.only_a)}")
+        if self.shared:
+            raise DataError(f"{a_dir}: several {a_kind}s (other extensions?) match one "
+                            f"{b_kind}: {listed(self.shared)}")
+        if self.only_b:
+            raise DataError(f"{len(self.only_b)} of {n_b} {b_kind}s in {b_dir} have no "
+                            f"{a_kind} in {a_dir}: {listed(self.only_b)}")
+
+
+def listed(names) -> str:
+    """'a, b, c, d, e (and 3 more)': a few names for one error line."""
+    names = [str(n) for n in names]
+    more = f" (and {len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+    return ", ".join(names[:MAX_LISTED]) + more
 
 
 def pair_by_name(a: list[Path], b: list[Path]) -> Pairing:

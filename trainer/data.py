@@ -89,21 +89,10 @@ def check_images(paths: list[Path], side_by_side: bool) -> None:
 
 def pair_files(dir_a: Path, dir_b: Path) -> list[tuple[Path, Path]]:
     """Same-named images in two folders (``listing.pair_by_name``: 1.png also pairs with
-    1.jpg); any image on one side only, or matching several, is an error."""
+    1.jpg); any image on one side only, or matching several, is a DataError."""
     a, b = list_images(dir_a), list_images(dir_b)
     m = listing.pair_by_name([p.relative_to(dir_a) for p in a], [p.relative_to(dir_b) for p in b])
-    if m.ambiguous:
-        rel, cands = m.ambiguous[0]
-        raise DataError(f"{Path(dir_a) / rel}: several images of that name in {dir_b}: "
-                        + ", ".join(map(str, cands)))
-    if m.shared:
-        raise DataError(f"{Path(dir_b) / m.shared[0]}: matched by several images in {dir_a}")
-    if m.only_a:
-        raise DataError(f"{Path(dir_a) / m.only_a[0]}: no image of the same name in {dir_b} "
-                        f"({len(m.only_a)} unmatched in {dir_a})")
-    if m.only_b:
-        raise DataError(f"{Path(dir_b) / m.only_b[0]}: no image of the same name in {dir_a} "
-                        f"({len(m.only_b)} unmatched in {dir_b})")
+    m.require_complete(dir_a, dir_b, "A image", "B image")
     return [(Path(dir_a) / ra, Path(dir_b) / rb) for ra, rb in m.pairs]
 
 
