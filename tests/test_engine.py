@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -14,7 +13,7 @@ import pytest
 import onnxruntime
 from blocking import run_without
 from onnx_models import conv_model, identity_model, reference_conv_tanh
-from p2p.runtime.engine import Engine, physical_cores, read_metadata
+from p2p.runtime.engine import Engine, physical_cores
 from p2p.runtime.errors import ModelError, ProviderError
 
 
