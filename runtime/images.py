@@ -18,17 +18,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from . import color
 from .errors import ImageError, one_line
 from .metadata import ModelMetadata
 
 SPLITS = ("auto", "left", "right", "none")
-# The one extension rule of every command: the formats Pillow can open (not save-only ones
-# such as .pdf). What a file holds is decided by decoding it; a name only selects candidates.
-IMAGE_EXTS = frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
-                       if fmt in Image.OPEN)
+
+
+def _decodable_extensions() -> frozenset[str]:
+    """The formats Pillow opens and decodes by itself: not save-only ones (.pdf), not stubs
+    that need a handler registered (.h5, .grib, .wmf, ...), not MPEG (identified, never
+    decoded) nor EPS/PS (decoded by an external Ghostscript)."""
+    def decodes(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+        return factory is not None and not stub and fmt not in ("MPEG", "EPS")
+
+    return frozenset(e.lower() for e, fmt in Image.registered_extensions().items()
+                     if decodes(fmt))
+
+
+# The one extension rule of every command. What a file holds is decided by decoding it; the
+# name only selects the candidates.
+IMAGE_EXTS = _decodable_extensions()
 SHOWN_EXTS = ".png, .jpg, .jpeg, .webp, .bmp, .tif, ... (any format Pillow reads)"
 FORMATS = ("png", "jpg", "webp")
 _DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
