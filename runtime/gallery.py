@@ -51,7 +51,9 @@ def _thumbnail(img: Image.Image, path: Path) -> Path:
     img = img.copy()
     img.thumbnail((2 * WIDTH, 8 * WIDTH), Image.Resampling.BICUBIC)
     data = images.encode(img, "jpg")
-    return files.atomic_write(path, lambda tmp: tmp.write_bytes(data), fsync=False)
+    # clean=False: ``write`` removes stale temps once per folder, not once per thumbnail.
+    return files.atomic_write(path, lambda tmp: tmp.write_bytes(data), fsync=False,
+                              clean=False)
 
 
 def thumbnails(job, root: Path, split: str, meta: ModelMetadata) -> tuple[Path | None, ...]:
@@ -99,6 +101,8 @@ def write(jobs, reasons: dict, meta: ModelMetadata, split: str) -> list[Path]:
         by_root.setdefault(job.root, []).append(job)
     pages = []
     for root, js in by_root.items():
+        for folder, _, _ in os.walk(root / THUMBS):  # what a killed earlier run left
+            files.remove_stale_temps(Path(folder))
         text = render(root, js, reasons, meta, split)
         pages.append(files.atomic_write(root / "index.html",
                                         lambda tmp, text=text: tmp.write_text(text, "utf-8")))
