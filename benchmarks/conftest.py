@@ -21,6 +21,7 @@ from PIL import Image
 from benchlib import (BATCH_SIZES, FACADES, GFLOP_PER_IMAGE, _version, cpu_flags, cpu_model,
                       measured_peak)
 from p2p.runtime.host import physical_cores
+from p2p.runtime.images import open_rgb
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +92,9 @@ def images(facades_val) -> np.ndarray:
     """16 real inputs: the label (right) halves of facades val images, NCHW float32 in [-1, 1]."""
     batch = []
     for path in sorted(facades_val.glob("*.jpg"), key=lambda p: int(p.stem))[:max(BATCH_SIZES)]:
-        with Image.open(path) as im:
-            w, h = im.size
-            half = im.convert("RGB").crop((w // 2, 0, w, h)).resize((256, 256), Image.BICUBIC)
+        im = open_rgb(path)  # the decoder of every command
+        w, h = im.size
+        half = im.crop((w // 2, 0, w, h)).resize((256, 256), Image.BICUBIC)
         batch.append(np.asarray(half, np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
     return np.stack(batch)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from p2p.runtime import metrics
+from p2p.runtime import telemetry as metrics
 
 CLIENTS = int(os.environ.get("P2P_SERVE_CLIENTS", 32))
 SECONDS = float(os.environ.get("P2P_SERVE_SECONDS", 20))

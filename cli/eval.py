@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors
 from p2p.runtime.evaluate import DIRECTIONS, PSNR_CAP, EvalConfig, evaluate
 
 DIR = click.Path(path_type=Path, file_okay=False)
 FILE = click.Path(path_type=Path, dir_okay=False)
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.argument("pred_dir", type=DIR)
 @click.argument("target_dir", type=DIR, required=False)
 @click.option("--targets-from", type=DIR,
@@ -26,7 +26,7 @@ FILE = click.Path(path_type=Path, dir_okay=False)
 @click.option("--resize-pred", is_flag=True,
               help="Resize predictions to the target size instead of failing on a mismatch.")
 @click.option("--workers", default=0, show_default=True, help="Threads (0 = one per CPU).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @handle_errors
 def main(pred_dir, target_dir, targets_from, direction, csv_path, json_path, resize_pred,
          workers, quiet):
@@ -40,9 +40,17 @@ def main(pred_dir, target_dir, targets_from, direction, csv_path, json_path, res
                      direction=direction, csv_path=csv_path, json_path=json_path,
                      resize_pred=resize_pred, workers=workers, progress=not quiet)
     summary, _ = evaluate(cfg)
+    for note in summary["notes"]:
+        click.echo(f"note: {note}", err=True)
     cap = " (cap)" if summary["psnr"] >= PSNR_CAP else ""
+    if summary["ssim"] is None:
+        ssim = "SSIM undefined (every image is under 11x11)"
+    elif summary["ssim_count"] < summary["count"]:
+        ssim = f"SSIM {summary['ssim']:.4f} (over {summary['ssim_count']} images)"
+    else:
+        ssim = f"SSIM {summary['ssim']:.4f}"
     click.echo(f"{summary['count']} images  L1 {summary['l1']:.4f}  "
-               f"PSNR {summary['psnr']:.2f} dB{cap}  SSIM {summary['ssim']:.4f}")
+               f"PSNR {summary['psnr']:.2f} dB{cap}  {ssim}")
     for label, path in (("per-image CSV", csv_path), ("summary JSON", json_path)):
         if path is not None:
             click.echo(f"{label}: {path}")

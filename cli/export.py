@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
-from p2p.export.load import Overrides
-from p2p.export.onnx import MIN_OPSET, ExportConfig, main as export
+from p2p.cli.common import CONTEXT, handle_errors, requires
 from p2p.runtime.metadata import COLOR_SPACES, DIRECTIONS, NORM_MODES
-from p2p.trainer.models import NORMS
+
+with requires("p2p-export"):  # a deployment install has no torch: say which extra brings it
+    from p2p.export.load import Overrides
+    from p2p.export.onnx import MIN_OPSET, ExportConfig, main as export
+    from p2p.trainer.models import NORMS
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="The FP32 model file.  [default: <run>/export/generator.onnx]")
@@ -34,6 +38,8 @@ from p2p.trainer.models import NORMS
 @click.option("--triton-name", help="Triton model name.  [default: the run folder's name]")
 @click.option("--triton-max-batch", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--no-verify", is_flag=True, help="Skip the checks (not recommended).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print nothing but errors (the steps and checks are not shown).")
 @click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("runs"), show_default=True,
               help="Where to look for the newest run when SOURCE is omitted.")
@@ -46,7 +52,7 @@ from p2p.trainer.models import NORMS
 @click.option("--color-space", type=click.Choice(COLOR_SPACES), help="junyanz files: [rgb].")
 @handle_errors
 def main(source, output, fp16, opset, norm_mode, dynamic_size, triton, triton_name,
-         triton_max_batch, no_verify, runs_dir, ngf, norm, image_size, in_channels,
+         triton_max_batch, no_verify, quiet, runs_dir, ngf, norm, image_size, in_channels,
          out_channels, direction, color_space):
     """Export the generator of SOURCE (a p2p checkpoint, a run folder, or a
     pytorch-CycleGAN-and-pix2pix *_net_G.pth) to ONNX and verify it.
@@ -62,4 +68,8 @@ def main(source, output, fp16, opset, norm_mode, dynamic_size, triton, triton_na
         overrides=Overrides(ngf=ngf, norm=norm, image_size=image_size, in_channels=in_channels,
                             out_channels=out_channels, direction=direction,
                             color_space=color_space))
-    export(cfg)
+    # The exporter reports its steps on stdout; errors leave as exceptions, so --quiet can
+    # drop the stream whole without hiding a failure.
+    quieted = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
+    with requires("p2p-export"), quieted:  # onnxscript, onnxruntime: imported on the way
+        export(cfg)

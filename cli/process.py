@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors
 from p2p.trainer.process import ProcessConfig, run
 
 DIR = click.Path(path_type=Path, file_okay=False)
@@ -20,7 +20,7 @@ def common(fn):
         click.option("--workers", default=0, show_default=True,
                      help="Parallel threads (0 = one per CPU)."),
         click.option("--overwrite", is_flag=True, help="Redo outputs that already exist."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]):
         fn = deco(fn)
     return fn
@@ -44,7 +44,7 @@ def _run(ctx: click.Context, **fields) -> None:
         ctx.exit(1)
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
 def main():
     """Turn folders of your own images into pix2pix training pairs.
 

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors, requires
 from p2p.runtime.engine import PROVIDERS
+from p2p.runtime.locate import pick_model
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.option("--model", "-m", type=click.Path(dir_okay=False, path_type=Path),
               help="Exported .onnx model, or the name of a model fetched with p2p-pretrained "
-                   "get [default: the newest *.onnx under runs/].")
+                   "get [default: the newest FP32 model under runs/, said when used].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -41,21 +42,24 @@ from p2p.runtime.engine import PROVIDERS
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/encode threads [default: min(4, CPUs)].")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print nothing but errors (no start-up lines, no access log).")
 @handle_errors
 def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms, max_queue,
-         max_body_mb, timeout_s, workers, access_log):
+         max_body_mb, timeout_s, workers, access_log, quiet):
     """Serve a p2p model: POST /translate, GET /healthz, GET /metrics, and a page at /."""
-    try:
+    with requires("p2p-serve"):
         from p2p.runtime.server import ServeConfig, serve
-    except ImportError as e:
-        raise click.ClickException(f"p2p-serve needs {e.name}: pip install 'p2p[serve]'")
+    model, rule = pick_model(model)
+    if rule and not quiet:
+        click.echo(rule, err=True)
     cfg = ServeConfig(model=model, host=host, port=port, provider=provider, threads=threads,
                       precision=precision,
                       max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_queue=max_queue or 4 * max_batch,
                       max_body_bytes=int(max_body_mb * (1 << 20)), timeout_s=timeout_s,
-                      workers=workers, access_log=access_log)
-    serve(cfg, log_line=lambda msg: click.echo(msg, err=True))
+                      workers=workers, access_log=access_log and not quiet, quiet=quiet)
+    serve(cfg, log_line=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)))
 
 
 if __name__ == "__main__":

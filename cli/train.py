@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors, requires
 from p2p.runtime.errors import P2PError
-from p2p.trainer.datasets import NAMES
-from p2p.trainer.models import NORMS
-from p2p.trainer.rundir import default_output, load_run_config
-from p2p.trainer.train import DEVICES, TrainConfig, main as train_main
+
+with requires("p2p-train"):  # a deployment install has no torch: say which extra brings it
+    from p2p.trainer.datasets import NAMES
+    from p2p.trainer.models import NORMS
+    from p2p.trainer.rundir import default_output, load_run_config
+    from p2p.trainer.train import DEVICES, TrainConfig, main as train_main
 
 POS = click.IntRange(min=1)
 
@@ -22,7 +24,7 @@ def _power_of_two(ctx, param, value):
     return value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.option("--data", help=f"Folder of side-by-side A|B images (train/ and val/ subfolders, "
                              f"or flat), of colour images with --lab-colorization, or a "
                              f"classic dataset name: {'|'.join(NAMES)} (looked up in $P2P_DATA, "
@@ -80,7 +82,7 @@ def _power_of_two(ctx, param, value):
                    "are taken from its config.json. Larger --epochs/--epochs-decay extend a "
                    "finished run; the LR rule goes on from the current epoch.")
 @click.option("--overwrite", is_flag=True, help="Start again in an --output that holds a run.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 @handle_errors
 def main(ctx, quiet, **opts):
@@ -103,4 +105,5 @@ def main(ctx, quiet, **opts):
     if opts["init_from_d"] and not opts["init_from"]:
         raise P2PError("--init-from-d needs --init-from (the generator to start from)")
     opts["output"] = opts["output"] or default_output(opts["data"], opts["data_a"])
-    train_main(TrainConfig(**opts, progress=not quiet))
+    with requires("p2p-train"):  # tensorboard, onnx...: imported on the way
+        train_main(TrainConfig(**opts, progress=not quiet))

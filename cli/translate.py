@@ -11,18 +11,19 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors
 from p2p.runtime.engine import PROVIDERS
+from p2p.runtime.locate import pick_model
 from p2p.runtime.images import FORMATS, SPLITS
 from p2p.runtime.pipeline import TranslateConfig, translate
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "-m", type=click.Path(dir_okay=False, path_type=Path),
               help="Exported .onnx model, or the name of a model fetched with p2p-pretrained "
-                   "get [default: the newest *.onnx under runs/].")
+                   "get [default: the newest FP32 model under runs/, said when used].")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder; the input tree is mirrored under it "
                    "[default: <input>-translated beside each input].")
@@ -55,6 +56,9 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
     if len(inputs) > 1 and output is None:
         click.echo("note: several inputs and no --output: each goes to its own "
                    "<input>-translated folder", err=True)
+    model, rule = pick_model(model)
+    if rule:
+        click.echo(rule, err=True)
     cfg = TranslateConfig(inputs=tuple(inputs), model=model, output=output, provider=provider,
                           batch_size=batch_size, threads=threads, precision=precision,
                           fmt=fmt, split=split, model_size=model_size, glob=pattern, html=html, overwrite=overwrite,

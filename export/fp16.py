@@ -40,7 +40,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     dtype = {i.name: TensorProto.FLOAT16 for i in g.input}
     for i in g.input:
         i.type.tensor_type.elem_type = TensorProto.FLOAT16
-    converted, casts, nodes = set(), {}, []
+    converted, kept, casts, nodes = set(), set(), {}, []
     for node in g.node:
         if node.op_type in FP16_OPS:
             want = TensorProto.FLOAT16
@@ -51,11 +51,16 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                               "FP32_OPS in export/fp16.py after checking it")
         for k, name in enumerate(node.input):
             if name in inits:
+                # One initializer has one type: shared by an FP16 and an FP32 op it would be
+                # wrong for one of them, whichever op comes first in the graph.
+                if (name in converted and want == TensorProto.FLOAT) or \
+                        (name in kept and want == TensorProto.FLOAT16):
+                    raise ExportError(f"fp16: initializer {name} is shared by FP16 and FP32 ops")
                 if want == TensorProto.FLOAT16 and name not in converted:
                     _init_to_fp16(inits[name])
                     converted.add(name)
-                elif want == TensorProto.FLOAT and name in converted:
-                    raise ExportError(f"fp16: initializer {name} is shared by FP16 and FP32 ops")
+                elif want == TensorProto.FLOAT:
+                    kept.add(name)
             elif name and dtype.get(name, want) != want:
                 if (name, want) not in casts:
                     suffix = "fp16" if want == TensorProto.FLOAT16 else "fp32"

@@ -19,9 +19,7 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -195,35 +193,6 @@ def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProt
     return model
 
 
-def staged(final: Path) -> Path:
-    """A temp file beside ``final``: os.replace onto it is atomic (same filesystem). Its name
-    holds our pid, so the temp files of a killed export are recognised and removed."""
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(final)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.{os.getpid()}.",
-                                   suffix=".tmp" + final.suffix, dir=final.parent)
-    except FileExistsError:
-        raise ExportError(f"{final}: cannot write: {final.parent} is a file, not a folder"
-                          ) from None
-    except OSError as e:
-        raise ExportError(f"{final}: cannot write: {e.strerror or e}") from None
-    os.close(fd)
-    return Path(tmp)
-
-
-def remove_stale_temps(final: Path) -> None:
-    """Temp files that an export killed while writing ``final`` left behind (pid gone)."""
-    files.remove_stale_temps(final.parent, re.escape(f".{final.stem}.") + r"(?P<pid>\d+)\..+"
-                             + re.escape(".tmp" + final.suffix))
-
-
-def publish(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
 def default_output(loaded: Loaded) -> Path:
     return loaded.run_dir / "export" / "generator.onnx"
 
@@ -271,7 +240,9 @@ def main(cfg: ExportConfig) -> list[Path]:
     published = False
     try:
         for final, model in models.items():
-            temps[final] = staged(final)
+            # The runtime's one atomic writer: umask's mode (not mkstemp's 0600), pid in the
+            # name so a killed export's temp is removed by the next one; ".onnx" kept last.
+            temps[final] = files.stage(final, keep_suffix=True)
             try:
                 onnx.save_model(model, temps[final])
             except OSError as e:  # a full disk: nothing is published
@@ -285,7 +256,7 @@ def main(cfg: ExportConfig) -> list[Path]:
         else:
             print("verification skipped (--no-verify): the files are unchecked")
         for final, tmp in temps.items():
-            publish(tmp, final)
+            files.publish(tmp, final)
             print(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB)")
         published = True
     finally:

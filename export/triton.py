@@ -28,7 +28,7 @@ from pathlib import Path
 from p2p.runtime.backends.ort import TRT_MAX_SIDE
 from p2p.runtime.errors import ExportError
 from p2p.runtime.metadata import ModelMetadata
-from p2p.trainer.checkpoint import atomic_write
+from p2p.runtime.files import atomic_write
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 WORKSPACE_BYTES = 1 << 30

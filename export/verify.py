@@ -29,7 +29,10 @@ from torch import nn
 
 from p2p.runtime.color import lab_to_model, rgb_to_lab
 from p2p.runtime.engine import Engine
-from p2p.runtime.errors import ExportError, P2PError
+from p2p.runtime import metrics
+from p2p.runtime.errors import ExportError, ImageError, P2PError
+from p2p.runtime.images import open_rgb
+from p2p.runtime.listing import list_images
 from p2p.runtime.metadata import ModelMetadata
 
 from .fp16 import emulate
@@ -39,12 +42,11 @@ FP32_MAX_ABS = 1e-4  # onnxruntime vs PyTorch, FP32 model, values in [-1, 1]
 FP16_MIN_PSNR = 40.0  # dB over the [-1, 1] range, FP16 model vs FP32 PyTorch
 # Image k alone vs inside a batch: the same arithmetic, so only kernel-choice rounding.
 INVARIANCE_TOL = {"float32": 1e-5, "float16": 2e-3}
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def psnr(a: np.ndarray, b: np.ndarray, value_range: float = 2.0) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(value_range ** 2 / mse)
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two model outputs in [-1, 1] (range 2), uncapped: p2p's one PSNR."""
+    return metrics.psnr(a, b, data_range=2.0, cap=math.inf)
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -67,22 +69,19 @@ def val_folder(data: str | None) -> Path | None:
 
 def load_val_images(folder: Path, loaded: Loaded, n: int, hw: tuple[int, int]) -> list:
     """Up to n model inputs (C, H, W) in [-1, 1] from A|B val pairs, the paper's way."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     cfg, out = loaded.model, []
-    # is_file: regular files only; opening a FIFO named x.jpg would block the export forever.
-    for path in sorted(p for p in folder.iterdir()
-                       if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if loaded.color_space == "rgb":  # A|B side by side: take the input half
-                    w = im.width // 2
-                    im = im.crop((0, 0, w, im.height) if loaded.direction == "AtoB"
-                                 else (w, 0, 2 * w, im.height))
-                im = im.resize((hw[1], hw[0]), Image.BICUBIC)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+    for rel in list_images(folder, recursive=False):
+        try:  # the decoder of every command: the model is checked on what users will feed it
+            im = open_rgb(folder / rel)
+        except ImageError:
             continue  # an unreadable val image is not the model's problem
+        if loaded.color_space == "rgb":  # A|B side by side: take the input half
+            w = im.width // 2
+            im = im.crop((0, 0, w, im.height) if loaded.direction == "AtoB"
+                         else (w, 0, 2 * w, im.height))
+        im = im.resize((hw[1], hw[0]), Image.BICUBIC)
         rgb = np.asarray(im, dtype=np.float32) / 255.0
         if loaded.color_space == "lab":  # colorization: the whole photo's L channel
             x = lab_to_model(rgb_to_lab(rgb))[0].astype(np.float32)

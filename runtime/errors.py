@@ -46,3 +46,10 @@ class ImageError(P2PError):
 def choices(values) -> str:
     """'a|b|c' for error messages that list what is allowed."""
     return "|".join(str(v) for v in values)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name when the
+    message is empty (``str(KeyError())`` is '' and ``''.splitlines()[0]`` would raise)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -1,9 +1,12 @@
-"""Temp files that a killed process left behind, recognised by the pid in their name.
+"""The one way p2p writes a file: a hidden temp file beside the target, renamed over it.
 
-Every atomic write in p2p goes to a hidden temp file beside its target and is renamed over
-it. ``kill -9`` between the two leaves the temp file; these helpers let the next writer of
-the same target remove it, while a temp file of a process that is still running is kept.
-Torch-free, so trainer/, export/ and runtime/ can all use it.
+Readers (and a rerun after ``kill -9``) see the old file or the whole new one, never a torn
+one. Temp files are named ``.<target name>.<pid>.<random>.tmp[<ext>]``; a writer killed
+between write and rename leaves one, and the next writer of that folder removes it, while a
+temp file of a process that is still running is kept. Every file is created with the mode
+``open()`` would give it (0666 minus the umask), never mkstemp's private 0600: models and
+images are read by other users and containers. Torch-free, so trainer/, export/ and
+runtime/ all use it.
 """
 
 from __future__ import annotations
@@ -13,13 +16,23 @@ import re
 import tempfile
 from pathlib import Path
 
-from .errors import P2PError
+from .errors import DataError, P2PError
 
+TMP_SUFFIX = ".tmp"
+# Any temp file of ``stage``: the random part of mkstemp has no dot.
+_ANY_TEMP = r"\..+\.(?P<pid>\d+)\.[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX) + r"(\.[A-Za-z0-9]+)?"
 _UMASK = os.umask(0o22)
 os.umask(_UMASK)  # read once: the process umask, applied to files we create via mkstemp
 
 
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask."""
+    return 0o666 & ~_UMASK
+
+
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists. A number no kernel can hold (a temp-looking file with
+    a 30-digit "pid") is not alive: ``os.kill`` raises OverflowError for it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -31,9 +44,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: Path, pattern: str) -> list[Path]:
+def remove_stale_temps(folder: Path, pattern: str = _ANY_TEMP) -> list[Path]:
     """Delete the entries of ``folder`` whose whole name matches ``pattern`` (a regex with a
-    group named ``pid``) when that process is gone; returns what was removed."""
+    group named ``pid``; default: any temp file of ``stage``) when that process is gone;
+    returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -47,34 +61,69 @@ def remove_stale_temps(folder: Path, pattern: str) -> list[Path]:
     return removed
 
 
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never torn.
-    A file system that refuses (read-only, full, a file where a folder should be) is one
-    ``P2PError`` line naming ``path``, and the old file, if any, is untouched."""
+def stage(path: Path, keep_suffix: bool = False, clean: bool = True) -> Path:
+    """An empty temp file beside ``path`` (same file system, so ``publish`` is an atomic
+    rename), with the umask's mode. ``keep_suffix`` ends its name with ``path``'s suffix too
+    (writers such as onnx.save pick the format from it). ``clean`` first removes the temp
+    files a killed writer of ``path`` left. Raises P2PError naming ``path``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The pid in the name: a writer killed mid-write leaves this temp file, and the next
-        # write of ``path`` removes it (full-size checkpoints are hundreds of MB each).
-        remove_stale_temps(path.parent,
-                                 re.escape(f".{path.name}.") + r"(?P<pid>\d+)\..+\.tmp")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+        if clean:
+            remove_stale_temps(path.parent, re.escape(f".{path.name}.") + r"(?P<pid>\d+)\."
+                               r"[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX) + r"(\.[A-Za-z0-9]+)?")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=TMP_SUFFIX + (path.suffix if keep_suffix else ""),
                                    dir=path.parent)
     except FileExistsError:  # mkdir(exist_ok=True) on a path that is a file
         raise P2PError(f"{path}: cannot write: {path.parent} is a file, not a folder") from None
     except OSError as e:
         raise P2PError(f"{path}: cannot write: {e.strerror or e}") from None
-    os.close(fd)
     try:
-        # mkstemp makes 0600 files; a rename must not make outputs private to their writer.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        write(Path(tmp))
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600 files
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: Path, path: Path, fsync: bool = True) -> Path:
+    """Rename the finished ``tmp`` over ``path``. ``fsync`` first makes the bytes durable
+    (a power cut then loses nothing); a killed process loses nothing either way."""
+    if fsync:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def atomic_write(path: Path, write, fsync: bool = True, clean: bool = True) -> Path:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never torn.
+    A file system that refuses (read-only, full, a file where a folder should be) is one
+    ``P2PError`` line naming ``path``, and the old file, if any, is untouched. ``clean=False``
+    skips the scan for stale temps (callers that write thousands of files clean once)."""
+    path = Path(path)
+    tmp = stage(path, clean=clean)
+    try:
+        write(tmp)
+        publish(tmp, path, fsync)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise P2PError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
     return path
+
+
+def check_writable(folder: Path) -> None:
+    """A DataError before any work when ``folder`` cannot take files (read-only, full, a
+    file in the way), instead of one failure per output after all the work is done."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=TMP_SUFFIX,
+                                     dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot write into the output folder: {e.strerror or e}"
+                        ) from None

@@ -18,18 +18,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from . import color
-from .errors import ImageError
+from .errors import ImageError, one_line
 from .metadata import ModelMetadata
 
 SPLITS = ("auto", "left", "right", "none")
+
+
+def _decodable_extensions() -> frozenset[str]:
+    """The formats Pillow opens and decodes by itself: not save-only ones (.pdf), not stubs
+    that need a handler registered (.h5, .grib, .wmf, ...), not MPEG (identified, never
+    decoded) nor EPS/PS (decoded by an external Ghostscript)."""
+    def decodes(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+        return factory is not None and not stub and fmt not in ("MPEG", "EPS")
+
+    return frozenset(e.lower() for e, fmt in Image.registered_extensions().items()
+                     if decodes(fmt))
+
+
+# The one extension rule of every command. What a file holds is decided by decoding it; the
+# name only selects the candidates.
+IMAGE_EXTS = _decodable_extensions()
+SHOWN_EXTS = ".png, .jpg, .jpeg, .webp, .bmp, .tif, ... (any format Pillow reads)"
 FORMATS = ("png", "jpg", "webp")
 _DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Pillow warns between its limit and twice it; ``open_rgb`` turns anything over the limit into
 # an ImageError itself, so the warning would only repeat that, once per file.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow warns (once per file, on stderr) about each corrupt EXIF entry it skips; ``orientation``
+# reads the one tag it needs and treats the rest as absent, so the warnings would be noise.
+warnings.filterwarnings("ignore", category=UserWarning, module="PIL.TiffImagePlugin")
 
 
 def max_pixels() -> int:
@@ -58,6 +80,37 @@ def _flatten(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def is_image_name(name: str | os.PathLike) -> bool:
+    """Whether a file name is a candidate image: a Pillow-readable extension, not hidden
+    (p2p's own temp files are hidden)."""
+    name = Path(name).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTS
+
+
+# EXIF Orientation -> the transpose that makes the image upright (EXIF 2.32, tag 0x0112).
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF Orientation (1-8), 1 when absent or unreadable. Only this one tag is read:
+    Pillow's ``exif_transpose`` re-serialises the whole EXIF block and fails on any other
+    tag stored with the wrong type, and a broken EXIF block must not cost the pixels."""
+    try:
+        value = im.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - struct.error, AttributeError, ... on mangled EXIF
+        return 1
+    return value if isinstance(value, int) and value in _ORIENT else 1
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` turned by its EXIF orientation (without touching the rest of its EXIF)."""
+    o = orientation(im)
+    return im.transpose(_ORIENT[o]) if o in _ORIENT else im
 
 
 def check_regular_file(path) -> None:
@@ -95,7 +148,7 @@ def open_rgb(path: Path) -> Image.Image:
                                  f"bomb limit {limit} (raise P2P_MAX_IMAGE_PIXELS to allow it)")
             im.seek(0)
             im.load()
-            return _flatten(ImageOps.exif_transpose(im))
+            return _flatten(upright(im))
     except ImageError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice its limit
@@ -109,20 +162,30 @@ def open_rgb(path: Path) -> Image.Image:
         raise ImageError(f"{path}: no such file") from None
     except PermissionError:
         raise ImageError(f"{path}: cannot read: Permission denied") from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-        raise ImageError(f"{path}: cannot decode: {e}") from None
+    except MemoryError:
+        raise ImageError(f"{path}: does not fit in memory") from None
+    except Exception as e:  # noqa: BLE001 - whatever a decoder plug-in raises on a bad file
+        raise ImageError(f"{path}: cannot decode: {one_line(e)}") from None
 
 
 def choose_half(size: tuple[int, int], split: str, meta: ModelMetadata) -> str | None:
     """Which half of the image feeds the model: 'left', 'right' or None (the whole image).
     auto: only an exactly 2:1 image is a pix2pix A|B pair, and the model's direction names
-    its input half."""
+    its input half; a colorization (Lab) model never splits: it takes whole photos, and a
+    2:1 photo is a panorama, not a pair. Callers say so once per run (``split_note``)."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {'|'.join(SPLITS)}")
     if split == "auto":
         w, h = size
-        return meta.input_half if w == 2 * h else None
+        return meta.input_half if w == 2 * h and meta.color_space != "lab" else None
     return None if split == "none" else split
+
+
+def split_note(prep: "Prepared", keep_whole: str = "--split none") -> str:
+    """What an automatic split did, in one line for the log (said once per run)."""
+    w, h = prep.size
+    return (f"treating {2 * w}x{h} images as A|B pairs: using the {prep.half} half; "
+            f"{keep_whole} to keep the whole image")
 
 
 def crop_half(img: Image.Image, half: str | None) -> Image.Image:

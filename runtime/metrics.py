@@ -1,78 +1,81 @@
-"""``p2p-serve``'s Prometheus metrics, through the official client (``prometheus_client``,
-extra ``p2p[serve]``).
+"""Image similarity numbers: L1, PSNR and SSIM, the one implementation of each in p2p.
 
-Each ``Service`` has its own ``CollectorRegistry`` (not the process-wide default), so two
-servers or a test's many servers in one process never share or clash on series. The client
-is thread-safe: the event loop and the batcher's thread both record.
+numpy only. ``p2p-eval`` scores 8-bit images with them; the exporter and the benchmarks use
+``psnr`` on model outputs in [-1, 1] (``data_range=2``, no cap).
 
-    p2p_requests_total{status}           POST /translate requests by HTTP status
-    p2p_errors_total{reason}             failed requests by reason
-    p2p_request_latency_seconds          histogram, body received to response ready
-    p2p_batch_size, p2p_inference_seconds  histograms per engine batch
-    p2p_queue_depth, p2p_max_batch       gauges (queue depth read when scraped)
-    p2p_model_info{model,provider,...}   1, labelled with what is served and where it runs
+- **L1**: mean absolute difference of uint8 images on the [0, 1] scale (pixel / 255).
+- **PSNR**: 10 log10(data_range^2 / MSE) in dB, capped at ``cap`` (p2p-eval: 100 dB, so
+  identical images give a finite value and means stay finite).
+- **SSIM**: Wang et al. 2004 with an 11x11 gaussian window (sigma 1.5), K1 0.01, K2 0.03,
+  'valid' windows only, per channel then averaged; equals
+  ``skimage.metrics.structural_similarity(p, t, data_range=255, channel_axis=-1,
+  gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``. It is undefined for
+  images smaller than the window (``SSIMUndefined``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.parser import text_string_to_metric_families
+import numpy as np
 
-# Request latency buckets (seconds): from a cached tiny model to a big batch on a slow CPU.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-class ServiceMetrics:
-    def __init__(self, max_batch: int, queue_depth: Callable[[], float], info: dict[str, str]):
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter("p2p_requests", "POST /translate requests by HTTP status.",
-                                ["status"], registry=r)
-        self.errors = Counter("p2p_errors", "Failed /translate requests by reason.", ["reason"],
-                              registry=r)
-        self.latency = Histogram("p2p_request_latency_seconds", "POST /translate latency, body "
-                                 "received to response ready.", buckets=LATENCY_BUCKETS,
-                                 registry=r)
-        self.batch_size = Histogram("p2p_batch_size", "Images per engine batch.",
-                                    buckets=range(1, max_batch + 1), registry=r)
-        self.inference = Histogram("p2p_inference_seconds", "Engine time per batch.",
-                                   buckets=LATENCY_BUCKETS, registry=r)
-        Gauge("p2p_queue_depth", "Requests admitted and not yet in a batch.",
-              registry=r).set_function(queue_depth)
-        Gauge("p2p_max_batch", "Largest engine batch (--max-batch).", registry=r).set(max_batch)
-        Gauge("p2p_model_info", "The model being served and where it runs.", list(info),
-              registry=r).labels(**info).set(1)
-
-    def request(self, status: int, seconds: float) -> None:
-        self.requests.labels(status=str(status)).inc()
-        self.latency.observe(seconds)
-
-    def error(self, reason: str) -> None:
-        self.errors.labels(reason=reason).inc()
-
-    def batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.inference.observe(seconds)
-
-    def sample(self, name: str, **labels: str) -> float:
-        """One sample's current value (0 when never recorded), e.g.
-        ``sample("p2p_errors_total", reason="timeout")``."""
-        return self.registry.get_sample_value(name, labels) or 0.0
-
-    def exposition(self, accept: str | None) -> tuple[bytes, str]:
-        """(body, content type) in the format the scraper's Accept header asks for."""
-        encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+PSNR_CAP = 100.0
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-def parse(text: str) -> dict[str, float]:
-    """'name{k="v",...}' -> value for every sample of a text exposition: what tests and the
-    load test read back."""
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in s.labels.items())
-            samples[s.name + (f"{{{labels}}}" if labels else "")] = s.value
-    return samples
+class SSIMUndefined(ValueError):
+    """The image is smaller than the SSIM window: no window fits, so there is no value."""
+
+
+def l1(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean absolute error of two uint8 images on the [0, 1] scale."""
+    return float(np.mean(np.abs(pred.astype(np.float64) - target.astype(np.float64)))) / 255.0
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 255.0,
+         cap: float = PSNR_CAP) -> float:
+    """Peak signal-to-noise ratio in dB of two same-shaped arrays whose values span
+    ``data_range`` (255 for uint8 images, 2 for [-1, 1] model outputs), at most ``cap``
+    (``math.inf``: no cap)."""
+    mse = float(np.mean((pred.astype(np.float64) - target.astype(np.float64)) ** 2))
+    if mse == 0.0:
+        return cap
+    return min(cap, 10.0 * math.log10(data_range ** 2 / mse))
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    g = np.exp(-(x ** 2) / (2.0 * sigma ** 2))
+    return g / g.sum()
+
+
+def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Separable 'valid' filtering over axes 1 and 2 of (K, H, W, C) (the 2-D window is the
+    outer product of ``g`` with itself, as MATLAB's fspecial('gaussian') is)."""
+    k = len(g)
+    x = np.lib.stride_tricks.sliding_window_view(x, k, axis=1) @ g
+    return np.lib.stride_tricks.sliding_window_view(x, k, axis=2) @ g
+
+
+def ssim(pred: np.ndarray, target: np.ndarray, data_range: float = 255.0) -> float:
+    """Mean SSIM of two (H, W) or (H, W, C) images, per channel then averaged. Raises
+    ValueError for different shapes, SSIMUndefined below the 11x11 window."""
+    if pred.shape != target.shape:
+        raise ValueError(f"ssim: shapes differ {pred.shape} vs {target.shape}")
+    if pred.ndim == 2:
+        pred, target = pred[..., None], target[..., None]
+    h, w = pred.shape[:2]
+    if h < SSIM_WINDOW or w < SSIM_WINDOW:
+        raise SSIMUndefined(f"{w}x{h} is smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} "
+                            "window: SSIM is undefined")
+    x = pred.astype(np.float64)
+    y = target.astype(np.float64)
+    # One pass over the five local moments: E[x], E[y], E[x^2], E[y^2], E[xy].
+    mx, my, mxx, myy, mxy = _filter_valid(np.stack([x, y, x * x, y * y, x * y]),
+                                          gaussian_window())
+    vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(smap.mean(axis=(0, 1)).mean())

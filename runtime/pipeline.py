@@ -13,7 +13,6 @@ import fnmatch
 import os
 import re
 import sys
-import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,23 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from . import gallery, images
+from . import files, gallery, images
 from .engine import Engine
-from .errors import DataError, ImageError, ModelError, P2PError
-from .pretrained import resolve_model
-
-TMP_SUFFIX = ".p2p-tmp"
-# Extensions of formats Pillow can open (not save-only ones such as .pdf).
-IMAGE_EXTS = frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
-                       if fmt in Image.OPEN)
+from .errors import DataError, ImageError, ModelError, P2PError, one_line
 
 
 @dataclass(frozen=True)
 class TranslateConfig:
     inputs: tuple[Path, ...]
-    model: Path | None = None  # a file or pretrained name; None: the newest *.onnx under runs/
+    model: Path | None = None  # required; Optional only to keep the field order
     output: Path | None = None  # None: "<input>-translated" beside each input
     provider: str = "auto"
     batch_size: int = 8
@@ -78,76 +70,6 @@ class Summary:
         return out
 
 
-# --- files --------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Readers (and a rerun after kill -9) see the old file or the whole new one, never a torn
-    one. No fsync: a killed process loses nothing that was written; only a power cut could."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Temp files of runs that were killed (their pid is gone); live runs keep theirs."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for e in entries:
-        m = re.fullmatch(r"\..+\.(\d+)\.\d+" + re.escape(TMP_SUFFIX), e.name)
-        if m and not _alive(int(m.group(1))):
-            Path(e.path).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def check_writable(root: Path) -> None:
-    """Fail before any inference when the output folder cannot take files (read-only, full,
-    a file in the way), rather than decode and run every image to fail at each write."""
-    probe = root / f".probe.{os.getpid()}.0{TMP_SUFFIX}"  # a stale one is cleaned like a temp
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"{root}: cannot write into the output folder: {e.strerror or e}"
-                        ) from None
-
-
-def find_model(runs: Path = Path("runs")) -> Path:
-    """The newest exported model: runs/*/export/*.onnx first, else any *.onnx under runs/."""
-    # Hidden files are never models: a killed p2p-export leaves its half-written temp file as
-    # .generator.<pid>.<random>.tmp.onnx, and pathlib's glob does not skip dot-files.
-    def visible(paths):
-        return [p for p in paths if not p.name.startswith(".")]
-
-    found = visible(runs.glob("*/export/*.onnx")) or visible(runs.glob("**/*.onnx"))
-    if not found:
-        raise ModelError(f"no --model given and no *.onnx under {runs}/; export one with "
-                         "p2p-export or pass --model PATH")
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
-def pick_model(model: Path | str | None) -> Path:
-    """``--model`` of p2p-translate and p2p-serve: a file, a downloaded pretrained name
-    (``runtime/pretrained.py``), or, when not given, the newest export under runs/."""
-    return resolve_model(model) if model else find_model()
-
-
 def _natural(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
@@ -168,7 +90,7 @@ def scan(folder: Path, pattern: str | None, exclude: Path | None,
             if name.startswith("."):
                 continue
             if pattern is None:
-                ok = Path(name).suffix.lower() in IMAGE_EXTS
+                ok = images.is_image_name(name)
             else:
                 ok = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
             if ok:
@@ -234,14 +156,17 @@ def _finish(job: Job, prep, y, meta, cfg: TranslateConfig) -> None:
     img = images.to_image(y, prep, meta, cfg.model_size)
     data = images.encode(img, cfg.fmt)
     try:
-        job.dst.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(job.dst, data)
-    except OSError as e:
-        raise ImageError(f"{job.src}: cannot write {job.dst}: {e.strerror or e}") from None
+        # No fsync: a killed process loses nothing that was written; only a power cut could.
+        # The folder's stale temps were removed once, before the run (not once per file).
+        files.atomic_write(job.dst, lambda tmp: tmp.write_bytes(data), fsync=False, clean=False)
+    except P2PError as e:
+        raise ImageError(f"{job.src}: {e}") from None
 
 
-def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) -> list[str | None]:
-    """Translate ``jobs``; returns, in input order, None for success or the failure reason."""
+def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
+             log=None) -> list[str | None]:
+    """Translate ``jobs``; returns, in input order, None for success or the failure reason.
+    The first automatic A|B split is said through ``log``, once."""
     meta, bs = engine.metadata, engine.batch_size
     workers = cfg.workers or min(4, os.cpu_count() or 1)
     window = 2 * bs + workers  # decoded images waiting for the engine, and outputs waiting to write
@@ -256,6 +181,7 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) ->
     writing: deque = deque()
     batch: list[tuple[int, object]] = []
     upcoming = iter(range(len(jobs)))
+    said_split = False
 
     def drain(limit: int) -> None:
         while len(writing) > limit:
@@ -266,7 +192,7 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) ->
             except P2PError as e:
                 done(i, str(e))
             except Exception as e:  # an encoder bug must not cost the other outputs
-                done(i, f"{jobs[i].src}: cannot encode: {e}")
+                done(i, f"{jobs[i].src}: cannot encode: {one_line(e)}")
 
     def infer(items) -> None:
         try:
@@ -277,7 +203,7 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) ->
                     infer([item])
                 return
             i = items[0][0]
-            return done(i, f"{jobs[i].src}: inference failed: {str(e).splitlines()[0][:300]}")
+            return done(i, f"{jobs[i].src}: inference failed: {one_line(e)[:300]}")
         for (i, prep), y in zip(items, ys):
             writing.append((i, writers.submit(_finish, jobs[i], prep, y, meta, cfg)))
         drain(window)
@@ -300,8 +226,11 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None) ->
                     done(i, str(e))
                     continue
                 except Exception as e:
-                    done(i, f"{jobs[i].src}: cannot decode: {e}")
+                    done(i, f"{jobs[i].src}: cannot decode: {one_line(e)}")
                     continue
+                if prep.half and cfg.split == "auto" and not said_split and log:
+                    log(images.split_note(prep))
+                    said_split = True
                 if batch and prep.array.shape != batch[0][1].array.shape:
                     infer(batch)  # dynamic-size models: one batch holds one shape
                     batch = []
@@ -323,7 +252,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     written), then plan, skip what exists, run, gallery."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
-    model = pick_model(cfg.model)
+    if cfg.model is None:  # cli/ picks the default model, and says by which rule
+        raise ModelError("no model given: pass --model PATH")
+    model = Path(cfg.model)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")
@@ -335,9 +266,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     for job in jobs:
         (todo if cfg.overwrite or not job.dst.exists() else summary.skipped).append(job)
     for root in sorted({j.root for j in todo}):
-        check_writable(root)
+        files.check_writable(root)
     for folder in {j.dst.parent for j in todo}:
-        remove_stale_temps(folder)
+        files.remove_stale_temps(folder)
     bar = None
     if cfg.progress and todo:
         from tqdm import tqdm
@@ -345,7 +276,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         bar = tqdm(total=len(todo), unit="img", desc="translate", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        results = run_jobs(engine, todo, cfg, bar)
+        results = run_jobs(engine, todo, cfg, bar, log)
     finally:
         if bar:
             bar.close()
@@ -359,8 +290,5 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
             summary.failed.append((job.src, reason))
             reasons[job.src] = reason
     if cfg.html:
-        for page, text in gallery.pages(jobs, reasons, engine.metadata, cfg.split).items():
-            page.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(page, text.encode())
-            summary.galleries.append(page)
+        summary.galleries += gallery.write(jobs, reasons, engine.metadata, cfg.split)
     return summary

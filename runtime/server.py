@@ -38,9 +38,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import images
-from .metrics import ServiceMetrics
+from .telemetry import ServiceMetrics
 from .batcher import InferenceError, MicroBatcher, QueueFull, ShuttingDown
-from .errors import ImageError, P2PError
+from .errors import ImageError, ModelError, P2PError
 
 log = logging.getLogger("p2p.serve")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -50,7 +50,7 @@ FORMAT_ALIASES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: Path | None = None  # a file or pretrained name; None: newest under runs/ (pick_model)
+    model: Path | None = None  # required; cli.common.default_model picks one without --model
     host: str = "127.0.0.1"  # loopback unless the user says otherwise
     port: int = 8000
     provider: str = "auto"
@@ -63,6 +63,7 @@ class ServeConfig:
     timeout_s: float = 30.0  # whole request after its body arrived: decode, queue, run, encode
     workers: int | None = None  # decode/encode threads; None: min(4, CPUs)
     access_log: bool = True
+    quiet: bool = False  # uvicorn says only warnings and errors
 
 
 class HTTPError(Exception):
@@ -139,6 +140,7 @@ class Service:
 
     def __init__(self, engine, cfg: ServeConfig):
         self.engine, self.cfg, self.meta = engine, cfg, engine.metadata
+        self.said_split = False  # the first automatic A|B split is logged, once
         self.batcher = MicroBatcher(engine.run, cfg.max_batch, cfg.max_wait_ms / 1000.0,
                                     cfg.max_queue, on_batch=self._on_batch)
         self.pool: ThreadPoolExecutor | None = None
@@ -204,6 +206,9 @@ class Service:
         try:
             async with asyncio.timeout(self.cfg.timeout_s):
                 prep = await self._in_pool(decode, body, self.meta, split)
+                if prep.half and split == "auto" and not self.said_split:
+                    self.said_split = True  # the rule p2p-translate follows: said once
+                    log.warning(images.split_note(prep, "?split=none"))
                 submitted = True  # from here the batcher owns the admission
                 y, batch = await self.batcher.submit(prep.array)
                 data = await self._in_pool(encode, y, prep, self.meta, fmt)
@@ -223,7 +228,8 @@ class Service:
             if not submitted:
                 self.batcher.release()
         return Response(data, media_type=MEDIA_TYPES[fmt],
-                        headers={"X-P2P-Batch-Size": str(batch), "Cache-Control": "no-store"})
+                        headers={"X-P2P-Batch-Size": str(batch), "Cache-Control": "no-store",
+                                 "X-P2P-Half": prep.half or "whole"})
 
     async def healthz(self, request: Request) -> Response:
         m = self.meta
@@ -264,10 +270,11 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
     import uvicorn
 
     from .engine import Engine
-    from .pipeline import pick_model
 
     log_line = log_line or (lambda msg: print(msg, file=sys.stderr))
-    model = pick_model(cfg.model)
+    if cfg.model is None:  # cli/ picks the default model, and says by which rule
+        raise ModelError("no model given: pass --model PATH")
+    model = Path(cfg.model)
     engine = Engine(model, cfg.provider, cfg.max_batch, cfg.threads, precision=cfg.precision)
     m = engine.metadata
     log_line(f"model {model} ({m.direction}, {m.image_size}px"
@@ -282,7 +289,8 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
         log_line(f"open http://{cfg.host if ':' not in cfg.host else f'[{cfg.host}]'}:{port}/ "
                  "to draw, POST images to /translate")
         server = uvicorn.Server(uvicorn.Config(
-            create_app(engine, cfg), access_log=cfg.access_log, log_level="info",
+            create_app(engine, cfg), access_log=cfg.access_log,
+            log_level="warning" if cfg.quiet else "info",
             timeout_graceful_shutdown=5))
         try:
             server.run(sockets=[sock])

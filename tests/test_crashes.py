@@ -216,7 +216,7 @@ main()
 
 def test_kill_9_between_write_and_rename_then_rerun_completes(tmp_path):
     from p2p.cli.translate import main
-    from p2p.runtime.pipeline import TMP_SUFFIX
+    from p2p.runtime.files import TMP_SUFFIX
 
     model = slow_model(tmp_path / "m.onnx", depth=2, width=4)
     src = tmp_path / "in"
@@ -236,7 +236,7 @@ def test_kill_9_between_write_and_rename_then_rerun_completes(tmp_path):
     kill9(proc)
     assert not (out / "3.png").exists()  # never under its final name
     temps = [p for p in out.iterdir() if p.name.endswith(TMP_SUFFIX)]
-    assert [p.name.split(".")[1] for p in temps] == ["3"]
+    assert [p.name.split(".")[1] for p in temps] == ["3"]  # .3.png.<pid>.<random>.tmp
     r = CliRunner(env={"P2P_CACHE": str(tmp_path / "cache")}).invoke(
         main, [str(src), "--model", str(model), "-o", str(out), "-q"])
     assert r.exit_code == 0, r.output
@@ -252,7 +252,7 @@ def test_kill_9_between_write_and_rename_then_rerun_completes(tmp_path):
 @pytest.mark.slow
 def test_kill_9_during_export_leaves_nothing_at_the_output(reference, tmp_path, monkeypatch):
     from p2p.cli.translate import main as translate
-    from p2p.export import onnx as export_onnx
+    from p2p.runtime import files
 
     runs = tmp_path / "runs"
     (runs / "r").mkdir(parents=True)
@@ -268,14 +268,14 @@ def test_kill_9_during_export_leaves_nothing_at_the_output(reference, tmp_path, 
     wait_for(lambda: temps(), proc, timeout=120, what="the export's temp file")
     kill9(proc)
     assert not out.exists()
-    assert len(temps()) == 1 and f".generator.{proc.pid}." in temps()[0].name
+    assert len(temps()) == 1 and f".generator.onnx.{proc.pid}." in temps()[0].name
     # p2p-translate's default model search never picks the dead export's temp file...
     (tmp_path / "a.png").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(translate, [str(tmp_path / "a.png"), "-q"])
     assert r.exit_code == 1 and "no --model given and no *.onnx under runs/" in r.output
     # ...and the next export to that path removes it.
-    mine = export_onnx.staged(out)
+    mine = files.stage(out, keep_suffix=True)
     assert sorted(out.parent.iterdir()) == [mine]
     mine.unlink()
 

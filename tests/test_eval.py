@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from p2p.cli.eval import main
-from p2p.runtime.evaluate import PSNR_CAP, l1, psnr, ssim
+from p2p.runtime.metrics import PSNR_CAP, l1, psnr, ssim
 
 
 def save(path: Path, arr: np.ndarray) -> Path:
@@ -58,7 +58,7 @@ def test_ssim_of_flat_images_matches_the_formula():
     c1 = (0.01 * 255) ** 2
     a, b = np.full((20, 20), 100, np.uint8), np.full((20, 20), 150, np.uint8)
     assert ssim(a, b) == pytest.approx((2 * 100 * 150 + c1) / (100 ** 2 + 150 ** 2 + c1))
-    with pytest.raises(ValueError, match="at least 11x11"):
+    with pytest.raises(ValueError, match="smaller than SSIM.s 11x11 window"):
         ssim(a[:10], b[:10])
 
 
@@ -162,4 +162,48 @@ def test_eval_name_and_size_mismatches_are_one_line_errors(pairs, tmp_path):
     assert r.exit_code == 1 and "no such predictions folder" in r.output
     (preds / "c.png").write_bytes(b"broken")
     r = invoke(preds, targets)
-    assert r.exit_code == 1 and "c.png: cannot decode" in r.output
+    assert r.exit_code == 1 and "c.png: not an image Pillow can read" in r.output
+
+
+def test_16_bit_targets_score_like_their_own_8_bit_decoding(tmp_path):
+    """Issue 14 fault 1: every tool decodes every Pillow mode the same way, so 16-bit
+    greyscale targets against p2p's own 8-bit decoding of them are identical."""
+    from p2p.runtime.images import open_rgb
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "t").mkdir()
+    for i in range(3):
+        a = rng.integers(0, 65536, (32, 40), dtype=np.uint16)
+        Image.fromarray(a).save(tmp_path / "t" / f"{i}.png")
+        with Image.open(tmp_path / "t" / f"{i}.png") as im:
+            assert im.mode == "I;16"
+        save(tmp_path / "p" / f"{i}.png", np.asarray(open_rgb(tmp_path / "t" / f"{i}.png")))
+    r = invoke(tmp_path / "p", tmp_path / "t", "--json", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert (s["count"], s["l1"], s["psnr"]) == (3, 0.0, PSNR_CAP)
+    assert s["ssim"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_images_under_the_ssim_window_are_named_and_the_rest_scored(tmp_path):
+    """Issue 14 fault 2: an 8x8 and a 200x6 pair beside a 64x64 one: one line for each tiny
+    file, L1/PSNR for all three, SSIM over the one pair where it is defined."""
+    big_p, big_t = textured(1, 64, 64), textured(2, 64, 64)
+    save(tmp_path / "p" / "big.png", big_p)
+    save(tmp_path / "t" / "big.png", big_t)
+    for name, (h, w) in (("small.png", (8, 8)), ("strip.png", (6, 200))):
+        save(tmp_path / "p" / name, textured(3, h, w))
+        save(tmp_path / "t" / name, textured(3, h, w))
+    r = CliRunner().invoke(main, [str(tmp_path / "p"), str(tmp_path / "t"), "--quiet",
+                                  "--csv", str(tmp_path / "m.csv")])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    notes = [ln for ln in r.output.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 2
+    assert "small.png: 8x8 is smaller" in notes[0] and "strip.png: 200x6 is smaller" in notes[1]
+    rows = {row["pred"]: row for row in csv.DictReader(open(tmp_path / "m.csv"))}
+    assert rows["small.png"]["ssim"] == "" and float(rows["small.png"]["l1"]) == 0
+    assert float(rows["big.png"]["ssim"]) == pytest.approx(ssim(big_p, big_t), abs=1e-6)
+    assert f"SSIM {ssim(big_p, big_t):.4f} (over 1 images)" in r.output
+    want_psnr = (psnr(big_p, big_t) + 2 * PSNR_CAP) / 3
+    assert f"PSNR {want_psnr:.2f} dB" in r.output

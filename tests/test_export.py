@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import stat
 import subprocess
 import sys
 from dataclasses import asdict
@@ -26,6 +27,7 @@ from p2p.runtime.engine import Engine
 from p2p.runtime.metadata import ModelMetadata
 from p2p.trainer.checkpoint import save_checkpoint, sha256_file
 from p2p.trainer.models import ModelConfig, UnetGenerator
+from reference_nets import JunyanzUnetGenerator, junyanz_norm
 
 SIZE, NGF = 64, 4  # U-Net-64: 6 downsamplings, one dropout block, 2x2 innermost norm
 
@@ -289,74 +291,7 @@ def test_running_mode_dynamic_size_and_opset(tmp_path):
     assert np.abs(engine.run(images(2)) - train_mode_per_image(net, images(2))).max() > 1e-2
 
 
-# --- a junyanz/pytorch-CycleGAN-and-pix2pix generator -----------------------------------
-# A faithful copy of that project's models/networks.py U-Net (BSD licence), with its key names.
-
-class JunyanzUnetGenerator(nn.Module):
-    def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=nn.BatchNorm2d,
-                 use_dropout=False):
-        super(JunyanzUnetGenerator, self).__init__()
-        unet_block = JunyanzUnetSkipConnectionBlock(ngf * 8, ngf * 8, input_nc=None, submodule=None, norm_layer=norm_layer, innermost=True)  # noqa: E501
-        for i in range(num_downs - 5):
-            unet_block = JunyanzUnetSkipConnectionBlock(ngf * 8, ngf * 8, input_nc=None, submodule=unet_block, norm_layer=norm_layer, use_dropout=use_dropout)  # noqa: E501
-        unet_block = JunyanzUnetSkipConnectionBlock(ngf * 4, ngf * 8, input_nc=None, submodule=unet_block, norm_layer=norm_layer)  # noqa: E501
-        unet_block = JunyanzUnetSkipConnectionBlock(ngf * 2, ngf * 4, input_nc=None, submodule=unet_block, norm_layer=norm_layer)  # noqa: E501
-        unet_block = JunyanzUnetSkipConnectionBlock(ngf, ngf * 2, input_nc=None, submodule=unet_block, norm_layer=norm_layer)  # noqa: E501
-        self.model = JunyanzUnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=unet_block, outermost=True, norm_layer=norm_layer)  # noqa: E501
-
-    def forward(self, input):
-        return self.model(input)
-
-
-class JunyanzUnetSkipConnectionBlock(nn.Module):
-    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False,
-                 innermost=False, norm_layer=nn.BatchNorm2d, use_dropout=False):
-        super(JunyanzUnetSkipConnectionBlock, self).__init__()
-        self.outermost = outermost
-        if type(norm_layer) == __import__("functools").partial:
-            use_bias = norm_layer.func == nn.InstanceNorm2d
-        else:
-            use_bias = norm_layer == nn.InstanceNorm2d
-        if input_nc is None:
-            input_nc = outer_nc
-        downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
-        downrelu = nn.LeakyReLU(0.2, True)
-        downnorm = norm_layer(inner_nc)
-        uprelu = nn.ReLU(True)
-        upnorm = norm_layer(outer_nc)
-        if outermost:
-            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
-            down = [downconv]
-            up = [uprelu, upconv, nn.Tanh()]
-            model = down + [submodule] + up
-        elif innermost:
-            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)  # noqa: E501
-            down = [downrelu, downconv]
-            up = [uprelu, upconv, upnorm]
-            model = down + up
-        else:
-            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)  # noqa: E501
-            down = [downrelu, downconv, downnorm]
-            up = [uprelu, upconv, upnorm]
-            if use_dropout:
-                model = down + [submodule] + up + [nn.Dropout(0.5)]
-            else:
-                model = down + [submodule] + up
-        self.model = nn.Sequential(*model)
-
-    def forward(self, x):
-        if self.outermost:
-            return self.model(x)
-        else:
-            return torch.cat([x, self.model(x)], 1)
-
-
-def junyanz_norm(norm):  # their get_norm_layer
-    import functools
-    if norm == "batch":
-        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
-    return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
-
+# --- a junyanz/pytorch-CycleGAN-and-pix2pix generator (tests/reference_nets.py) -----------
 
 @pytest.fixture(scope="module")
 def junyanz_file(tmp_path_factory):
@@ -423,6 +358,28 @@ def test_junyanz_wrong_flags_say_what_fits(junyanz_file, tmp_path):
     assert result.exit_code == 1
     assert f"--ngf {NGF} --in-channels 3 --out-channels 3 --image-size {SIZE}" in result.output
     assert not (tmp_path / "g.onnx").exists()
+
+
+def test_junyanz_batchnorm_file_exported_as_instance_gets_the_batch_hint(junyanz_file, tmp_path):
+    """Issue 14 fault 5: the hint is read before instance-norm statistics are dropped, the
+    line ends with our own summary (no cut torch message), and following the hint exports."""
+    path, _ = junyanz_file
+    result = run_cli([path, "-o", tmp_path / "g.onnx", "--ngf", NGF, "--image-size", SIZE,
+                      "--norm", "instance"])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith(f"Error: {path}: weights do not fit")
+    hint = f"--ngf {NGF} --in-channels 3 --out-channels 3 --image-size {SIZE} --norm batch"
+    assert line.endswith(f"; the file looks like {hint}")
+    assert "unexpected, e.g. model.model.1.model.2.weight" in line  # the BatchNorm's gamma
+    result = run_cli([path, "-o", tmp_path / "g.onnx", *hint.split()])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "g.onnx").is_file()
+    # Issue 14 fault 6: an exported model has the umask's mode, as open() would give it,
+    # not mkstemp's 0600 (which breaks serving it as another user or from a container).
+    from p2p.runtime import files
+    mode = stat.S_IMODE((tmp_path / "g.onnx").stat().st_mode)
+    assert mode == files.file_mode() == 0o666 & ~files._UMASK and mode & 0o044
 
 
 # --- bad input -------------------------------------------------------------------------
@@ -512,3 +469,27 @@ def test_failed_or_interrupted_export_leaves_nothing(tmp_path, monkeypatch, how)
         assert "max abs error" in str(e.value) and "nothing was written" in str(e.value)
     assert not out.parent.exists()  # no model, no fp16 model, no temp file, no new folder
     assert not (tmp_path / "triton").exists()
+
+
+@pytest.mark.parametrize("conv_first", [True, False])
+def test_fp16_refuses_an_initializer_shared_by_fp16_and_fp32_ops_in_either_order(conv_first):
+    """Issue 14: the guard fired only when the FP16 op came first. Initializer "s" is the
+    FP16 Conv's bias and the FP32 InstanceNormalization's scale."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from p2p.export.fp16 import to_fp16
+    from p2p.runtime.errors import ExportError
+
+    inits = [numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.ones(3, np.float32), "s"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "b")]
+    if conv_first:
+        nodes = [helper.make_node("Conv", ["x", "w", "s"], ["h"]),
+                 helper.make_node("InstanceNormalization", ["h", "s", "b"], ["y"])]
+    else:
+        nodes = [helper.make_node("InstanceNormalization", ["x", "s", "b"], ["h"]),
+                 helper.make_node("Conv", ["h", "w", "s"], ["y"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 4, 4]) for n in "xy"]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], inits)
+    with pytest.raises(ExportError, match="initializer s is shared by FP16 and FP32 ops"):
+        to_fp16(helper.make_model(graph))

@@ -30,7 +30,7 @@ from p2p.export.pretrained import PRECISIONS
 from p2p.runtime import download, pretrained
 from p2p.runtime.modelfile import read_metadata
 from p2p.runtime.errors import ModelError
-from p2p.runtime.pipeline import pick_model
+from p2p.runtime.locate import pick_model
 from test_export import JunyanzUnetGenerator, junyanz_norm, liven
 
 NAME = "facades_label2photo"
@@ -159,7 +159,7 @@ def test_get_downloads_exports_and_is_then_used_by_name(server, weights, tmp_pat
     assert f"model {onnx}" in t.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "2.png"]
     assert Image.open(tmp_path / "out" / "0.png").size == (64, 64)  # the half's size
-    assert pick_model(NAME) == onnx  # p2p-serve's --model goes through the same function
+    assert pick_model(NAME)[0] == onnx  # p2p-serve's --model goes through the same function
 
     # A second get: the cache, checked by its hash, and no request at all.
     r = cli("get", NAME, "--fp16", "--quiet")
@@ -266,7 +266,7 @@ def test_import_by_hand_and_names_outside_the_catalogue(weights, tmp_path, monke
     assert r.exit_code == 1 and "give its --direction" in r.output
     r = cli("import", f, "--name", "mine", "--direction", "AtoB", "--quiet")
     assert r.exit_code == 0, r.output
-    meta = read_metadata(pick_model("mine"))
+    meta = read_metadata(pick_model("mine")[0])
     assert (meta.direction, meta.checkpoint_sha256) == ("AtoB", sha(weights[1]))
     assert meta.source_url == f"file://{f.resolve()}"
     with pytest.raises(ModelError, match=r"nope: no such model file.*downloaded in .*: mine;"):
@@ -285,12 +285,12 @@ def test_precisions_are_the_exporters_and_lookup_needs_no_torch(tmp_path):
         import os, sys
         sys.modules["torch"] = None  # any "import torch" now raises ImportError
         os.environ["P2P_CACHE"] = {str(tmp_path)!r}
-        from p2p.runtime.pipeline import pick_model
+        from p2p.runtime.locate import pick_model
         from p2p.runtime.errors import ModelError
         d = {str(tmp_path / "models" / "x")!r}
         os.makedirs(d)
         open(os.path.join(d, "generator.onnx"), "wb").close()
-        print(pick_model("x"))
+        print(pick_model("x")[0])
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60)

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from onnx_models import constant_model, conv_model, identity_model
-from p2p.runtime import metrics
+from p2p.runtime import telemetry as metrics
 from p2p.runtime.batcher import InferenceError, MicroBatcher, QueueFull
 from p2p.runtime.engine import Engine
 from p2p.runtime.server import STATIC, ServeConfig, decode, encode

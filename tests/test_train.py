@@ -236,3 +236,21 @@ def test_console_error_has_no_traceback(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip() == f"Error: {tmp_path / 'missing'}: no such data folder"
+
+
+def test_resume_before_the_first_checkpoint_says_how_to_start_over(pairs, tmp_path):
+    """Issue 14: a run killed after config.json but before its first checkpoint has nothing
+    to resume; the one line says so and how to start over, and that advice works."""
+    out = tmp_path / "run"
+    common = ["--data", pairs, *TINY, "--max-steps", 1, "--workers", 0, "-o", out]
+    run(*common)
+    (out / "checkpoints" / "latest.pt").unlink()  # as if killed before the first save
+    r = run("--resume", "-o", out, "--quiet", ok=False)
+    assert r.exit_code == 1
+    assert (
+        f"Error: {out}: nothing to resume: the run stopped before its first checkpoint "
+        f"({out / 'checkpoints' / 'latest.pt'} is written every --save-every steps, at the "
+        "end and on Ctrl-C); start it over with --overwrite instead of --resume\n") in r.output
+    assert "Traceback" not in r.output
+    run(*common, "--overwrite")
+    assert (out / "checkpoints" / "latest.pt").is_file()

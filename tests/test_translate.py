@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from PIL import Image
 
 from onnx_models import identity_model, slow_model
 from p2p.cli.translate import main
-from p2p.runtime.pipeline import TMP_SUFFIX
+from p2p.runtime.files import TMP_SUFFIX
 
 
 def translate(*args):
@@ -124,11 +125,27 @@ def test_split_auto_on_dataset_images_and_html_gallery(models, tmp_path):
     rows = page.split("<tr>")[2:]
     assert [re.search(r"<td>(.*?)</td>", row).group(1) for row in rows] == \
         ["1.png", "2.png", "10.png", "square.png"]
-    for src_url in re.findall(r'src="([^"]+)"', page):
-        assert (out / unquote(src_url)).resolve().is_file(), src_url
-    assert rows[0].count("object-position: right") == 1  # input = right half
-    assert rows[0].count("object-position: left") == 1  # target = left half
-    assert "object-position" not in rows[3]  # not a pair: no split, no target
+    # Issue 14 fault 7: the gallery stands on its own. Moved elsewhere, every file it
+    # references is still there, inside its folder, and each row has its three columns.
+    moved = shutil.move(out, tmp_path / "elsewhere" / "gallery")
+    shutil.rmtree(src)  # the inputs are gone too
+    page = (Path(moved) / "index.html").read_text()
+    urls = re.findall(r'src="([^"]+)"', page)
+    assert len(urls) == 3 * 3 + 2  # three pairs: input | output | target; square: no target
+    for url in urls:
+        assert not unquote(url).startswith(("/", "..")), url
+        assert (Path(moved) / unquote(url)).is_file(), url
+    rows = page.split("<tr>")[2:]
+    cells = [re.findall(r'src="([^"]+)"', row) for row in rows]
+    assert cells[0] == [".gallery/1.png.input.jpg", "1.png", ".gallery/1.png.target.jpg"]
+    assert cells[3] == [".gallery/square.png.input.jpg", "square.png"]
+    # The thumbnails are the halves the model saw: input = right half (BtoA), target = left.
+    shown = np.asarray(Image.open(Path(moved) / cells[0][0]), np.int16)
+    target = np.asarray(Image.open(Path(moved) / cells[0][2]), np.int16)
+    assert shown.shape == target.shape == (32, 32, 3)
+    right, left = pairs[0][:, 32:], pairs[0][:, :32]  # noise: JPEG keeps only so much of it
+    assert np.abs(shown - right).mean() + 25 < np.abs(shown - left).mean()
+    assert np.abs(target - left).mean() + 25 < np.abs(target - right).mean()
 
 
 def test_real_facades_pairs(facades, models, tmp_path):
@@ -225,3 +242,59 @@ def test_resume_after_kill_9_leaves_no_partial_files(tmp_path):
     assert f"translated {n - len(done)}, skipped {len(done)}, failed 0" in r.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.png" for i in range(n))
     assert not [p for p in out.iterdir() if p.name.endswith(TMP_SUFFIX)]
+
+
+def test_without_model_the_fp32_file_is_preferred_and_the_rule_said(tmp_path, monkeypatch):
+    """Issue 14: after `p2p-export --fp16` the newest file is the FP16 model; without
+    --model, p2p-translate and p2p-serve take the FP32 one and print which rule picked it."""
+    from p2p.runtime.locate import default_model
+
+    export = tmp_path / "runs" / "facades" / "export"
+    export.mkdir(parents=True)
+    fp32 = identity_model(export / "generator.onnx", dynamic_size=True)
+    fp16 = identity_model(export / "generator.fp16.onnx", dynamic_size=True,
+                          input_dtype="float16")
+    os.utime(fp32, (1e9, 1e9))  # the FP16 file is the newer one, as after an export
+    noise(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    rule = ("no --model: using runs/facades/export/generator.onnx, the newest FP32 model "
+            "under runs/; pass --model to choose")
+    assert default_model() == (Path("runs/facades/export/generator.onnx"), rule)
+    r = translate(tmp_path / "a.png", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert rule in r.output and "model runs/facades/export/generator.onnx (" in r.output
+    fp32.unlink()
+    assert default_model() == (Path("runs/facades/export/generator.fp16.onnx"),
+                               "no --model: using runs/facades/export/generator.fp16.onnx, "
+                               "the newest model under runs/ (there is no FP32 one); pass "
+                               "--model to choose")
+    assert fp16.exists()
+
+
+def test_an_exception_without_a_message_is_still_one_line(tmp_path, monkeypatch):
+    """Issue 14: str(e) == '' made the pipeline's own error handling raise IndexError."""
+    from p2p.runtime.engine import Engine
+
+    def fail(self, x):
+        raise RuntimeError()
+
+    model = identity_model(tmp_path / "m.onnx", dynamic_size=True)
+    noise(tmp_path / "in" / "a.png")
+    monkeypatch.setattr(Engine, "run", fail)
+    r = translate(tmp_path / "in", "--model", model, "-o", tmp_path / "out")
+    assert r.exit_code == 1, r.output
+    assert f"failed: {tmp_path / 'in' / 'a.png'}: inference failed: RuntimeError" in r.output
+
+
+def test_a_temp_named_file_with_a_huge_pid_is_not_a_crash(tmp_path):
+    """Issue 14: os.kill raises OverflowError for a 'pid' no kernel can hold; such a file
+    belongs to no live process, so it is removed like any stale temp file."""
+    model = identity_model(tmp_path / "m.onnx", dynamic_size=True)
+    noise(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    huge = out / f".a.png.{'9' * 30}.abcd1234{TMP_SUFFIX}"
+    huge.write_bytes(b"?")
+    r = translate(tmp_path / "in", "--model", model, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]

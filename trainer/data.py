@@ -21,10 +21,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from p2p.runtime import color, images
+from p2p.runtime import color, images, listing
 from p2p.runtime.errors import DataError, ImageError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MODES = ("side-by-side", "two-folders", "lab")
 
 
@@ -35,11 +34,9 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such data folder")
-    files = sorted(p for p in folder.iterdir()
-                   if not p.is_dir() and p.suffix.lower() in IMAGE_EXTS
-                   and not p.name.startswith("."))
+    files = [folder / rel for rel in listing.list_images(folder, recursive=False)]
     if not files:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+        raise DataError(f"{folder}: no images ({images.SHOWN_EXTS}) in this folder")
     return files
 
 
@@ -91,17 +88,12 @@ def check_images(paths: list[Path], side_by_side: bool) -> None:
 
 
 def pair_files(dir_a: Path, dir_b: Path) -> list[tuple[Path, Path]]:
-    """Same-named images in two folders; any name on one side only is an error."""
-    a = {p.name: p for p in list_images(dir_a)}
-    b = {p.name: p for p in list_images(dir_b)}
-    only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
-    if only_a:
-        raise DataError(f"{a[only_a[0]]}: no image of the same name in {dir_b} "
-                        f"({len(only_a)} unmatched in {dir_a})")
-    if only_b:
-        raise DataError(f"{b[only_b[0]]}: no image of the same name in {dir_a} "
-                        f"({len(only_b)} unmatched in {dir_b})")
-    return [(a[n], b[n]) for n in sorted(a)]
+    """Same-named images in two folders (``listing.pair_by_name``: 1.png also pairs with
+    1.jpg); any image on one side only, or matching several, is a DataError."""
+    a, b = list_images(dir_a), list_images(dir_b)
+    m = listing.pair_by_name([p.relative_to(dir_a) for p in a], [p.relative_to(dir_b) for p in b])
+    m.require_complete(dir_a, dir_b, "A image", "B image")
+    return [(Path(dir_a) / ra, Path(dir_b) / rb) for ra, rb in m.pairs]
 
 
 def jitter_params(seed: int, epoch: int, index: int, load_size: int, image_size: int,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +34,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from p2p.runtime import images
-from p2p.runtime.errors import DataError, P2PError, choices
-from p2p.runtime.files import atomic_write
+from p2p.runtime import images, listing
+from p2p.runtime.errors import DataError, P2PError, choices, one_line
+from p2p.runtime.files import atomic_write, check_writable
+from p2p.runtime.images import SHOWN_EXTS
 
 OPS = ("resize", "combine", "split", "grayscale", "edges", "blank")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SPLIT_NAMES = ("train", "val", "test")
 CANNY_SIGMA = 0.33  # the median rule: thresholds at (1 -/+ sigma) * median intensity
 
@@ -106,24 +105,15 @@ def check_ratios(ratios) -> tuple[float, ...]:
 
 
 def list_images(root: Path, report: Report | None = None) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted relative paths); hidden entries such as
-    our own ``.name.tmp`` files are skipped. Image-named entries that are not regular files
-    (a FIFO, a dangling or looping link) are kept, so they are reported, not dropped; so are
-    folders that cannot be listed (into ``report``). Links to folders are not followed."""
-    root = Path(root)
-    found = []
-
-    def unlisted(e: OSError) -> None:
-        if report is not None:
-            report.failed.append((str(e.filename), f"cannot list this folder: {e.strerror or e}"))
-
-    for dirpath, dirs, files in os.walk(root, onerror=unlisted):
-        here = Path(dirpath)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTS:
-                found.append((here / name).relative_to(root))
-    return sorted(found, key=lambda r: r.as_posix())
+    """``listing.list_images`` (recursive, sorted relative paths, hidden entries such as our
+    own temp files skipped, image-named non-files kept so they are reported, not dropped);
+    folders that cannot be listed go into ``report``."""
+    unlisted: list[OSError] = []
+    found = listing.list_images(root, errors=unlisted)
+    if report is not None:
+        report.failed += [(str(e.filename), f"cannot list this folder: {e.strerror or e}")
+                          for e in unlisted]
+    return found
 
 
 # ---------------------------------------------------------------------------- image I/O
@@ -135,19 +125,6 @@ def load_rgb(path: Path) -> Image.Image:
     composited on white, 16-bit scaled (not clipped), the $P2P_MAX_IMAGE_PIXELS bomb limit,
     and no FIFO ever opened. Failures are ``ImageError`` lines naming the file."""
     return images.open_rgb(path)
-
-
-def check_writable(folder: Path) -> None:
-    """One clear error before any work when the output folder cannot take files (read-only,
-    a file in the way), instead of one failure per image."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DataError(f"{folder}: cannot write into the output folder: {e.strerror or e}"
-                        ) from None
 
 
 def save_png(im: Image.Image, path: Path) -> None:
@@ -272,26 +249,15 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
         a_root, b_root = Path(cfg.a), Path(cfg.b)
         a_rels, b_rels = list_images(a_root, report), list_images(b_root, report)
         if not a_rels or not b_rels:
-            raise DataError(f"{a_root if not a_rels else b_root}: no images "
-                            f"({choices(IMAGE_EXTS)})")
-        by_stem_b: dict[str, list[Path]] = {}
-        for r in b_rels:
-            by_stem_b.setdefault(r.with_suffix("").as_posix(), []).append(r)
-        a_stems = {r.with_suffix("").as_posix() for r in a_rels}
-        pairs = []
-        for ra in a_rels:
-            cands = by_stem_b.get(ra.with_suffix("").as_posix(), [])
-            if len(cands) != 1:
-                why = ("no B image of that name" if not cands else
-                       "several B images of that name: " + ", ".join(map(str, cands)))
-                report.failed.append((str(a_root / ra), why))
-                continue
-            pairs.append((ra, cands[0]))
-        for rb in b_rels:
-            if rb.with_suffix("").as_posix() not in a_stems:
-                report.failed.append((str(b_root / rb), "no A image of that name"))
+            raise DataError(f"{a_root if not a_rels else b_root}: no images ({SHOWN_EXTS})")
+        m = listing.pair_by_name(a_rels, b_rels)
+        report.failed += [(str(a_root / ra), "no B image of that name") for ra in m.only_a]
+        report.failed += [(str(a_root / ra), "several B images of that name: "
+                           + ", ".join(map(str, cands))) for ra, cands in m.ambiguous]
+        report.failed += [(str(b_root / rb), "no A image of that name") for rb in m.only_b]
+        report.failed += [(str(b_root / rb), "several A images match it") for rb in m.shared]
         jobs = []
-        b_of = dict(pairs)
+        b_of = {ra: rb for ra, rb in m.pairs if rb not in m.shared}
         for ra, dst in _png_targets(list(b_of), a_root, out, report):
             pa, pb = a_root / ra, b_root / b_of[ra]
             jobs.append((str(pa), dst, lambda dst=dst, pa=pa, pb=pb: save_png(
@@ -301,7 +267,7 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
     root = Path(cfg.input)
     rels = list_images(root, report)
     if not rels:
-        raise DataError(f"{root}: no images ({choices(IMAGE_EXTS)})")
+        raise DataError(f"{root}: no images ({SHOWN_EXTS})")
     if cfg.op == "split":
         return [(str(root / rel), out / part / rel,
                  lambda src=root / rel, dst=out / part / rel: _copy_checked(src, dst))
@@ -328,11 +294,6 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
 def run(cfg: ProcessConfig) -> Report:
     """Do ``cfg.op`` for every input; per-file failures go into the report, not up."""
     validate(cfg)
@@ -350,7 +311,7 @@ def run(cfg: ProcessConfig) -> Report:
         else:
             todo.append((name, work))
     if todo:
-        check_writable(Path(cfg.output))
+        check_writable(Path(cfg.output))  # one line now, not one failure per image
     workers = cfg.workers or os.cpu_count() or 1
     # Threads, not processes: Pillow and OpenCV release the GIL while decoding, resizing,
     # running Canny and encoding, and threads need no pickling of the work closures.
@@ -362,7 +323,8 @@ def run(cfg: ProcessConfig) -> Report:
                 fut.result()
                 report.written += 1
             except Exception as e:  # noqa: BLE001 - the per-file boundary: record, go on
-                reason = str(e) if isinstance(e, P2PError) else _one_line(e)
+                reason = str(e) if isinstance(e, P2PError) else \
+                    f"{type(e).__name__}: {one_line(e)}".removesuffix(f": {type(e).__name__}")
                 reason = reason.removeprefix(f"{futures[fut]}: ")  # named once, in front
                 report.failed.append((futures[fut], reason))
             bar.update(1)

@@ -36,8 +36,12 @@ def architecture(state: dict) -> dict | None:
         return {"ngf": int(first.shape[0]), "in_channels": int(first.shape[1]),
                 "out_channels": int(state["model.model.3.weight"].shape[1]),
                 "image_size": 2 ** depth,
-                "norm": "batch" if any(k.endswith("running_mean") for k in state)
-                else "instance"}
+                # junyanz's BatchNorm is affine (weight + running stats); their InstanceNorm
+                # is not (an old file may still hold its running stats, never a weight
+                # beside them).
+                "norm": "batch" if any(k.endswith(".running_mean") and
+                                       k.removesuffix(".running_mean") + ".weight" in state
+                                       for k in state) else "instance"}
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return None
 
@@ -48,8 +52,7 @@ def hint(state: dict) -> str:
     if arch is None:
         return ""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in arch.items())
-    return (f"; the file looks like {flags} (an old instance-norm file also has running_mean "
-            "keys)")
+    return f"; the file looks like {flags}"
 
 
 def drop_instance_norm_stats(state: dict, cfg: ModelConfig) -> dict:
@@ -71,12 +74,15 @@ def build_generator(path: Path, cfg: ModelConfig, weights, junyanz: bool = False
                     ) -> UnetGenerator:
     """A ``UnetGenerator(cfg)`` holding ``weights``; ``CheckpointError`` naming ``path`` and,
     for junyanz files, the flags that would fit, when they do not load strictly."""
+    hint_text = ""
     if junyanz and isinstance(weights, dict):
+        # The hint is read off the file as it is: after dropping instance-norm statistics a
+        # BatchNorm file would look like an instance-norm one.
+        hint_text = hint(weights)
         weights = drop_instance_norm_stats(weights, cfg)
     arch = (f"a U-Net with ngf={cfg.ngf}, norm={cfg.norm}, image_size={cfg.image_size}, "
             f"channels {cfg.in_channels}->{cfg.out_channels}")
-    return _load(UnetGenerator(cfg), path, weights, arch,
-                 hint(weights) if junyanz and isinstance(weights, dict) else "")
+    return _load(UnetGenerator(cfg), path, weights, arch, hint_text)
 
 
 def build_discriminator(path: Path, cfg: ModelConfig, weights) -> PatchDiscriminator:
@@ -97,8 +103,18 @@ def _load(net: nn.Module, path: Path, weights, arch: str, hint_text: str) -> nn.
                               "state_dict")
     try:
         net.load_state_dict(weights, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit {arch}{hint_text} "
-                              f"({first[:160]})") from None
+    except (RuntimeError, TypeError, AttributeError):
+        raise CheckpointError(f"{path}: weights do not fit {arch} "
+                              f"({_difference(net.state_dict(), weights)}){hint_text}") from None
     return net
+
+
+def _difference(want: dict, got: dict) -> str:
+    """What torch's load_state_dict error says, in a few words of our own (its message is
+    many lines and ends mid-sentence when cut)."""
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want]
+    shaped = [k for k in want if k in got and getattr(got[k], "shape", None) != want[k].shape]
+    parts = [f"{len(v)} {what}, e.g. {v[0]}" for v, what in (
+        (missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape")) if v]
+    return "; ".join(parts) or "the weights are not tensors"

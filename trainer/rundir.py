@@ -43,6 +43,13 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> dict | None:
     """Fresh run, resume or overwrite; returns the checkpoint state to resume from."""
     latest = out / "checkpoints" / "latest.pt"
     if resume:
+        if not latest.exists() and not latest.is_symlink():
+            # config.json is written at the start, the first checkpoint only later: a run
+            # killed in between has nothing to continue, and must be started again.
+            raise CheckpointError(
+                f"{out}: nothing to resume: the run stopped before its first checkpoint "
+                f"({latest} is written every --save-every steps, at the end and on Ctrl-C); "
+                "start it over with --overwrite instead of --resume")
         state = checkpoint.load_checkpoint(latest)
         # Lines logged after the checkpoint belong to a future we are about to redo.
         metrics = out / "metrics.jsonl"

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from p2p.runtime import color
-from p2p.trainer.checkpoint import atomic_write
+from p2p.runtime.files import atomic_write
 
 
 @contextlib.contextmanager

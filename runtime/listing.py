@@ -1,0 +1,96 @@
+"""Which files are images, and which go together: the one listing and the one pairing rule
+of every command (p2p-train's two folders, p2p-process combine, p2p-eval).
+
+A name is a candidate when ``images.is_image_name`` says so (Pillow-readable extension, not
+hidden); whether it is an image is decided by decoding it. Pairs match by relative path, and
+a name also matches the one file of the other side with the same path and another extension
+(``x/1.png`` with ``x/1.jpg``: translators and converters change formats).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError
+from .images import is_image_name
+
+MAX_LISTED = 5  # names shown in one error line
+
+
+def list_images(root: Path, recursive: bool = True, errors: list | None = None) -> list[Path]:
+    """Image file names under ``root`` as sorted relative paths. Hidden entries are skipped
+    and links to folders are not followed (no cycles). Entries with an image name that are
+    not regular files (a FIFO, a dangling link) are kept, so the decoder names them rather
+    than they vanish. Folders that cannot be listed go into ``errors`` (OSError)."""
+    root = Path(root)
+    found = []
+    onerror = None if errors is None else errors.append
+    for dirpath, dirs, files in os.walk(root, onerror=onerror):
+        here = Path(dirpath)
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        found += [(here / n).relative_to(root) for n in files if is_image_name(n)]
+    return sorted(found, key=lambda r: r.as_posix())
+
+
+@dataclass
+class Pairing:
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)  # (a, b) in a's order
+    only_a: list[Path] = field(default_factory=list)  # no b of that name
+    only_b: list[Path] = field(default_factory=list)  # no a of that name
+    ambiguous: list[tuple[Path, list[Path]]] = field(default_factory=list)  # several b match
+    shared: list[Path] = field(default_factory=list)  # b matched by several a
+
+    def require_complete(self, a_dir: Path, b_dir: Path, a_kind: str, b_kind: str) -> None:
+        """DataError (one line, a few names listed) unless every a and every b is paired
+        exactly once; ``a_kind``/``b_kind`` name the two sides ("prediction", "target")."""
+        n_a = len(self.pairs) + len(self.only_a) + len(self.ambiguous)
+        n_b = len({t for _, t in self.pairs}) + len(self.only_b)
+        if self.ambiguous:
+            raise DataError(f"{b_dir}: several {b_kind}s match " + listed(
+                f"{p} ({' / '.join(map(str, cands))})" for p, cands in self.ambiguous))
+        if self.only_a:
+            raise DataError(f"{len(self.only_a)} of {n_a} {a_kind}s in {a_dir} have no "
+                            f"{b_kind} in {b_dir}: {listed(self.only_a)}")
+        if self.shared:
+            raise DataError(f"{a_dir}: several {a_kind}s (other extensions?) match one "
+                            f"{b_kind}: {listed(self.shared)}")
+        if self.only_b:
+            raise DataError(f"{len(self.only_b)} of {n_b} {b_kind}s in {b_dir} have no "
+                            f"{a_kind} in {a_dir}: {listed(self.only_b)}")
+
+
+def listed(names) -> str:
+    """'a, b, c, d, e (and 3 more)': a few names for one error line."""
+    names = [str(n) for n in names]
+    more = f" (and {len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+    return ", ".join(names[:MAX_LISTED]) + more
+
+
+def pair_by_name(a: list[Path], b: list[Path]) -> Pairing:
+    """Pair two lists of relative paths: the same path first, else the one b with the same
+    path and another extension. Nothing is guessed: every other case is reported."""
+    exact = set(b)
+    by_stem: dict[str, list[Path]] = {}
+    for t in b:
+        by_stem.setdefault(t.with_suffix("").as_posix(), []).append(t)
+    out = Pairing()
+    for p in a:
+        if p in exact:
+            out.pairs.append((p, p))
+            continue
+        cands = by_stem.get(p.with_suffix("").as_posix(), [])
+        if len(cands) == 1:
+            out.pairs.append((p, cands[0]))
+        elif cands:
+            out.ambiguous.append((p, cands))
+        else:
+            out.only_a.append(p)
+    uses: dict[Path, int] = {}
+    for _, t in out.pairs:
+        uses[t] = uses.get(t, 0) + 1
+    out.shared = sorted((t for t, k in uses.items() if k > 1), key=lambda t: t.as_posix())
+    out.only_b = [t for t in b if t not in uses and t not in
+                  {c for _, cs in out.ambiguous for c in cs}]
+    return out

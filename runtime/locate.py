@@ -1,0 +1,56 @@
+"""Which model file a ``--model`` value means: one rule for p2p-translate and p2p-serve.
+
+- not given: the newest FP32 export under ``runs/`` (exported models, runs/*/export/*.onnx,
+  before any other *.onnx; FP32 before FP16/INT8, which are faster, less exact choices a
+  user makes by name or folder; then the newest);
+- an existing file: that file;
+- a downloaded pretrained name (``p2p-pretrained get NAME``): its FP32 ONNX file.
+
+``pick_model`` returns the path and the rule that picked it, for the start-up line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ModelError, P2PError
+from .modelfile import read_metadata  # numpy + protobuf reading, no onnxruntime
+from .pretrained import resolve_model
+
+
+def pick_model(value: Path | str | None, runs: Path = Path("runs")
+               ) -> tuple[Path, str | None]:
+    """(model file, the line that says why it was picked; None for a file given by path).
+    Raises ``ModelError`` (one line) when ``value`` names nothing, or when it is None and
+    ``runs`` holds no model."""
+    if value is None:
+        return default_model(runs)
+    path = resolve_model(value)
+    if Path(value).exists():
+        return path, None
+    return path, f"--model {value}: the downloaded pretrained model {path}"
+
+
+def default_model(runs: Path = Path("runs")) -> tuple[Path, str]:
+    """The model used without --model, and the rule that picked it (see the module doc)."""
+    # Hidden files are never models: a killed p2p-export leaves its half-written temp file
+    # as .generator.onnx.<pid>.<random>.tmp.onnx, and pathlib's glob does not skip dot-files.
+    def visible(paths):
+        return [p for p in paths if not p.name.startswith(".")]
+
+    found = visible(runs.glob("*/export/*.onnx")) or visible(runs.glob("**/*.onnx"))
+    if not found:
+        raise ModelError(f"no --model given and no *.onnx under {runs}/; export one with "
+                         "p2p-export or pass --model PATH")
+
+    def precision(p: Path) -> str:
+        try:
+            return read_metadata(p).input_dtype
+        except P2PError:
+            return "unknown"  # not a p2p model: Engine says why if it is picked
+
+    fp32 = [p for p in found if precision(p) == "float32"]
+    newest = max(fp32 or found, key=lambda p: p.stat().st_mtime)
+    rule = (f"the newest FP32 model under {runs}/" if fp32 else
+            f"the newest model under {runs}/ (there is no FP32 one)")
+    return newest, f"no --model: using {newest}, {rule}; pass --model to choose"
