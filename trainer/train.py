@@ -88,7 +88,8 @@ def resolve_device(name: str, amp: bool) -> torch.device:
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-        print(f"device: {name} (auto)")
+        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for the job
+            print(f"device: {name} (auto)")
     elif name == "cuda" and not torch.cuda.is_available():
         raise ProviderError(f"--device cuda: CUDA is not available (torch {torch.__version__} "
                             "sees no CUDA GPU); use --device cpu or auto")
