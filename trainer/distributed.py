@@ -261,6 +261,10 @@ def job(device: torch.device):
         raise P2PError(f"rank {rank}: stopped: lost contact with another rank of the job, "
                        f"which failed or was killed (its error is above): {_first_line(e)}"
                        ) from None
+    except RuntimeError as e:
+        # Out of memory, or a collective inside DDP's backward that a dead peer broke (gloo
+        # raises a plain RuntimeError there): one line per rank, not N interleaved tracebacks.
+        raise P2PError(f"rank {rank}: stopped: {type(e).__name__}: {_first_line(e)}") from None
     dist.destroy_process_group()
 
 
