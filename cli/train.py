@@ -110,3 +110,7 @@ def main(ctx, quiet, **opts):
         if not e.report:
             raise SystemExit(1) from None
         raise
+
+
+if __name__ == "__main__":  # torchrun -m p2p.cli.train ... (when no p2p-train script is on PATH)
+    main()
