@@ -134,7 +134,8 @@ class Job:
         self.agree(data.raise_problems, problems, len(paths))
 
     def check_flags(self, norm: str) -> None:
-        if self.enabled and self.world > 1 and norm == "sync_batch" and self.device.type != "cuda":
+        # Under an initialised process group SyncBatchNorm refuses CPU input even for one rank.
+        if self.enabled and norm == "sync_batch" and self.device.type != "cuda":
             raise ProviderError(f"--norm sync_batch: torch's SyncBatchNorm synchronises CUDA "
                                 f"tensors only, and this job runs on {self.device.type}; use "
                                 "--norm batch (per-process statistics) or --norm instance")
