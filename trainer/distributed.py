@@ -73,6 +73,12 @@ class Job:
     def main(self) -> bool:
         return self.rank == 0
 
+    def announce(self, batch_size: int) -> None:
+        if self.enabled and self.main:
+            print(f"torchrun: {self.world} processes on {self.device.type}, global batch "
+                  f"{self.world} x {batch_size} = {self.world * batch_size} (learning rate "
+                  "unchanged)")
+
     def shared(self, error: P2PError) -> P2PError:
         """``error``, raised alike on every rank: rank 0 reports it."""
         return JobError(str(error), self.main) if self.enabled else error

@@ -404,8 +404,6 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
         checkpoint.atomic_write(out / "config.json",
                                 lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
         print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
-    if env.enabled and env.main:
-        print(f"torchrun: {env.world} processes on {device.type}, global batch {env.world} x "
-              f"{cfg.batch_size} = {env.world * cfg.batch_size} (learning rate unchanged)")
+    env.announce(cfg.batch_size)
     fit(t, train_ds, sample_ds, out)
     return t
