@@ -3,8 +3,9 @@
 #   1. p2p-train --device cuda --amp, 400 steps on facades (labels -> photo), then --resume to 600
 #   2. the same 200-step stretch in IEEE FP32 and with --tf32 (what "FP32" costs on this card)
 #   3. torchrun --standalone --nproc_per_node 1 (NCCL, DistributedDataParallel) 300 steps,
-#      --resume under torchrun to 400, then p2p-export from that checkpoint (verified ONNX)
-# and prints the card and the numbers (steps/s, images/s, last logged losses) of each run.
+#      --resume under torchrun to 400
+# prints the card and the numbers (steps/s, last logged losses) of each run, then
+#   4. p2p-export from the torchrun checkpoint (verified against PyTorch with onnxruntime).
 #
 # Usage, from the repository root:   bash benchmarks/gpu_check.sh
 #   PY=python with a CUDA build of torch and p2p installed (default: .venv/bin/python, else
@@ -20,6 +21,14 @@ STAGE="set-up"
 trap 'echo "gpu_check: FAILED during: $STAGE (exit $?)" >&2' ERR
 stage() { STAGE="$1"; echo; echo "== $1"; }
 train() { timeout 300 "$PY" -c 'from p2p.cli.train import main; main()' "$@"; }
+
+if ! "$PY" -c "import p2p.trainer.train" 2>/dev/null; then
+    # A machine with a CUDA torch but no p2p: a venv on top of its packages, p2p editable.
+    stage "installing p2p (no dependencies) into a venv over $PY's packages"
+    "$PY" -m venv --system-site-packages "$OUT/venv"
+    timeout 300 "$OUT/venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+    PY=$OUT/venv/bin/python
+fi
 
 stage "card"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -72,9 +81,6 @@ grep -q "torchrun: 1 processes on cuda, global batch 1 x 1 = 1" "$OUT/ddp.log"
 timeout 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m p2p.cli.train \
     --resume -o "$OUT/ddp" --max-steps 400 --quiet
 
-stage "export from the torchrun checkpoint"
-timeout 300 "$PY" -c 'from p2p.cli.export import main; main()' "$OUT/ddp"
-
 stage "numbers"
 timeout 60 "$PY" - "$OUT" <<'EOF'
 import json, sys
@@ -84,14 +90,18 @@ print(f"card: {torch.cuda.get_device_name(0)}")
 for run in ("amp", "fp32", "tf32", "ddp"):
     rows = [json.loads(l) for l in (Path(sys.argv[1]) / run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "images_per_s" in r]
-    ips = [r["images_per_s"] for r in steps[1:]] or [steps[0]["images_per_s"]]  # first: warm-up
+    ips = sorted(r["images_per_s"] for r in steps)  # batch 1, one process: steps/s
     last = steps[-1]
-    print(f"{run:>5}: step {last['step']}, {sum(ips) / len(ips):7.1f} steps/s (batch 1, mean "
-          f"after the first log window); last G_GAN {last['loss_G_GAN']:.3f} G_L1 "
+    print(f"{run:>5}: step {last['step']}, {ips[len(ips) // 2]:7.1f} steps/s (median of "
+          f"{len(ips)} log windows); last G_GAN {last['loss_G_GAN']:.3f} G_L1 "
           f"{last['loss_G_L1']:.3f} D_real {last['loss_D_real']:.3f} D_fake "
           f"{last['loss_D_fake']:.3f}; val_L1 {[r['val_L1'] for r in rows if 'val_L1' in r][-1]:.3f}")
 ckpt = torch.load(Path(sys.argv[1]) / "ddp" / "checkpoints" / "latest.pt", weights_only=True)
 print(f"torchrun checkpoint: step {ckpt['step']}, world_size {ckpt['world_size']}")
-print(f"export: {sorted(p.name for p in (Path(sys.argv[1]) / 'ddp' / 'export').iterdir())}")
 EOF
+
+stage "export from the torchrun checkpoint"
+timeout 300 "$PY" -c 'from p2p.cli.export import main; main()' "$OUT/ddp"
+
+ls -l "$OUT/ddp/export"
 echo "gpu_check: OK"
