@@ -128,6 +128,20 @@ def test_instance_norm_two_ranks_equal_one_process_batch_two(pairs, tmp_path):
         assert_same_weights(weights(ddp, net), weights(one, net), skip=skip[net])
 
 
+def test_each_rank_takes_every_nth_sample_of_the_epoch_order():
+    one = EpochSampler(5, seed=2)
+    one.epoch = 3
+    order = [i for _, i in one]
+    shards = [EpochSampler(5, seed=2, rank=r, world=2) for r in range(2)]
+    for s in shards:
+        s.epoch = 3
+    # 5 samples, 2 ranks: padded by wrapping to 6, so both take 3 steps (no rank waits alone).
+    assert [[i for _, i in s] for s in shards] == [order[0::2], order[1::2] + order[:1]]
+    assert len(shards[0]) == len(shards[1]) == shards[0].shard == 3
+    shards[1].start = 2  # resumed after 2 steps of this epoch
+    assert [i for _, i in shards[1]] == [order[0]] and len(shards[1]) == 1
+
+
 def batch1_gradient_mean_oracle(data: Path, steps: int, seed: int = 3) -> dict:
     """What 2 ranks x batch 1 with per-process batch norm compute, in one process: each
     step, rank r's sample is the single-process order's sample 2k + r; D and then G take one
@@ -252,7 +266,6 @@ def test_a_rank_failing_mid_training_ends_the_job_with_its_reason(pairs, tmp_pat
     assert r.returncode != 0
     assert took < 90, f"the job took {took:.0f} s to end"  # torchrun: SIGTERM, SIGKILL at 30 s
     assert f"Error: rank 1: {tmp_path / 'x.png'}: unreadable image: injected" in r.stderr
-    assert "Error: rank 0: stopped: " in r.stderr or "SIGTERM" in r.stderr  # ended, not hung
     assert "[rank0]: Traceback" not in r.stderr and "[rank1]: Traceback" not in r.stderr
     assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
 

@@ -243,7 +243,7 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
         t.step += 1
         t.window += losses
         t.window_n += 1
-        t.stop = t.stop or t.dist.any(t.stop_requested)  # every rank stops after this step
+        t.stop = t.dist.any(t.stop_requested) or t.stop  # every rank stops after this step
         bar.update(1)
         # A --max-steps stop leaves a partial window in the checkpoint for --resume to finish.
         if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
