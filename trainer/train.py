@@ -9,6 +9,7 @@ A run folder holds config.json, checkpoints/latest.pt (+ step_NNNNNN.pt snapshot
 metrics.jsonl, samples/step_NNNNNN.png and, when tensorboard is installed, tensorboard/.
 ``--resume`` restores every piece of state (weights, BN statistics, Adam moments, LR
 schedule, RNGs, position in the epoch), so it reproduces an uninterrupted run's losses.
+Under torchrun the same loop runs data-parallel: see trainer/distributed.py.
 """
 
 from __future__ import annotations
