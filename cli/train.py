@@ -10,7 +10,7 @@ from p2p.runtime.errors import P2PError
 
 with requires("p2p-train"):  # a deployment install has no torch: say which extra brings it
     from p2p.trainer.datasets import NAMES
-    from p2p.trainer.models import NORMS
+    from p2p.trainer.distributed import TRAIN_NORMS, JobError
     from p2p.trainer.rundir import default_output, load_run_config
     from p2p.trainer.train import DEVICES, TrainConfig, main as train_main
 
@@ -44,11 +44,17 @@ def _power_of_two(ctx, param, value):
               help="Random horizontal flip (the same for input and target).")
 @click.option("--ngf", type=POS, default=64, show_default=True, help="Generator width.")
 @click.option("--ndf", type=POS, default=64, show_default=True, help="Discriminator width.")
-@click.option("--norm", type=click.Choice(NORMS), default="batch", show_default=True)
+@click.option("--norm", type=click.Choice(TRAIN_NORMS), default="batch", show_default=True,
+              help="batch: the paper's (under torchrun each process normalises over its own "
+                   "batch; at --batch-size 1 that is the paper's batch-1 behaviour); "
+                   "sync_batch: batch statistics over all processes (torch's SyncBatchNorm, "
+                   "CUDA; saved and exported as batch norm); instance: per image, no "
+                   "running statistics.")
 @click.option("--l1-weight", type=float, default=100.0, show_default=True)
 @click.option("--lr", type=float, default=2e-4, show_default=True)
 @click.option("--beta1", type=float, default=0.5, show_default=True)
-@click.option("--batch-size", type=POS, default=1, show_default=True)
+@click.option("--batch-size", type=POS, default=1, show_default=True,
+              help="Per process: under torchrun the global batch is processes x this.")
 @click.option("--epochs", type=click.IntRange(min=0), default=100, show_default=True,
               help="Epochs at the initial learning rate.")
 @click.option("--epochs-decay", type=click.IntRange(min=0), default=100, show_default=True,
@@ -58,6 +64,9 @@ def _power_of_two(ctx, param, value):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")
+@click.option("--tf32", is_flag=True,
+              help="Let FP32 convolutions and matmuls use TensorFloat-32 on Ampere and newer "
+                   "GPUs (faster, 10-bit mantissa). Without it CUDA FP32 is IEEE FP32.")
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="DataLoader worker processes (0: load in the training process).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
@@ -86,7 +95,11 @@ def _power_of_two(ctx, param, value):
 @click.pass_context
 @handle_errors
 def main(ctx, quiet, **opts):
-    """Train a pix2pix generator and discriminator; see the run folder for results."""
+    """Train a pix2pix generator and discriminator; see the run folder for results.
+
+    Data-parallel on several GPUs or machines: torchrun --nproc_per_node N $(which p2p-train)
+    ... (DistributedDataParallel, nccl on CUDA, gloo on the CPU; rank 0 writes the run folder).
+    """
     if opts["resume"]:
         if not (opts["output"] or opts["data"] or opts["data_a"]):
             raise P2PError("--resume needs --output (or the --data the run used)")
@@ -105,5 +118,14 @@ def main(ctx, quiet, **opts):
     if opts["init_from_d"] and not opts["init_from"]:
         raise P2PError("--init-from-d needs --init-from (the generator to start from)")
     opts["output"] = opts["output"] or default_output(opts["data"], opts["data_a"])
-    with requires("p2p-train"):  # tensorboard, onnx...: imported on the way
-        train_main(TrainConfig(**opts, progress=not quiet))
+    try:
+        with requires("p2p-train"):  # tensorboard, onnx...: imported on the way
+            train_main(TrainConfig(**opts, progress=not quiet))
+    except JobError as e:  # raised alike on every torchrun rank: rank 0 says it once
+        if not e.report:
+            raise SystemExit(1) from None
+        raise
+
+
+if __name__ == "__main__":  # torchrun -m p2p.cli.train ... (when no p2p-train script is on PATH)
+    main()

@@ -12,7 +12,10 @@ with ``torch.load(weights_only=True)`` and a file from a stranger can never run 
     generator, discriminator        state_dicts
     opt_g, opt_d, sched_g, sched_d  optimizer / LR scheduler state_dicts (resume only)
     rng             {"torch": ByteTensor, "python": list, "numpy": list, "cuda": [ByteTensor]}
-                    (``rng_state()`` / ``set_rng_state()`` convert to and from these plain types)
+                    (``rng_state()`` / ``set_rng_state()`` convert to and from these plain types;
+                    "cuda" holds the training device's state only, or nothing off CUDA)
+    world_size      processes that trained it (torchrun; absent: 1); a resume needs as many
+    rng_ranks       under torchrun: every rank's ``rng`` dict, by rank (``rng`` is rank 0's)
 """
 
 from __future__ import annotations
@@ -97,24 +100,34 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def rng_state() -> dict:
-    """Every RNG a training step may draw from, as plain types (weights_only-loadable)."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every RNG a training step may draw from, as plain types (weights_only-loadable).
+
+    Of the CUDA generators only the training ``device``'s: a job resumed where fewer GPUs
+    are visible (or another one) must still load it."""
     version, mt, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
+    on_cuda = device is not None and device.type == "cuda"
     return {
         "torch": torch.get_rng_state(),
         "python": [version, list(mt), gauss],
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if on_cuda else [],
     }
 
 
-def set_rng_state(state: dict) -> None:
-    """Inverse of ``rng_state``."""
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Inverse of ``rng_state``; the CUDA state goes to ``device`` only (when it is CUDA).
+
+    Checkpoints written before this rule hold one state per visible GPU; their first is the
+    training device's (p2p trained on ``cuda``, the current device 0), so it is the one
+    restored, and a checkpoint holding more states than this machine has GPUs still loads.
+    """
     torch.set_rng_state(state["torch"])
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda") or []
+    if cuda and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda[0], device)

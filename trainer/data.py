@@ -73,18 +73,29 @@ def _problem(path: Path, side_by_side: bool) -> str | None:
     return None
 
 
-def check_images(paths: list[Path], side_by_side: bool) -> None:
-    """Decode every training image once, up front, so a bad file fails now and not hours
-    into training (a truncated file passes a header check). It costs about one epoch's
-    decoding, in parallel. Every bad file is named, not just the first."""
+def image_problems(paths: list[Path], side_by_side: bool) -> list[str | None]:
+    """Why each of ``paths`` cannot be a training image (None: fine), decoded in parallel."""
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS is one error, not one per file
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        problems = [p for p in pool.map(lambda p: _problem(p, side_by_side), paths) if p]
+        return list(pool.map(lambda p: _problem(p, side_by_side), paths))
+
+
+def raise_problems(problems: list[str | None], total: int) -> None:
+    """One DataError naming every bad file in ``problems`` (None entries are fine files)."""
+    problems = [p for p in problems if p]
     if len(problems) == 1:
         raise DataError(problems[0])
     if problems:
-        raise DataError(f"{len(problems)} of {len(paths)} training images are unusable; fix or "
+        raise DataError(f"{len(problems)} of {total} training images are unusable; fix or "
                         "remove them:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def check_images(paths: list[Path], side_by_side: bool) -> None:
+    """Decode every training image once, up front, so a bad file fails now and not hours
+    into training (a truncated file passes a header check). It costs about one epoch's
+    decoding, in parallel (shared between the ranks of a torchrun job). Every bad file is
+    named, not just the first."""
+    raise_problems(image_problems(paths, side_by_side), len(paths))
 
 
 def pair_files(dir_a: Path, dir_b: Path) -> list[tuple[Path, Path]]:
@@ -177,25 +188,36 @@ class EpochSampler(Sampler):
     """Yields (epoch, index) keys: a permutation fixed by (seed, epoch), from ``start`` on.
 
     Set ``epoch`` and ``start`` before iterating; resuming mid-epoch sets ``start`` to the
-    number of samples the interrupted run had already consumed in that epoch.
+    number of samples this rank had already consumed in that epoch.
+
+    Under torchrun (``world`` > 1) rank r takes positions r, r + world, r + 2 world, ... of
+    the permutation, padded by wrapping around to a multiple of ``world`` (as torch's
+    DistributedSampler does) so that every rank takes the same number of steps. Global step k
+    then covers exactly the ``world * batch_size`` samples that one process with a batch of
+    ``world * batch_size`` would see at step k (when ``world`` divides the epoch evenly).
     """
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
         self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+        self.rank, self.world = rank, world
+        self.shard = -(-n // world)  # samples per rank and epoch
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.shard - self.start
 
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if self.world > 1:
+            order = np.resize(order, self.shard * self.world)[self.rank::self.world]
         return iter([(self.epoch, int(i)) for i in order[self.start:]])
 
 
 def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
                    lab_colorization: bool, direction: str, image_size: int, load_size: int,
-                   flip: bool, seed: int) -> tuple[PairDataset, PairDataset]:
+                   flip: bool, seed: int, check: bool = True) -> tuple[PairDataset, PairDataset]:
     """(train set, sample set). The sample set is ``val/`` (or ``test/``) when there is one,
-    else the training images themselves, without jitter."""
+    else the training images themselves, without jitter. ``check``: decode every training
+    image now (``check_images``); torchrun ranks pass False and share the check instead."""
     if data_a is not None or data_b is not None:
         if data_a is None or data_b is None:
             raise DataError("--data-a and --data-b go together: give both folders")
@@ -204,13 +226,20 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
         train_items = pair_files(train_a, train_b)
         val_items = pair_files(val_a, val_b) if val_a and val_b else train_items
         mode = "two-folders"
-        check_images([p for pair in train_items for p in pair], False)
     else:
         train_dir, val_dir = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
         train_items = list_images(train_dir)
         val_items = list_images(val_dir) if val_dir else train_items
-        check_images(train_items, mode == "side-by-side")
+    if check:
+        check_images(*image_paths(train_items, mode))
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
               flip=flip, seed=seed)
     return PairDataset(train_items, **kw), PairDataset(val_items, **kw)
+
+
+def image_paths(items: list, mode: str) -> tuple[list[Path], bool]:
+    """Every file behind a dataset's ``items``, and whether each must be an A|B pair."""
+    if mode == "two-folders":
+        return [p for pair in items for p in pair], False
+    return list(items), mode == "side-by-side"

@@ -94,3 +94,13 @@ class RunLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class NullLog:
+    """The metrics log of torchrun ranks other than 0: only rank 0 writes the run folder."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

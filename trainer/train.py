@@ -9,6 +9,7 @@ A run folder holds config.json, checkpoints/latest.pt (+ step_NNNNNN.pt snapshot
 metrics.jsonl, samples/step_NNNNNN.png and, when tensorboard is installed, tensorboard/.
 ``--resume`` restores every piece of state (weights, BN statistics, Adam moments, LR
 schedule, RNGs, position in the epoch), so it reproduces an uninterrupted run's losses.
+Under torchrun the same loop runs data-parallel: see trainer/distributed.py.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from p2p.runtime.errors import CheckpointError, DataError, P2PError, ProviderError, choices
-from p2p.trainer import checkpoint, data, datasets
+from p2p.trainer import checkpoint, data, datasets, distributed, precision
 from p2p.trainer.continuation import continue_schedule, init_from, nothing_left
 from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
-from p2p.trainer.rundir import RunLog, prepare_output
+from p2p.trainer.rundir import NullLog, RunLog, prepare_output
 from p2p.trainer.samples import write_samples
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -67,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False  # mixed precision, CUDA only
+    tf32: bool = False  # TensorFloat-32 convs/matmuls on CUDA; off: FP32 is IEEE FP32
     workers: int = 1
     threads: int = 0  # torch intra-op threads (0: torch's default)
     log_every: int = 10  # metrics.jsonl: means over this many steps
@@ -90,7 +92,8 @@ def resolve_device(name: str, amp: bool) -> torch.device:
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-        print(f"device: {name} (auto)")
+        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for the job
+            print(f"device: {name} (auto)")
     elif name == "cuda" and not torch.cuda.is_available():
         raise ProviderError(f"--device cuda: CUDA is not available (torch {torch.__version__} "
                             "sees no CUDA GPU); use --device cpu or auto")
@@ -136,7 +139,11 @@ class Trainer:
         self.schedule_epochs = cfg.epochs + cfg.epochs_decay
         self.window = torch.zeros(len(LOSSES), device=device)  # loss sums since the last log
         self.window_n = 0
-        self.stop = False
+        self.stop = False  # agreed by every rank (distributed.Job.any) after each step
+        self.stop_requested = False  # set by SIGINT/SIGTERM in this process
+        # What train_step calls: G and D, or their DDP wrappers under torchrun (Job.wrap).
+        self.G_train, self.D_train = self.G, self.D
+        self.dist = distributed.SINGLE
 
     def state_dict(self) -> dict:
         return {
@@ -146,7 +153,7 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
-            "rng": checkpoint.rng_state(),
+            "rng": checkpoint.rng_state(self.device),
             "window": {"sum": self.window.cpu(), "n": self.window_n},
         }
 
@@ -173,26 +180,27 @@ class Trainer:
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
         continue_schedule((self.sched_g, self.sched_d))
-        if self.cfg.amp:
-            self.scaler_g.load_state_dict(state.get("scaler_g") or {})
-            self.scaler_d.load_state_dict(state.get("scaler_d") or {})
+        if self.cfg.amp:  # a run saved without --amp has empty scaler states: keep fresh ones
+            for scaler, key in ((self.scaler_g, "scaler_g"), (self.scaler_d, "scaler_d")):
+                if state.get(key):
+                    scaler.load_state_dict(state[key])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         window = state.get("window", {"sum": torch.zeros(len(LOSSES)), "n": 0})
         self.window, self.window_n = window["sum"].to(self.device), int(window["n"])
-        checkpoint.set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"], self.device)
 
 
 def train_step(t: Trainer, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.Tensor:
     """One D update then one G update on a batch; returns the 4 losses (no host sync)."""
     amp = torch.autocast(t.device.type, enabled=t.cfg.amp)
     with amp:
-        fake_b = t.G(real_a)
+        fake_b = t.G_train(real_a)
     # Discriminator: real pairs -> 1, generated pairs -> 0; G is not updated here.
     t.D.requires_grad_(True)
     t.opt_d.zero_grad(set_to_none=True)
     with amp:
-        pred_fake = t.D(torch.cat([real_a, fake_b.detach()], 1))
-        pred_real = t.D(torch.cat([real_a, real_b], 1))
+        pred_fake = t.D_train(torch.cat([real_a, fake_b.detach()], 1))
+        pred_real = t.D_train(torch.cat([real_a, real_b], 1))
         loss_d_fake = t.bce(pred_fake, torch.zeros_like(pred_fake))
         loss_d_real = t.bce(pred_real, torch.ones_like(pred_real))
         loss_d = 0.5 * (loss_d_fake + loss_d_real)
@@ -203,7 +211,7 @@ def train_step(t: Trainer, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.
     t.D.requires_grad_(False)
     t.opt_g.zero_grad(set_to_none=True)
     with amp:
-        pred_fake = t.D(torch.cat([real_a, fake_b], 1))
+        pred_fake = t.D_train(torch.cat([real_a, fake_b], 1))
         loss_g_gan = t.bce(pred_fake, torch.ones_like(pred_fake))
         loss_g_l1 = t.l1(fake_b, real_b)
         loss_g = loss_g_gan + t.cfg.l1_weight * loss_g_l1
@@ -214,7 +222,8 @@ def train_step(t: Trainer, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.
 
 
 def _samples(t: Trainer, samples: list, path: Path) -> float:
-    return write_samples(t.G, samples, path, t.task["color_space"] == "lab", t.cfg.amp)
+    return write_samples(t.dist.sample_generator(t), samples, path,
+                         t.task["color_space"] == "lab", t.cfg.amp)
 
 
 def _batches(loader):
@@ -239,14 +248,16 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
         t.step += 1
         t.window += losses
         t.window_n += 1
+        t.stop = t.dist.any(t.stop_requested) or t.stop  # every rank stops after this step
         bar.update(1)
         # A --max-steps stop leaves a partial window in the checkpoint for --resume to finish.
         if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
             now = time.perf_counter()
-            means = (t.window / t.window_n).tolist()  # the one host sync per log
+            means = (t.dist.mean(t.window) / t.window_n).tolist()  # the one host sync per log
             rec = {"step": t.step, "epoch": t.epoch, **dict(zip(LOSSES, means)),
                    "lr": t.opt_g.param_groups[0]["lr"],
-                   "images_per_s": t.window_n * cfg.batch_size / max(now - t.tick, 1e-9)}
+                   "images_per_s": t.window_n * cfg.batch_size * t.dist.world
+                   / max(now - t.tick, 1e-9)}
             log.write(rec)
             bar.set_postfix(G_GAN=f"{means[0]:.3f}", G_L1=f"{means[1]:.3f}",
                             D_real=f"{means[2]:.3f}", D_fake=f"{means[3]:.3f}")
@@ -256,14 +267,16 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
             t.sched_g.step()
             t.sched_d.step()
             t.epoch += 1
-        if cfg.sample_every and t.step % cfg.sample_every == 0:
+        if cfg.sample_every and t.step % cfg.sample_every == 0 and t.dist.main:
             val_l1 = _samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
             log.write({"step": t.step, "epoch": t.epoch, "val_L1": val_l1})
         done = t.step >= total or t.stop
         snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
         if done or snapshot or t.step % cfg.save_every == 0:
-            checkpoint.save_checkpoint(t.state_dict(), out / "checkpoints" / "latest.pt")
-        if snapshot:  # atomic too: a kill mid-copy must not leave a torn step_N.pt
+            state = t.dist.checkpoint_state(t)  # under torchrun: every rank, rank 0 saves
+            if state is not None:
+                checkpoint.save_checkpoint(state, out / "checkpoints" / "latest.pt")
+        if snapshot and t.dist.main:  # atomic too: a kill mid-copy must not leave a torn step_N.pt
             checkpoint.atomic_write(out / "checkpoints" / f"step_{t.step:06d}.pt",
                                     lambda tmp: shutil.copyfile(out / "checkpoints" / "latest.pt",
                                                                 tmp))
@@ -273,24 +286,25 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
 
 def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     cfg = t.cfg
-    sampler = data.EpochSampler(len(train_ds), cfg.seed)
+    sampler = data.EpochSampler(len(train_ds), cfg.seed, t.dist.rank, t.dist.world)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
                         pin_memory=t.device.type == "cuda",
                         # Its own generator: each iter() would otherwise draw a worker base
                         # seed from the global RNG, which dropout uses, and break --resume.
                         generator=torch.Generator().manual_seed(cfg.seed))
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    steps_per_epoch = math.ceil(sampler.shard / cfg.batch_size)
     schedule_steps = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
     total = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps
     samples = [sample_ds[i] for i in range(min(cfg.num_samples, len(sample_ds)))]
-    log = RunLog(out, t.step)
-    if t.step == 0 and cfg.sample_every:
+    log = RunLog(out, t.step) if t.dist.main else NullLog()  # only rank 0 writes
+    if t.step == 0 and cfg.sample_every and t.dist.main:
         val_l1 = _samples(t, samples, out / "samples" / f"step_{0:06d}.png")
         log.write({"step": 0, "epoch": 0, "val_L1": val_l1})
     if t.step >= total:
-        print(f"{out}: " + nothing_left(t.step, total, cfg.epochs, cfg.epochs_decay,
-                                        cfg.max_steps, schedule_steps))
+        if t.dist.main:
+            print(f"{out}: " + nothing_left(t.step, total, cfg.epochs, cfg.epochs_decay,
+                                            cfg.max_steps, schedule_steps))
         log.close()
         return
 
@@ -299,16 +313,18 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     def request_stop(signum, frame):  # finish the step, save, then stop; twice = now
         if os.getpid() != pid:  # a forked DataLoader worker inherited this handler
             return
-        if t.stop:
+        if t.stop_requested:
             raise KeyboardInterrupt
-        t.stop = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort without saving)")
+        t.stop_requested = True
+        if t.dist.main:
+            tqdm.write("stopping after this step (Ctrl-C again to abort without saving)")
 
     try:  # SIGTERM too: schedulers (SLURM, Kubernetes, systemd) send it before SIGKILL
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
         previous = {}
-    bar = tqdm(total=total, initial=t.step, unit="step", disable=not cfg.progress,
+    bar = tqdm(total=total, initial=t.step, unit="step",
+               disable=not (cfg.progress and t.dist.main),
                dynamic_ncols=True, mininterval=1.0)
     t.tick = time.perf_counter()  # images/s: wall time per log window, data and all
     try:
@@ -325,51 +341,82 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
         log.close()
     where = out / "checkpoints" / "latest.pt"
     if t.stop:
-        raise P2PError(f"interrupted at step {t.step}; saved {where}; continue with --resume")
-    print(f"done: step {t.step}, epoch {t.epoch}; checkpoint {where}")
+        raise t.dist.shared(P2PError(f"interrupted at step {t.step}; saved {where}; continue "
+                                     "with --resume"))
+    if t.dist.main:
+        print(f"done: step {t.step}, epoch {t.epoch}; checkpoint {where}")
 
 
 def main(cfg: TrainConfig) -> Trainer:
     device = resolve_device(cfg.device, cfg.amp)
+    precision.configure(device, cfg.tf32)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    with distributed.job(device) as env:  # one process, or one rank of a torchrun job
+        return run(cfg, env)
+
+
+def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
     if cfg.lab_colorization and cfg.direction != "AtoB":
         raise DataError("--direction has no meaning with --lab-colorization (L -> ab)")
     if cfg.lab_colorization and (cfg.data_a or cfg.data_b):
         raise DataError("--lab-colorization takes one folder of colour images (--data)")
     if not (cfg.data or cfg.data_a or cfg.data_b):
         raise DataError("no training data: give --data DIR|NAME or --data-a DIR --data-b DIR")
-    root = datasets.resolve(cfg.data) if cfg.data else None
-    train_ds, sample_ds = data.build_datasets(
+    env.check_flags(cfg.norm)
+
+
+def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
+    """Set up and train. Under torchrun every step that may fail is agreed (``env.agree``):
+    all ranks raise, rank 0 reports; rank 0 alone downloads and writes the run folder."""
+    device = env.device
+    env.agree(_check_flags, cfg, env)
+
+    def find_data():
+        return datasets.resolve(cfg.data) if cfg.data else None
+
+    root = env.main_first(find_data, find_data)  # rank 0 downloads a named set first
+    train_ds, sample_ds = env.agree(lambda: data.build_datasets(
         root, Path(cfg.data_a) if cfg.data_a else None, Path(cfg.data_b) if cfg.data_b else None,
-        cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed)
+        cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed,
+        check=False))
+    env.check_images(train_ds)
     lab = cfg.lab_colorization
     model_cfg = ModelConfig(in_channels=1 if lab else 3, out_channels=2 if lab else 3,
-                            image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf, norm=cfg.norm)
+                            image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf,
+                            norm=distributed.model_norm(cfg.norm))
     task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
             "data": cfg.data or f"{cfg.data_a}|{cfg.data_b}"}
     out = Path(cfg.output)
-    state = prepare_output(out, cfg.resume, cfg.overwrite)
+    latest = out / "checkpoints" / "latest.pt"
+    state = env.main_first(lambda: prepare_output(out, cfg.resume, cfg.overwrite),
+                           lambda: checkpoint.load_checkpoint(latest) if cfg.resume else None)
     # Seed before building the networks: init weights and dropout masks follow the seed.
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     t = Trainer(cfg, model_cfg, task, device)
+    env.seed(cfg.seed)
     if state is not None:
-        t.load_state_dict(state, out / "checkpoints" / "latest.pt")
-        print(f"resuming {out} at step {t.step} (epoch {t.epoch})")
-    elif cfg.init_from:
-        init = init_from(t.G, t.D, model_cfg, cfg.init_from, cfg.init_from_d)
-        print(f"starting from {init['generator']} ({init['format']}, step {init['step']}, "
-              f"sha256 {init['generator_sha256'][:12]}...); fresh optimizers and schedule")
+        env.agree(lambda: t.load_state_dict(env.resume_state(state, latest), latest))
+        if env.main:
+            print(f"resuming {out} at step {t.step} (epoch {t.epoch})")
+    elif cfg.init_from:  # every rank loads the same file before DDP wraps the networks
+        init = env.agree(init_from, t.G, t.D, model_cfg, cfg.init_from, cfg.init_from_d)
+        if env.main:
+            print(f"starting from {init['generator']} ({init['format']}, step "
+                  f"{init['step']}, sha256 {init['generator_sha256'][:12]}...); fresh "
+                  "optimizers and schedule")
     if cfg.init_from:  # where the weights started: kept through resumes (init is not redone)
         task["init"] = init if state is None else state["task"].get("init")
+    env.wrap(t)
     run_info = {"train": asdict(cfg), "model": asdict(model_cfg), "task": task,
-                "data_path": str(root or ""), "device": str(device),
+                "data_path": str(root or ""), "device": str(device), "world_size": env.world,
                 "train_images": len(train_ds), "sample_images": len(sample_ds)}
-    checkpoint.atomic_write(out / "config.json",
-                            lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
-    print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
+    if env.main:
+        checkpoint.atomic_write(out / "config.json",
+                                lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
+        print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
+    env.announce(cfg.batch_size)
     fit(t, train_ds, sample_ds, out)
     return t
-
