@@ -12,11 +12,13 @@ import click
 
 from p2p.cli.common import handle_errors
 from p2p.runtime.engine import PROVIDERS
+from p2p.runtime.precision import PRECISIONS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Exported .onnx model [default: the newest *.onnx under runs/].")
+@click.option("--model", "-m", type=click.Path(exists=True, path_type=Path),
+              help="Exported .onnx model, or a run/export folder (its fastest verified "
+                   "model) [default: the newest *.onnx under runs/].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)

@@ -172,7 +172,7 @@ def export_graph(graph: nn.Module, loaded: Loaded, opset: int,
 # --- metadata and files ------------------------------------------------------------------
 
 def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool,
-             int8=None) -> ModelMetadata:
+             int8=None, verified: bool = True) -> ModelMetadata:
     """The file's self-description; ``int8``: the ``export.int8.Calibration`` of an INT8 file."""
     try:
         p2p_version = version("p2p")
@@ -189,7 +189,7 @@ def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool,
         checkpoint_sha256=loaded.sha256, source=loaded.source, p2p_version=p2p_version,
         precision="int8" if int8 else "fp16" if fp16 else "fp32",
         calibration_images=int8.count if int8 else 0,
-        calibration_sha256=int8.sha256 if int8 else "")
+        calibration_sha256=int8.sha256 if int8 else "", verified=verified)
 
 
 def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProto:
@@ -262,7 +262,8 @@ def int8_model(cfg: ExportConfig, loaded: Loaded, graph: nn.Module, fp32: onnx.M
         int8.subpixel(sub)
         source = export_graph(sub, loaded, cfg.opset, cfg.dynamic_size)
     quantized = int8.quantize(source, calib, INPUT)
-    metas[path] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False, int8=calib)
+    metas[path] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False, int8=calib,
+                           verified=cfg.verify)
     print(f"int8: NNCF post-training quantization of every convolution, calibrated on "
           f"{calib.count} images from {folder} (sha256 {calib.sha256[:12]}...) in "
           f"{time.perf_counter() - t:.1f} s; normalisation kept in float32")
@@ -289,10 +290,12 @@ def main(cfg: ExportConfig) -> list[Path]:
     graph = inference_graph(loaded.generator, mc.norm, cfg.norm_mode)
     fp32 = export_graph(graph, loaded, cfg.opset, cfg.dynamic_size)
     out = cfg.output or default_output(loaded)
-    metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False)}
+    metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False,
+                              verified=cfg.verify)}
     models = {out: with_metadata(fp32, metas[out])}
     if cfg.fp16:
-        metas[fp16_path(out)] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=True)
+        metas[fp16_path(out)] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=True,
+                                          verified=cfg.verify)
         models[fp16_path(out)] = with_metadata(to_fp16(fp32), metas[fp16_path(out)])
     if cfg.int8:
         models.update(int8_model(cfg, loaded, graph, fp32, out, metas))

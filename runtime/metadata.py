@@ -50,6 +50,7 @@ class ModelMetadata:
     precision: str = ""
     calibration_images: int = 0  # int8: how many images NNCF calibrated on
     calibration_sha256: str = ""  # int8: SHA-256 over (name, file SHA-256) of that set
+    verified: bool = False  # p2p-export's checks passed (False: --no-verify, or older files)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):

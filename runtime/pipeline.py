@@ -26,6 +26,7 @@ from PIL import Image
 from . import gallery, images
 from .engine import Engine
 from .errors import DataError, ImageError, ModelError, P2PError
+from .precision import fastest_export
 
 TMP_SUFFIX = ".p2p-tmp"
 # Extensions of formats Pillow can open (not save-only ones such as .pdf).
@@ -41,7 +42,7 @@ class TranslateConfig:
     provider: str = "auto"
     batch_size: int = 8
     threads: int | None = None
-    precision: str | None = None  # openvino: fp32 (None) or bf16
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (p2p.runtime.precision)
     fmt: str = "png"
     split: str = "auto"
     model_size: bool = False
@@ -317,9 +318,13 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
     model = Path(cfg.model) if cfg.model else find_model()
+    if model.is_dir():  # a run or export folder: its fastest verified model, said out loud
+        model, why = fastest_export(model)
+        log(why)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")
+    log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
     jobs, refused = plan(cfg)

@@ -172,3 +172,45 @@ def open_backend(engine, provider: str, requested: str | None):
         backend.close()
         raise
     return backend, choice
+
+
+def fastest_export(folder: Path) -> tuple[Path, str]:
+    """The fastest verified model among the exports in ``folder`` (a run folder's
+    ``export/``, or the export folder itself), and one line that says why.
+
+    Ranked by ``model_rank``; an INT8 file is only taken when p2p-export verified it (its
+    metadata says so), a float one is taken either way (FP32 is exact by construction). Files
+    without p2p metadata are not models of ours and are skipped. ModelError when none is left.
+    """
+    import importlib.util
+
+    from .engine import read_metadata
+
+    folder = Path(folder)
+    where = folder / "export" if (folder / "export").is_dir() else folder
+    flags = cpu_flags()
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    found, unverified = [], []
+    for path in sorted(p for p in where.glob("*.onnx") if not p.name.startswith(".")):
+        try:
+            meta = read_metadata(path)
+        except ModelError:
+            continue
+        if meta.model_precision == "int8" and not meta.verified:
+            unverified.append(path.name)
+            continue
+        found.append((model_rank(meta.model_precision, has_openvino, flags), path.name, path,
+                      meta.model_precision))
+    if not found:
+        raise ModelError(f"{folder}: no p2p model (*.onnx with p2p metadata) in {where}; "
+                         "export one with p2p-export")
+    rank, _, path, precision = min(found)
+    others = ", ".join(name for _, name, p, _ in sorted(found) if p != path)
+    why = {0: "INT8 runs natively here (VNNI/AMX) on openvino",
+           1: "the float export" + ("" if has_openvino else " (INT8 needs openvino installed)"),
+           2: "the float export (INT8 is not known to be faster on this CPU or backend)",
+           3: "the only export"}[rank]
+    return path, (f"model: {path.name} ({precision}) from {where}: {why}"
+                  + (f"; also there: {others}" if others else "")
+                  + (f"; passed over (not verified): {', '.join(unverified)}"
+                     if unverified else ""))

@@ -54,7 +54,7 @@ class ServeConfig:
     port: int = 8000
     provider: str = "auto"
     threads: int | None = None  # engine CPU threads; None: physical cores
-    precision: str | None = None  # openvino: fp32 (None) or bf16
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (p2p.runtime.precision)
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_queue: int = 64  # requests admitted and not yet in a batch
@@ -284,10 +284,16 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
 
     log_line = log_line or (lambda msg: print(msg, file=sys.stderr))
     model = Path(cfg.model) if cfg.model else find_model()
+    if model.is_dir():  # a run or export folder: its fastest verified model, said out loud
+        from .precision import fastest_export
+
+        model, why = fastest_export(model)
+        log_line(why)
     engine = Engine(model, cfg.provider, cfg.max_batch, cfg.threads, precision=cfg.precision)
     m = engine.metadata
     log_line(f"model {model} ({m.direction}, {m.image_size}px"
              f"{', dynamic size' if m.dynamic_size else ''}) on {engine.describe()}")
+    log_line(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log_line(f"auto: skipped {provider}: {why}")
     log_line(f"micro-batching: up to {cfg.max_batch} images, waiting at most "
