@@ -20,9 +20,11 @@ FACADES = Path(os.environ.get("P2P_FACADES", REPO.parent / "shared" / "datasets"
 BATCH_SIZES = (1, 8, 16)
 E2E_IMAGES = 64
 GFLOP_PER_IMAGE = 12.1  # 6.05 GMAC for one 256x256 image through U-Net-256, ngf 64
-# (provider, precision) for the CPU; the bf16 one is the reduced-precision CPU path.
-CPU_CASES = (("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
-MIN_PSNR = 45.0  # reduced precision against the FP32 output, dB
+# (provider, precision) for the CPU; bf16 and int8 are the reduced-precision CPU paths (int8
+# runs the generator.int8.onnx written beside the benchmark model by p2p-export --int8).
+CPU_CASES = (("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
+MIN_PSNR = {"bf16": 45.0, "int8": 40.0}  # reduced precision against the FP32 output, dB
+E2E_AUTO_IMAGES = 400  # issue 11: p2p-translate (auto) on the 100 val images, each 4 times
 
 
 def _version(dist: str) -> str:
@@ -70,11 +72,42 @@ def measured_peak(tmp: Path, threads: int) -> dict[str, float]:
     return peak
 
 
+def matrix_peak(threads: int, n: int = 4096, rounds: int = 5) -> dict[str, float]:
+    """GFLOP/s (GOP/s for int8) of one large matrix product through a well-kept library:
+    torch's bf16 matmul (oneDNN, AMX tiles where the CPU has them) and ``torch._int_mm``
+    (INT8 x INT8 -> INT32). These are the matrix units a convolution can reach, which
+    AVX-512 FMA loops (peak.c) do not see. {} without torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    import time
+
+    torch.set_num_threads(threads)
+    out = {}
+    cases = {"bf16_matmul": (lambda: torch.randn(n, n).to(torch.bfloat16), torch.matmul),
+             "int8_matmul": (lambda: torch.randint(-128, 128, (n, n), dtype=torch.int8),
+                             getattr(torch, "_int_mm", None))}
+    for name, (make, op) in cases.items():
+        if op is None:
+            continue
+        try:
+            a, b = make(), make()
+            op(a, b)
+            t = time.perf_counter()
+            for _ in range(rounds):
+                op(a, b)
+            out[name] = 2 * n ** 3 * rounds / (time.perf_counter() - t) / 1e9
+        except RuntimeError:  # no CPU kernel for this dtype in this torch
+            continue
+    return out
+
+
 def make_engine(model, provider: str, precision: str, batch_size: int):
     """The Engine on exactly this provider and precision, or a skip that says why not."""
     from p2p.runtime.engine import Engine
 
-    extra = {} if precision in ("fp32", "default") else {"precision": precision}
+    extra = {"precision": "fp32" if precision == "default" else precision}
     try:
         engine = Engine(model, provider, batch_size=batch_size, **extra)
     except TypeError as e:  # this Engine has no precision= yet
