@@ -165,10 +165,14 @@ def _to_array(orig: Image.Image, half: str | None, meta: ModelMetadata) -> Prepa
     else:
         if meta.in_channels == 1:
             img = img.convert("L")
-        a = np.asarray(img, np.float32)
+        a = np.asarray(img)  # uint8 (H, W[, C])
         a = a[:, :, None] if a.ndim == 2 else a
         lo, hi = meta.value_range
-        x = (a * ((hi - lo) / 255.0) + lo).transpose(2, 0, 1)
+        # Two passes straight into the (C, H, W) float32 result: at 100+ images/s on two
+        # cores every copy of the image counts (was four: cast, scale, shift, transpose).
+        x = np.empty((a.shape[2], a.shape[0], a.shape[1]), np.float32)
+        np.multiply(a.transpose(2, 0, 1), np.float32((hi - lo) / 255.0), out=x)
+        x += np.float32(lo)
     if meta.dynamic_size:
         x = pad_to_multiple(x, meta.size_multiple)
     return Prepared(np.ascontiguousarray(x, np.float32), orig.size, half, lightness)
