@@ -26,8 +26,10 @@ from p2p.runtime.precision import PRECISIONS
               help="Where the model runs; anything but auto fails rather than fall back.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU inference threads [default: physical cores].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="openvino: bf16 runs on AVX512_BF16/AMX CPUs [default: fp32].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: an INT8 file runs INT8; a float file BF16 on openvino where the "
+                   "CPU has native BF16 (AMX/AVX512_BF16), else FP32. fp32: the exact path. "
+                   "A precision that cannot run here is an error, never a substitute.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most requests run together in one engine batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,

@@ -156,3 +156,26 @@ def test_subpixel_form_is_the_same_up_convolution():
         got = seq(x)
     assert got.shape == want.shape == (2, 5, 14, 18)
     assert torch.abs(got - want).max() < 1e-5
+
+
+def test_translate_a_run_folder_uses_its_fastest_verified_model(run, tmp_path):
+    from click.testing import CliRunner
+
+    from p2p.cli.translate import main as translate
+    from p2p.runtime.precision import INT8_FLAGS, cpu_flags, native
+
+    inputs = _save(tmp_path / "in", images(3, seed=5))
+    r = CliRunner().invoke(translate, [str(inputs), "--model", str(run["root"] / "run"),
+                                       "-o", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 0, r.output
+    pytest.importorskip("openvino")
+    want = "int8" if native(cpu_flags(), INT8_FLAGS) else "fp32"
+    name = "generator.int8.onnx" if want == "int8" else "generator.onnx"
+    assert f"model: {name} ({want}) from {run['root'] / 'run' / 'export'}" in r.output
+    assert re.search(r"^precision (int8|bf16|fp32): (auto): ", r.output, re.M)
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    # A precision the file cannot run is an error, never a substitute.
+    r = CliRunner().invoke(translate, [str(inputs), "--model", str(run["int8"]),
+                                       "--precision", "fp32", "-o", str(tmp_path / "o2")])
+    assert r.exit_code == 1 and "INT8 export: it cannot run fp32" in r.output
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").glob("*.png"))
