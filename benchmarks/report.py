@@ -7,7 +7,8 @@ of the same run and batch size, "% of peak" is to the peak measured by ``peak.c`
 same run (the issue's figures, 42 and 77 images/s, only when no measurement exists), and
 each target of issues 5 and 11 is checked with its measured value. The roofline knows AMX:
 BF16 and INT8 rows are put against the matrix peak measured through oneDNN (torch bf16
-matmul, ``torch._int_mm``) when the run has it, not only against AVX-512 FMA loops.
+matmul, ``torch._int_mm``, OpenVINO bf16/INT8 MatMul) when the run has it, not only
+against AVX-512 FMA loops.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def peaks(machine) -> tuple[dict, str]:
         matrix = measured.get(f"{precision}_matmul")
         if matrix:
             out[precision] = max(matrix, out.get(precision, 0.0))
-    return out, "measured in this run (peak.c FMA loops; torch bf16 matmul / _int_mm for AMX)"
+    return out, "measured in this run (peak.c FMA loops; matrix products in torch/openvino)"
 
 
 def model_table(cases, machine) -> list[str]:
@@ -189,8 +190,11 @@ def machine_lines(machine) -> list[str]:
         f"GFLOP/s = {fmt(machine.get('peak_images_per_s', {}).get('fp32'))} / "
         f"{fmt(machine.get('peak_images_per_s', {}).get('bf16'))} images/s at 12.1 GFLOP an "
         f"image ({source})",
-        f"- Matrix peak (oneDNN via torch): BF16 {fmt(gf.get('bf16_matmul'), '.0f')} GFLOP/s, "
-        f"INT8 {fmt(gf.get('int8_matmul'), '.0f')} GOP/s",
+        f"- Matrix peak (AMX/VNNI through oneDNN): BF16 {fmt(gf.get('bf16_matmul'), '.0f')} "
+        f"GFLOP/s (torch {fmt(gf.get('bf16_matmul_torch'), '.0f')}, openvino "
+        f"{fmt(gf.get('bf16_matmul_openvino'), '.0f')}), INT8 {fmt(gf.get('int8_matmul'), '.0f')}"
+        f" GOP/s (torch _int_mm {fmt(gf.get('int8_matmul_torch'), '.0f')}, openvino "
+        f"{fmt(gf.get('int8_matmul_openvino'), '.0f')})",
         f"- CPU flags: {' '.join(machine.get('flags', [])) or '?'}",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- Run: {machine.get('datetime', '')}",
