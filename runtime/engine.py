@@ -3,9 +3,11 @@
 The public surface is the contract that ``p2p.export`` (validation), ``p2p-translate``,
 ``p2p-serve`` and the benchmarks use:
 
-    engine = Engine(path, provider="auto", batch_size=8, threads=None)
+    engine = Engine(path, provider="auto", batch_size=8, threads=None, precision="auto")
     engine.metadata   # ModelMetadata read from the file
     engine.provider   # the provider that actually runs ("cpu", "cuda", ...), never a wish
+    engine.precision  # what runs ("fp32", "bf16", "int8", "fp16"); engine.choice.why says why
+                      # (the rule: p2p.runtime.precision)
     engine.run(x)     # NCHW float32 in [-1, 1], any batch size -> NCHW float32 in [-1, 1]
 
 Everything about the model (names, sizes, dtype, colour space) comes from its metadata. The

@@ -318,8 +318,10 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
     model = Path(cfg.model) if cfg.model else find_model()
-    if model.is_dir():  # a run or export folder: its fastest verified model, said out loud
-        model, why = fastest_export(model)
+    # A run or export folder (or, with no --model, the newest run's export/): its fastest
+    # verified model, said out loud.
+    if model.is_dir() or (cfg.model is None and model.parent.name == "export"):
+        model, why = fastest_export(model if model.is_dir() else model.parent)
         log(why)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"

@@ -284,10 +284,12 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
 
     log_line = log_line or (lambda msg: print(msg, file=sys.stderr))
     model = Path(cfg.model) if cfg.model else find_model()
-    if model.is_dir():  # a run or export folder: its fastest verified model, said out loud
+    # A run or export folder (or, with no --model, the newest run's export/): its fastest
+    # verified model, said out loud.
+    if model.is_dir() or (cfg.model is None and model.parent.name == "export"):
         from .precision import fastest_export
 
-        model, why = fastest_export(model)
+        model, why = fastest_export(model if model.is_dir() else model.parent)
         log_line(why)
     engine = Engine(model, cfg.provider, cfg.max_batch, cfg.threads, precision=cfg.precision)
     m = engine.metadata
