@@ -219,9 +219,14 @@ def to_image(y: np.ndarray, prep: Prepared, meta: ModelMetadata,
         rgb = color.lab_to_rgb(color.model_to_lab(L[..., None], ab))
         return Image.fromarray(np.rint(rgb * 255.0).astype(np.uint8))
     lo, hi = meta.value_range
-    u8 = np.clip(np.rint((y - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
-    img = Image.fromarray(u8[0]) if len(u8) == 1 else Image.fromarray(
-        np.ascontiguousarray(u8[:3].transpose(1, 2, 0)))
+    # The same float32 arithmetic as (y - lo) * k -> rint -> clip -> uint8, in place on one
+    # (H, W[, 3]) buffer: the transpose happens in the first pass instead of as a copy after.
+    planes = y[0] if len(y) == 1 else y[:3].transpose(1, 2, 0)
+    v = np.subtract(planes, np.float32(lo), order="C", dtype=np.float32)
+    v *= np.float32(255.0 / (hi - lo))
+    np.rint(v, out=v)
+    np.clip(v, 0, 255, out=v)
+    img = Image.fromarray(v.astype(np.uint8))
     return img if img.size == target else img.resize(target, Image.BICUBIC)
 
 
