@@ -179,3 +179,12 @@ def test_translate_a_run_folder_uses_its_fastest_verified_model(run, tmp_path):
                                        "--precision", "fp32", "-o", str(tmp_path / "o2")])
     assert r.exit_code == 1 and "INT8 export: it cannot run fp32" in r.output
     assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").glob("*.png"))
+
+
+def test_no_verify_int8_says_so_in_its_metadata(run, tmp_path):
+    out = tmp_path / "gen.onnx"
+    export(ExportConfig(source=run["ckpt"], output=out, int8=True, calibration=run["calib"],
+                        calibration_images=2, verify=False))
+    meta = read_metadata(int8.int8_path(out))
+    assert meta.model_precision == "int8" and meta.calibration_images == 2
+    assert not meta.verified  # so --model <folder> never picks it over the float export
