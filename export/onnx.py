@@ -335,6 +335,9 @@ def main(cfg: ExportConfig) -> list[Path]:
         name = triton_name(cfg, loaded)
         for final in list(models):
             precision = metas[final].model_precision
+            if precision == "int8":  # the repository is for GPUs (KIND_GPU + TensorRT)
+                print(f"Triton: {final.name} not added (an INT8 export for CPUs)")
+                continue
             model_name = name + ("" if precision == "fp32" else "_" + precision)
             written += triton.write_model(cfg.triton, model_name, final, metas[final],
                                           cfg.triton_max_batch)

@@ -73,10 +73,14 @@ def choose(requested: str | None, model_precision: str, provider: str,
     if requested not in PRECISIONS:
         raise ProviderError(f"precision {requested!r} is not one of {choices(PRECISIONS)}")
     if model_precision == "int8":
-        if provider == "cuda":  # CUDA EP runs QDQ as float Conv between (de)quantize ops
-            raise ProviderError(f"provider cuda: {model} is INT8 (QDQ), which onnxruntime's "
-                                "CUDA provider runs as float; use --provider tensorrt or "
-                                "openvino, or the float export")
+        if provider in ("cuda", "tensorrt"):
+            # CUDA EP runs QDQ as float Conv between (de)quantize ops; TensorRT takes only
+            # signed symmetric INT8 Q/DQ, and NNCF's CPU recipe writes unsigned activations
+            # after ReLU, which onnxruntime would hand back to CUDA in float. Unverified on
+            # GPUs, so refused rather than reported as INT8.
+            raise ProviderError(f"provider {provider}: {model} is an INT8 (QDQ) export for "
+                                "CPUs (openvino, onnxruntime cpu); on a GPU use the float or "
+                                "FP16 export")
         if requested in ("auto", "int8"):
             slow = ("; onnxruntime's CPU INT8 measured slower than its FP32 on a 2-core AMX "
                     "Xeon (pip install 'p2p[openvino]' or use generator.onnx)"

@@ -58,7 +58,8 @@ def test_int8_file_runs_int8_under_auto_and_int8():
     ("int8", "fp32", "openvino", AMX, ModelError, "needs an INT8 file"),
     ("fp32", "int8", "openvino", AMX, ModelError, "INT8 export: it cannot run fp32"),
     ("bf16", "int8", "openvino", AMX, ModelError, "INT8 export: it cannot run bf16"),
-    ("auto", "int8", "cuda", AMX, ProviderError, "runs as float"),
+    ("auto", "int8", "cuda", AMX, ProviderError, "export for CPUs"),
+    ("int8", "int8", "tensorrt", AMX, ProviderError, "export for CPUs"),
     ("bf16", "fp16", "openvino", AMX, ModelError, "FP16 export"),
     ("fp16", "fp32", "openvino", AMX, ProviderError, "not one of"),
 ])
