@@ -1,5 +1,5 @@
 # One command per job, each doing its own set-up (a virtual environment in .venv).
-#   make demo   train -> export -> translate on facades (short CPU schedule, ~15 min)
+#   make demo   train -> export (FP32, FP16, INT8) -> translate with the fastest verified model
 #   make test   the test suite (what CI runs)
 #   make bench  the throughput suite (benchmarks/, never part of `make test`)
 VENV    ?= .venv
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,cpu,dev,process,serve,openvino]'
+	$(PY) -m pip install -q -e '.[train,cpu,dev,process,serve,openvino,int8]'
 	touch $@
 
 # The browser test drives Debian's chromium (never a downloaded browser); install it when
@@ -40,8 +40,10 @@ DEMO_STEPS ?= 1000
 demo: setup
 	$(BIN)/p2p-train --data facades --direction BtoA --max-steps $(DEMO_STEPS) \
 		--sample-every 250 --save-every 500 --snapshot-every 0 --output runs/facades-demo --overwrite
-	$(BIN)/p2p-export runs/facades-demo --fp16
-	$(BIN)/p2p-translate $(P2P_DATA)/facades/val --model runs/facades-demo/export/generator.onnx \
+	$(BIN)/p2p-export runs/facades-demo --fp16 --int8
+	# --model <run folder>: the fastest verified export (INT8 where it runs natively), said out
+	# loud on the first lines, with the precision chosen (auto) and why.
+	$(BIN)/p2p-translate $(P2P_DATA)/facades/val --model runs/facades-demo \
 		--output runs/facades-demo/val-translated --html --overwrite
 	$(BIN)/p2p-eval runs/facades-demo/val-translated --targets-from $(P2P_DATA)/facades/val \
 		--direction BtoA --json runs/facades-demo/val-metrics.json
@@ -50,8 +52,8 @@ demo: setup
 demo-full: setup
 	$(BIN)/p2p-train --data facades --direction BtoA --epochs 100 --epochs-decay 100 \
 		--output runs/facades
-	$(BIN)/p2p-export runs/facades --fp16
-	$(BIN)/p2p-translate $(P2P_DATA)/facades/val --model runs/facades/export/generator.onnx \
+	$(BIN)/p2p-export runs/facades --fp16 --int8
+	$(BIN)/p2p-translate $(P2P_DATA)/facades/val --model runs/facades \
 		--output runs/facades/val-translated --html --overwrite
 
 clean:

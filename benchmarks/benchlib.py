@@ -21,9 +21,11 @@ FACADES = Path(os.environ.get("P2P_FACADES", REPO.parent / "shared" / "datasets"
 BATCH_SIZES = (1, 8, 16)
 E2E_IMAGES = 64
 GFLOP_PER_IMAGE = 12.1  # 6.05 GMAC for one 256x256 image through U-Net-256, ngf 64
-# (provider, precision) for the CPU; the bf16 one is the reduced-precision CPU path.
-CPU_CASES = (("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
-MIN_PSNR = 45.0  # reduced precision against the FP32 output, dB
+# (provider, precision) for the CPU; bf16 and int8 are the reduced-precision CPU paths (int8
+# runs the generator.int8.onnx written beside the benchmark model by p2p-export --int8).
+CPU_CASES = (("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
+MIN_PSNR = {"bf16": 45.0, "int8": 40.0}  # reduced precision against the FP32 output, dB
+E2E_AUTO_IMAGES = 400  # issue 11: p2p-translate (auto) on the 100 val images, each 4 times
 
 
 def _version(dist: str) -> str:
@@ -71,11 +73,79 @@ def measured_peak(tmp: Path, threads: int) -> dict[str, float]:
     return peak
 
 
+def matrix_peak(threads: int, n: int = 2048, rounds: int = 5) -> dict[str, float]:
+    """GFLOP/s (GOP/s for INT8) of one large matrix product through well-kept libraries, the
+    matrix units (AMX tiles, VNNI) a convolution can reach and AVX-512 FMA loops (peak.c) do
+    not see: torch's bf16 matmul and ``torch._int_mm`` (oneDNN), and OpenVINO's MatMul in bf16
+    and INT8 (a FakeQuantize'd input times INT8 weights: its low-precision path, the one the
+    INT8 generator runs; ``torch._int_mm`` on CPU measured well below it here). Each of
+    ``bf16_matmul`` / ``int8_matmul`` is the best library's figure; ``*_torch`` / ``*_openvino``
+    keep each one. {} when neither library is installed."""
+    import time
+
+    out: dict[str, float] = {}
+
+    def timed(name, fn):
+        try:
+            fn()
+            t = time.perf_counter()
+            for _ in range(rounds):
+                fn()
+            out[name] = 2 * n ** 3 * rounds / (time.perf_counter() - t) / 1e9
+        except (RuntimeError, TypeError):  # no kernel for this dtype in this build
+            pass
+
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        a, b = torch.randn(n, n).to(torch.bfloat16), torch.randn(n, n).to(torch.bfloat16)
+        timed("bf16_matmul_torch", lambda: torch.matmul(a, b))
+        i, j = (torch.randint(-128, 128, (n, n), dtype=torch.int8) for _ in range(2))
+        if hasattr(torch, "_int_mm"):
+            timed("int8_matmul_torch", lambda: torch._int_mm(i, j))
+    except ImportError:
+        pass
+    try:
+        for precision in ("bf16", "int8"):
+            request, x = _openvino_matmul(precision, n, threads)
+            timed(f"{precision}_matmul_openvino", lambda: request.infer({0: x}))
+    except ImportError:
+        pass
+    for precision in ("bf16", "int8"):
+        found = [v for k, v in out.items() if k.startswith(f"{precision}_matmul_")]
+        if found:
+            out[f"{precision}_matmul"] = max(found)
+    return out
+
+
+def _openvino_matmul(precision: str, n: int, threads: int):
+    """An (n x n) @ (n x n) OpenVINO model in ``precision``; returns (infer request, input)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([n, n], np.float32, name="x")
+    w = np.random.default_rng(0).integers(-127, 128, (n, n)).astype(np.int8)
+    if precision == "int8":  # what NNCF's QDQ becomes: FakeQuantize in, INT8 weights
+        one = ops.constant(np.float32(1))
+        lo = ops.constant(np.float32(-1))
+        xq = ops.fake_quantize(x, lo, one, lo, one, 256)
+        y = ops.matmul(xq, ops.multiply(ops.convert(ops.constant(w), np.float32),
+                                        ops.constant(np.float32(0.01))), False, True)
+    else:
+        y = ops.matmul(x, ops.constant(w.astype(np.float32)), False, True)
+    compiled = ov.Core().compile_model(ov.Model([y], [x]), "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"})
+    x = np.random.default_rng(1).uniform(-1, 1, (n, n)).astype(np.float32)
+    return compiled.create_infer_request(), x
+
+
 def make_engine(model, provider: str, precision: str, batch_size: int):
     """The Engine on exactly this provider and precision, or a skip that says why not."""
     from p2p.runtime.engine import Engine
 
-    extra = {} if precision in ("fp32", "default") else {"precision": precision}
+    extra = {"precision": "fp32" if precision == "default" else precision}
     try:
         engine = Engine(model, provider, batch_size=batch_size, **extra)
     except TypeError as e:  # this Engine has no precision= yet

@@ -6,10 +6,13 @@ Run (see BENCHMARKS.md):  pytest benchmarks/ --benchmark-only --benchmark-json=b
 Environment: P2P_BENCH_MODEL=<exported .onnx> benchmarks that model instead of a freshly
 exported random-weight generator (speed does not depend on the weights; the bf16 PSNR does);
 P2P_BENCH_NORM=running exports with BatchNorm folded instead of per-image normalisation.
+The INT8 cases run <model>.int8.onnx beside it: written here with p2p-export --int8
+(calibrated on 48 facades train label maps), or the one beside P2P_BENCH_MODEL.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from pathlib import Path
@@ -19,7 +22,7 @@ import pytest
 from PIL import Image
 
 from benchlib import (BATCH_SIZES, FACADES, GFLOP_PER_IMAGE, _version, cpu_flags, cpu_model,
-                      measured_peak)
+                      matrix_peak, measured_peak)
 from p2p.runtime.host import physical_cores
 from p2p.runtime.images import open_rgb
 
@@ -29,12 +32,15 @@ def machine(tmp_path_factory) -> dict:
     cores = physical_cores()
     flags = cpu_flags()
     gflops = measured_peak(tmp_path_factory.mktemp("peak"), cores)
+    # The AMX-aware roofline: the matrix units through oneDNN (torch), BF16 and INT8.
+    gflops.update(matrix_peak(cores))
     return {
         "cpu": cpu_model(),
         "physical_cores": cores,
         "logical_cpus": os.cpu_count(),
         "avx512_bf16": "avx512_bf16" in flags,
         "amx": "amx_bf16" in flags,
+        "flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni"))),
         "peak_gflops": gflops,
         "peak_images_per_s": {k: round(v / GFLOP_PER_IMAGE, 2) for k, v in gflops.items()},
         "versions": {"python": platform.python_version(), "p2p": _version("p2p"),
@@ -73,6 +79,7 @@ def model_path(tmp_path_factory) -> Path:
     from p2p.export.load import Overrides
     from p2p.export.onnx import ExportConfig
     from p2p.export.onnx import main as export
+    from p2p.runtime.errors import ExportError
     from p2p.trainer.models import ModelConfig, UnetGenerator, init_weights
 
     folder = tmp_path_factory.mktemp("model")
@@ -81,10 +88,24 @@ def model_path(tmp_path_factory) -> Path:
     # A pix2pix (junyanz layout) generator state_dict: the shortest valid export source.
     torch.save(generator.state_dict(), folder / "latest_net_G.pth")
     out = folder / "generator.onnx"
-    export(ExportConfig(source=folder / "latest_net_G.pth", output=out, verify=False,
-                        norm_mode=os.environ.get("P2P_BENCH_NORM", "per-image"),
-                        overrides=Overrides(direction="BtoA")))
+    cfg = ExportConfig(source=folder / "latest_net_G.pth", output=out,
+                       norm_mode=os.environ.get("P2P_BENCH_NORM", "per-image"),
+                       overrides=Overrides(direction="BtoA"), int8=True,
+                       calibration=FACADES / "train", calibration_images=48)
+    try:  # verified, so that `p2p-translate --model <folder>` may pick the INT8 file
+        export(cfg)
+    except ExportError as e:  # INT8 below 40 dB on these weights: the INT8 cases skip
+        print(f"benchmark model: {e}; exporting FP32 only")
+        export(dataclasses.replace(cfg, int8=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def int8_model_path(model_path) -> Path:
+    path = model_path.with_name(model_path.stem + ".int8" + model_path.suffix)
+    if not path.is_file():
+        pytest.skip(f"no INT8 export beside {model_path} (p2p-export --int8)")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,10 @@
 Everything comes from one run, side by side: ratios are to the PyTorch eager NCHW baseline
 of the same run and batch size, "% of peak" is to the peak measured by ``peak.c`` in the
 same run (the issue's figures, 42 and 77 images/s, only when no measurement exists), and
-each target of issue 5 is checked with its measured value.
+each target of issues 5 and 11 is checked with its measured value. The roofline knows AMX:
+BF16 and INT8 rows are put against the matrix peak measured through oneDNN (torch bf16
+matmul, ``torch._int_mm``, OpenVINO bf16/INT8 MatMul) when the run has it, not only
+against AVX-512 FMA loops.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from pathlib import Path
 
 ISSUE_PEAK = {"fp32": 42.0, "bf16": 77.0}  # images/s; issue 5's estimate for this machine
 ENGINE_ROWS = [("eager", "torch-nchw", "fp32"), ("eager", "torch-channels_last", "fp32"),
+               ("eager", "torch-channels_last", "bf16"),
                ("engine", "cpu", "fp32"), ("engine", "openvino", "fp32"),
-               ("engine", "openvino", "bf16")]
-E2E_ROWS = [("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+               ("engine", "openvino", "bf16"), ("engine", "openvino", "int8")]
+E2E_ROWS = [("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
 BATCHES = (1, 8, 16)
 
 
@@ -45,10 +49,17 @@ def rate(cases, *key):
 
 
 def peaks(machine) -> tuple[dict, str]:
+    """images/s per precision at the roofline: the matrix-unit peak (AMX via oneDNN) where
+    the run measured one, else peak.c's vector peak, else the issue's estimate."""
     measured = machine.get("peak_images_per_s") or {}
-    if "fp32" in measured:
-        return {**ISSUE_PEAK, **measured}, "measured by benchmarks/peak.c in this run"
-    return ISSUE_PEAK, "issue 5's estimate (no measurement in this run)"
+    if "fp32" not in measured and "bf16_matmul" not in measured:
+        return ISSUE_PEAK, "issue 5's estimate (no measurement in this run)"
+    out = {**ISSUE_PEAK, **{k: v for k, v in measured.items() if k in ("fp32", "bf16")}}
+    for precision in ("bf16", "int8"):
+        matrix = measured.get(f"{precision}_matmul")
+        if matrix:
+            out[precision] = max(matrix, out.get(precision, 0.0))
+    return out, "measured in this run (peak.c FMA loops; matrix products in torch/openvino)"
 
 
 def model_table(cases, machine) -> list[str]:
@@ -65,7 +76,8 @@ def model_table(cases, machine) -> list[str]:
         ratio = r8 / base if r8 and base else None
         pct = 100 * r8 / peak[precision] if r8 and precision in peak else None
         e8 = cases.get((kind, provider, precision, 8), {})
-        name = f"PyTorch eager, {provider[6:]}" if kind == "eager" else f"Engine, {provider}"
+        name = (f"PyTorch eager, {provider[6:]}" + (" autocast" if precision == "bf16" else "")
+                if kind == "eager" else f"Engine, {provider}")
         out.append(f"| {name} | {precision} | " + " | ".join(fmt(r) for r in rates)
                    + f" | {fmt(ratio, '.2f')}× | {fmt(pct, '.0f')}% | "
                    + (("reference" if provider == "cpu" else f"{e8['psnr_vs_fp32_db']:.1f} dB")
@@ -124,12 +136,45 @@ def targets(cases, machine) -> list[str]:
         if rss:
             row(f"Peak RSS, end to end batch 16, {provider} {precision}", f"{rss:.0f} MB",
                 "≤ 1536 MB", rss <= 1536)
+    rows += issue11_targets(cases, eager8)
     trt, eager_gpu = (rate(cases, k, p, q, 32) for k, p, q in
                       (("engine", "tensorrt", "fp16"), ("eager", "torch-cuda", "fp32")))
     gpu = trt / eager_gpu if trt and eager_gpu else None
     row("TensorRT FP16 batch 32 vs eager FP32 (GPU)", f"{fmt(gpu, '.2f')}×", "≥ 5×",
         None if gpu is None else gpu >= 5)
     return ["| target | measured | goal | |", "|---|---:|---|---|"] + rows
+
+
+def issue11_targets(cases, eager8) -> list[str]:
+    """Issue 11: INT8 >= 10x eager FP32 NCHW at >= 40 dB; p2p-translate auto (400 images, start-up
+    included) >= 5x; end to end INT8 >= 80% of model-only; BF16 >= 6x."""
+    rows = []
+
+    def row(what, value, goal, ok):
+        mark = "–" if ok is None else ("met" if ok else "**missed**")
+        rows.append(f"| {what} | {value} | {goal} | {mark} |")
+
+    def times(r):
+        return r / eager8 if r and eager8 else None
+
+    int8 = rate(cases, "engine", "openvino", "int8", 8)
+    x = times(int8)
+    row("INT8 model-only batch 8 vs eager FP32 NCHW batch 8", f"{fmt(x, '.2f')}×", "≥ 10×",
+        None if x is None else x >= 10)
+    db = cases.get(("engine", "openvino", "int8", 8), {}).get("psnr_vs_fp32_db")
+    row("INT8 PSNR vs FP32", f"{fmt(db)} dB", "≥ 40 dB", None if db is None else db >= 40)
+    auto = cases.get(("translate-auto", "auto", "auto", 8), {})
+    x = times(auto.get("images_per_s"))
+    row(f"p2p-translate auto, 400 images incl. start-up ({auto.get('ran_on', '?')}) vs eager "
+        "NCHW batch 8", f"{fmt(x, '.2f')}×", "≥ 5×", None if x is None else x >= 5)
+    e2e = rate(cases, "translate", "openvino", "int8", 8)
+    pct = 100 * e2e / int8 if e2e and int8 else None
+    row("End to end INT8 / INT8 model-only, batch 8", f"{fmt(pct, '.0f')}%", "≥ 80%",
+        None if pct is None else pct >= 80)
+    x = times(rate(cases, "engine", "openvino", "bf16", 8))
+    row("BF16 model-only batch 8 vs eager FP32 NCHW batch 8", f"{fmt(x, '.2f')}×", "≥ 6×",
+        None if x is None else x >= 6)
+    return rows
 
 
 def machine_lines(machine) -> list[str]:
@@ -145,6 +190,12 @@ def machine_lines(machine) -> list[str]:
         f"GFLOP/s = {fmt(machine.get('peak_images_per_s', {}).get('fp32'))} / "
         f"{fmt(machine.get('peak_images_per_s', {}).get('bf16'))} images/s at 12.1 GFLOP an "
         f"image ({source})",
+        f"- Matrix peak (AMX/VNNI through oneDNN): BF16 {fmt(gf.get('bf16_matmul'), '.0f')} "
+        f"GFLOP/s (torch {fmt(gf.get('bf16_matmul_torch'), '.0f')}, openvino "
+        f"{fmt(gf.get('bf16_matmul_openvino'), '.0f')}), INT8 {fmt(gf.get('int8_matmul'), '.0f')}"
+        f" GOP/s (torch _int_mm {fmt(gf.get('int8_matmul_torch'), '.0f')}, openvino "
+        f"{fmt(gf.get('int8_matmul_openvino'), '.0f')})",
+        f"- CPU flags: {' '.join(machine.get('flags', [])) or '?'}",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- Run: {machine.get('datetime', '')}",
     ]
@@ -157,7 +208,7 @@ def main():
     cases, machine = load(args.json)
     parts = ["### Model only (images/s, median of rounds)", *model_table(cases, machine), "",
              "### End to end: p2p-translate, 64 facades val images (images/s)",
-             *e2e_table(cases), "", "### Targets (issue 5)", *targets(cases, machine), "",
+             *e2e_table(cases), "", "### Targets (issues 5 and 11)", *targets(cases, machine), "",
              "### Machine", *machine_lines(machine)]
     print("\n".join(parts))
 

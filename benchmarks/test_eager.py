@@ -40,3 +40,22 @@ def test_eager_fp32(benchmark, machine, generator, images, layout, batch_size):
     y = benchmark.pedantic(run, rounds=5 if batch_size > 1 else 10, warmup_rounds=1)
     assert tuple(y.shape) == (batch_size, 3, 256, 256)
     finish(benchmark)
+
+
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+def test_eager_bf16_autocast(benchmark, machine, generator, images, batch_size):
+    """The best a PyTorch user gets without an export: channels_last under
+    ``torch.autocast("cpu", torch.bfloat16)`` (oneDNN's BF16/AMX convolutions)."""
+    benchmark.group = f"model-only, batch {batch_size}"
+    net = generator.to(memory_format=torch.channels_last)
+    x = torch.from_numpy(images[:batch_size]).contiguous(memory_format=torch.channels_last)
+    record(benchmark, machine, kind="eager", provider="torch-channels_last", precision="bf16",
+           batch_size=batch_size, images_per_round=batch_size, threads=torch.get_num_threads())
+
+    def run():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(x)
+
+    y = benchmark.pedantic(run, rounds=5 if batch_size > 1 else 10, warmup_rounds=1)
+    assert tuple(y.shape) == (batch_size, 3, 256, 256)
+    finish(benchmark)

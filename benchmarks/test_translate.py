@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from benchlib import BATCH_SIZES, CPU_CASES, E2E_IMAGES, record
+from benchlib import BATCH_SIZES, CPU_CASES, E2E_AUTO_IMAGES, E2E_IMAGES, record
 
 SUMMARY = re.compile(r"translated (\d+), skipped (\d+), failed (\d+) "
                      r"\(([\d.]+) images/s on (\w+)\)")
@@ -89,15 +89,15 @@ def run_once(cmd: list[str], out: Path) -> dict:
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
 @pytest.mark.parametrize("provider, precision", CPU_CASES)
 def test_translate_folder(benchmark, machine, model_path, folder, tmp_path, provider, precision,
-                          batch_size):
+                          batch_size, request):
     benchmark.group = f"end to end, batch {batch_size}"
     record(benchmark, machine, kind="translate", provider=provider, precision=precision,
            batch_size=batch_size, images_per_round=E2E_IMAGES)
     out = tmp_path / "out"
-    cmd = [str(translate_exe()), str(folder), "--model", str(model_path), "--output", str(out),
-           "--provider", provider, "--batch-size", str(batch_size), "--overwrite", "--quiet"]
-    if precision != "fp32":
-        cmd += ["--precision", precision]
+    model = request.getfixturevalue("int8_model_path") if precision == "int8" else model_path
+    cmd = [str(translate_exe()), str(folder), "--model", str(model), "--output", str(out),
+           "--provider", provider, "--batch-size", str(batch_size), "--overwrite", "--quiet",
+           "--precision", precision]
     runs = []
     benchmark.pedantic(lambda: runs.append(run_once(cmd, out)), rounds=3, warmup_rounds=1)
     for r in runs:
@@ -112,3 +112,36 @@ def test_translate_folder(benchmark, machine, model_path, folder, tmp_path, prov
         # CPU seconds of the whole process (start-up included): robust to other load.
         cpu_s=round(min(r["cpu_s"] for r in measured), 2),
         peak_rss_mb=max((round(r["rss_mb"], 1) for r in runs if r["rss_mb"]), default=None))
+
+
+@pytest.fixture(scope="session")
+def folder400(tmp_path_factory, facades_val) -> Path:
+    """Issue 11's end-to-end set: the 100 facades val images, each four times (400 files)."""
+    src = sorted(facades_val.glob("*.jpg"), key=lambda p: int(p.stem))[:100]
+    dst = tmp_path_factory.mktemp("e2e") / "val400"
+    dst.mkdir()
+    for k in range(E2E_AUTO_IMAGES // len(src)):
+        for p in src:
+            shutil.copy(p, dst / f"{k}_{p.name}")
+    return dst
+
+
+def test_translate_auto_400(benchmark, machine, model_path, folder400, tmp_path):
+    """What a user types: p2p-translate DIR --model <export folder>, no provider or precision
+    flag, so the fastest verified model and precision are chosen. The rate that counts here
+    is the wall clock of the whole process, start-up and model load included."""
+    n = len(list(folder400.iterdir()))
+    benchmark.group = "end to end, auto"
+    record(benchmark, machine, kind="translate-auto", provider="auto", precision="auto",
+           batch_size=8, images_per_round=n)
+    out = tmp_path / "out"
+    cmd = [str(translate_exe()), str(folder400), "--model", str(model_path.parent),
+           "--output", str(out), "--overwrite", "--quiet"]
+    runs = []
+    benchmark.pedantic(lambda: runs.append(run_once(cmd, out)), rounds=2, warmup_rounds=0)
+    for r in runs:
+        assert (r["translated"], r["failed"]) == (n, 0), r
+    walls = sorted(r["wall"] for r in runs)
+    benchmark.extra_info.update(
+        images_per_s=round(n / walls[0], 2), pipeline_images_per_s=max(r["rate"] for r in runs),
+        ran_on=runs[0]["provider"])

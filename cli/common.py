@@ -18,7 +18,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 # The pyproject extra that installs each optional top-level module.
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "tensorboard": "train",
           "onnxruntime": "cpu", "openvino": "openvino", "cv2": "process",
-          "starlette": "serve", "uvicorn": "serve"}
+          "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve",
+          "nncf": "int8"}
 
 
 def handle_errors(fn):

@@ -48,6 +48,10 @@ class ExportConfig:
     runs_dir: Path = Path("runs")
     output: Path | None = None  # None: <run>/export/generator.onnx
     fp16: bool = False  # also write <output stem>.fp16.onnx
+    int8: bool = False  # also write <output stem>.int8.onnx (NNCF post-training quantization)
+    calibration: Path | None = None  # int8 calibration images; None: the run's training inputs
+    calibration_images: int = 100  # at most this many (int8.MAX_CALIBRATION)
+    int8_min_psnr: float = 40.0  # dB against FP32 PyTorch, below which the INT8 file is refused
     opset: int = 17
     norm_mode: str = "per-image"
     dynamic_size: bool = False
@@ -167,7 +171,8 @@ def export_graph(graph: nn.Module, loaded: Loaded, opset: int,
 # --- metadata and files ------------------------------------------------------------------
 
 def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool,
-             source_url: str = "") -> ModelMetadata:
+             source_url: str = "", int8=None, verified: bool = True) -> ModelMetadata:
+    """The file's self-description; ``int8``: the ``export.int8.Calibration`` of an INT8 file."""
     try:
         p2p_version = version("p2p")
     except PackageNotFoundError:
@@ -181,7 +186,9 @@ def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool,
         input_dtype="float16" if fp16 else "float32", output_dtype="float32",
         input_name=INPUT, output_name=OUTPUT, training_step=loaded.step,
         checkpoint_sha256=loaded.sha256, source=loaded.source, source_url=source_url,
-        p2p_version=p2p_version)
+        p2p_version=p2p_version, precision="int8" if int8 else "fp16" if fp16 else "fp32",
+        calibration_images=int8.count if int8 else 0,
+        calibration_sha256=int8.sha256 if int8 else "", verified=verified)
 
 
 def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProto:
@@ -206,6 +213,34 @@ def triton_name(cfg: ExportConfig, loaded: Loaded) -> str:
     return name or "pix2pix"
 
 
+def int8_model(cfg: ExportConfig, loaded: Loaded, graph: nn.Module, fp32: onnx.ModelProto,
+               out: Path, metas: dict) -> dict:
+    """{<output stem>.int8.onnx: the quantized model}; its metadata goes into ``metas``."""
+    from . import int8
+
+    if not 1 <= cfg.calibration_images <= int8.MAX_CALIBRATION:
+        raise ExportError(f"--calibration-images {cfg.calibration_images} is outside "
+                          f"1..{int8.MAX_CALIBRATION}")
+    folder = cfg.calibration or int8.default_calibration(loaded)
+    path = int8.int8_path(out)
+    base = metas[out]
+    t = time.perf_counter()
+    calib = int8.load_calibration(folder, base, cfg.calibration_images)
+    source = fp32
+    if int8.SUBPIXEL:  # the other graph form, kept measurable (see export/int8.py)
+        sub = copy.deepcopy(graph)
+        int8.subpixel(sub)
+        source = export_graph(sub, loaded, cfg.opset, cfg.dynamic_size)
+    quantized = int8.quantize(source, calib, INPUT)
+    metas[path] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False,
+                           source_url=cfg.source_url, int8=calib,
+                           verified=cfg.verify)
+    print(f"int8: NNCF post-training quantization of every convolution, calibrated on "
+          f"{calib.count} images from {folder} (sha256 {calib.sha256[:12]}...) in "
+          f"{time.perf_counter() - t:.1f} s; normalisation kept in float32")
+    return {path: with_metadata(quantized, metas[path])}
+
+
 # --- the stage ---------------------------------------------------------------------------
 
 def main(cfg: ExportConfig) -> list[Path]:
@@ -226,12 +261,15 @@ def main(cfg: ExportConfig) -> list[Path]:
     graph = inference_graph(loaded.generator, mc.norm, cfg.norm_mode)
     fp32 = export_graph(graph, loaded, cfg.opset, cfg.dynamic_size)
     out = cfg.output or default_output(loaded)
-    metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, False, cfg.source_url)}
+    metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False,
+                           source_url=cfg.source_url, verified=cfg.verify)}
     models = {out: with_metadata(fp32, metas[out])}
     if cfg.fp16:
-        metas[fp16_path(out)] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, True,
-                                         cfg.source_url)
+        metas[fp16_path(out)] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=True,
+                                         source_url=cfg.source_url, verified=cfg.verify)
         models[fp16_path(out)] = with_metadata(to_fp16(fp32), metas[fp16_path(out)])
+    if cfg.int8:
+        models.update(int8_model(cfg, loaded, graph, fp32, out, metas))
     print(f"exported opset {cfg.opset} with torch.onnx (dynamo) in "
           f"{time.perf_counter() - t0:.1f} s")
 
@@ -252,7 +290,7 @@ def main(cfg: ExportConfig) -> list[Path]:
             inputs = verify.Inputs.build(loaded, cfg.val_images, cfg.dynamic_size)
             refs = verify.References(loaded.generator, cfg.norm_mode, inputs)
             for final, tmp in temps.items():
-                verify.verify(tmp, final.name, refs, metas[final])
+                verify.verify(tmp, final.name, refs, metas[final], cfg.int8_min_psnr)
         else:
             print("verification skipped (--no-verify): the files are unchecked")
         for final, tmp in temps.items():
@@ -269,7 +307,11 @@ def main(cfg: ExportConfig) -> list[Path]:
     if cfg.triton:
         name = triton_name(cfg, loaded)
         for final in list(models):
-            model_name = name + ("_fp16" if metas[final].input_dtype == "float16" else "")
+            precision = metas[final].model_precision
+            if precision == "int8":  # the repository is for GPUs (KIND_GPU + TensorRT)
+                print(f"Triton: {final.name} not added (an INT8 export for CPUs)")
+                continue
+            model_name = name + ("" if precision == "fp32" else "_" + precision)
             written += triton.write_model(cfg.triton, model_name, final, metas[final],
                                           cfg.triton_max_batch)
         print(f"Triton model repository: {cfg.triton}")

@@ -40,8 +40,11 @@ from .load import Loaded
 
 FP32_MAX_ABS = 1e-4  # onnxruntime vs PyTorch, FP32 model, values in [-1, 1]
 FP16_MIN_PSNR = 40.0  # dB over the [-1, 1] range, FP16 model vs FP32 PyTorch
-# Image k alone vs inside a batch: the same arithmetic, so only kernel-choice rounding.
-INVARIANCE_TOL = {"float32": 1e-5, "float16": 2e-3}
+INT8_MIN_PSNR = 40.0  # the same bound for INT8 (issue 11); ExportConfig.int8_min_psnr
+# Image k alone vs inside a batch: the same arithmetic, so only kernel-choice rounding. INT8
+# activation scales are fixed at export (static quantization), so an image's output cannot
+# depend on its batch; float rounding before a QuantizeLinear may flip one INT8 step.
+INVARIANCE_TOL = {"fp32": 1e-5, "fp16": 2e-3, "int8": 2e-2}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -182,8 +185,13 @@ def check_graph(path: Path, meta: ModelMetadata) -> tuple[str, onnx.ModelProto]:
     return "[" + ", ".join(map(str, dims)) + "]", model
 
 
-def verify(path: Path, label: str, refs: References, meta: ModelMetadata) -> dict:
-    """Run every check on ``path``; print the numbers; raise ExportError on any failure."""
+def verify(path: Path, label: str, refs: References, meta: ModelMetadata,
+           int8_min_psnr: float = INT8_MIN_PSNR) -> dict:
+    """Run every check on ``path``; print the numbers; raise ExportError on any failure.
+
+    An INT8 file is also run on OpenVINO (when installed: the backend that runs it fast, and
+    what ``--precision auto`` picks) with the same PSNR bound and batch-invariance check, and
+    its graph is checked to quantize every convolution and no normalisation."""
     t0 = time.perf_counter()
     shape, model = check_graph(path, meta)
     print(f"{label}: onnx.checker (full) ok, shape inference: output {shape}")
@@ -202,13 +210,13 @@ def verify(path: Path, label: str, refs: References, meta: ModelMetadata) -> dic
     t = time.perf_counter()
     together = engine.run(x)
     tn = (time.perf_counter() - t) / len(x)
-    fp16 = meta.input_dtype == "float16"
+    fp16, int8 = meta.model_precision == "fp16", meta.model_precision == "int8"
     r = {"max_abs_b1": float(np.abs(alone - y).max()), "psnr_b1": psnr(alone, y),
          "max_abs_bn": float(np.abs(together - y).max()), "psnr_bn": psnr(together, y),
          "invariance": float(np.abs(alone - together).max()), "batch": len(x)}
     # onnxruntime's CPU runs FP16 ops in FP32 (only weights and input are rounded): say so.
     what = ("FP16 model vs FP32 PyTorch (CPU: FP16 weights, FP32 arithmetic)" if fp16
-            else "FP32 model vs PyTorch")
+            else "INT8 model vs FP32 PyTorch" if int8 else "FP32 model vs PyTorch")
     print(f"  onnxruntime (cpu) {what}, {refs.norm_mode} norm, on {refs.inputs.source}:")
     print(f"    batch 1: max abs error {r['max_abs_b1']:.3g}, PSNR {r['psnr_b1']:.1f} dB "
           f"({t1 * 1e3:.0f} ms/image)")
@@ -230,7 +238,10 @@ def verify(path: Path, label: str, refs: References, meta: ModelMetadata) -> dic
         r["psnr_dynamic"] = psnr(out, refs.y_dynamic)
         print(f"    dynamic size {xd.shape[2]}x{xd.shape[3]}: max abs error "
               f"{r['max_abs_dynamic']:.3g}, PSNR {r['psnr_dynamic']:.1f} dB")
-    failures = _failures(r, fp16, meta.input_dtype)
+    engine.close()
+    if int8:
+        r.update(_verify_int8_openvino(path, model, x, y))
+    failures = _failures(r, meta.model_precision, int8_min_psnr)
     if failures:
         raise ExportError(f"{label}: verification failed: {'; '.join(failures)}; "
                           "nothing was written")
@@ -238,16 +249,45 @@ def verify(path: Path, label: str, refs: References, meta: ModelMetadata) -> dic
     return r
 
 
-def _failures(r: dict, fp16: bool, dtype: str) -> list[str]:
+def _verify_int8_openvino(path: Path, model: onnx.ModelProto, x: np.ndarray,
+                          y: np.ndarray) -> dict:
+    """The INT8 file's own checks: every convolution quantized and no normalisation, and the
+    OpenVINO run (INT8 convolutions, read back from the compiled model) against PyTorch."""
+    from .int8 import check_quantized
+
+    n, total = check_quantized(model)
+    print(f"    graph: {n} of {total} convolutions INT8 (QDQ), normalisation float32")
+    try:
+        engine = Engine(path, provider="openvino", batch_size=len(x), precision="int8")
+    except P2PError as e:
+        if "not installed" in str(e):
+            print(f"    openvino check skipped: {e}")
+            return {}
+        raise ExportError(f"{path.name}: openvino: {e}") from None
+    with engine:
+        alone = np.concatenate([engine.run(x[k:k + 1]) for k in range(len(x))])
+        together = engine.run(x)
+    r = {"max_abs_ov": float(np.abs(together - y).max()), "psnr_ov": psnr(together, y),
+         "invariance_ov": float(np.abs(alone - together).max())}
+    print(f"  openvino INT8 vs FP32 PyTorch, batch {len(x)}: max abs error "
+          f"{r['max_abs_ov']:.3g}, PSNR {r['psnr_ov']:.1f} dB; batch invariance max diff "
+          f"{r['invariance_ov']:.3g}")
+    return r
+
+
+def _failures(r: dict, precision: str, int8_min_psnr: float = INT8_MIN_PSNR) -> list[str]:
     bad = []
+    min_psnr = {"fp16": FP16_MIN_PSNR, "int8": int8_min_psnr}.get(precision)
     for key, name in (("b1", "batch 1"), ("bn", f"batch {r['batch']}"),
-                      ("dynamic", "dynamic size"), ("gpu", "FP16 emulated")):
+                      ("dynamic", "dynamic size"), ("gpu", "FP16 emulated"),
+                      ("ov", "openvino")):
         if f"psnr_{key}" not in r:
             continue
-        if fp16 and not r[f"psnr_{key}"] >= FP16_MIN_PSNR:
-            bad.append(f"{name} PSNR {r[f'psnr_{key}']:.1f} dB < {FP16_MIN_PSNR} dB")
-        if not fp16 and not r[f"max_abs_{key}"] <= FP32_MAX_ABS:
+        if min_psnr is not None and not r[f"psnr_{key}"] >= min_psnr:
+            bad.append(f"{name} PSNR {r[f'psnr_{key}']:.1f} dB < {min_psnr} dB")
+        if min_psnr is None and not r[f"max_abs_{key}"] <= FP32_MAX_ABS:
             bad.append(f"{name} max abs error {r[f'max_abs_{key}']:.3g} > {FP32_MAX_ABS}")
-    if not r["invariance"] <= INVARIANCE_TOL[dtype]:
-        bad.append(f"batch invariance {r['invariance']:.3g} > {INVARIANCE_TOL[dtype]}")
+    for key in ("invariance", "invariance_ov"):
+        if key in r and not r[key] <= INVARIANCE_TOL[precision]:
+            bad.append(f"batch invariance {r[key]:.3g} > {INVARIANCE_TOL[precision]}")
     return bad

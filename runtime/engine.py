@@ -3,9 +3,11 @@
 The public surface is the contract that ``p2p.export`` (validation), ``p2p-translate``,
 ``p2p-serve`` and the benchmarks use:
 
-    engine = Engine(path, provider="auto", batch_size=8, threads=None)
+    engine = Engine(path, provider="auto", batch_size=8, threads=None, precision="auto")
     engine.metadata   # ModelMetadata read from the file
     engine.provider   # the provider that actually runs ("cpu", "cuda", ...), never a wish
+    engine.precision  # what runs ("fp32", "bf16", "int8", "fp16"); engine.choice.why says why
+                      # (the rule: p2p.runtime.precision)
     engine.run(x)     # NCHW float32 in [-1, 1], any batch size -> NCHW float32 in [-1, 1]
 
 Everything about the model (names, sizes, dtype, colour space) comes from its metadata. The
@@ -39,7 +41,9 @@ class EngineOptions:
     device_id: int = 0
     cuda_graphs: bool = False  # cuda only, fixed-size models only; unmeasured, so opt-in
     optimized_cache: bool = True  # cpu: reuse onnxruntime's optimised graph from the cache
-    precision: str | None = None  # openvino: "fp32" (None) or "bf16" (reduced-precision CPU path)
+    # What the backend runs, from p2p.runtime.precision.choose: None (fp32, or the file's own
+    # precision on onnxruntime), "bf16" or "int8" (openvino only).
+    precision: str | None = None
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -48,7 +52,7 @@ class Engine:
     def __init__(self, model, provider: str = "auto", batch_size: int = 8,
                  threads: int | None = None, *, cache_dir: Path | None = None,
                  fp16: bool | None = None, device_id: int = 0, cuda_graphs: bool = False,
-                 optimized_cache: bool = True, precision: str | None = None):
+                 optimized_cache: bool = True, precision: str | None = "auto"):
         if provider not in PROVIDERS:
             raise ProviderError(f"unknown provider {provider!r}; allowed: {choices(PROVIDERS)}")
         if batch_size < 1:
@@ -60,24 +64,26 @@ class Engine:
         self.model_file = read_model_file(self.path)
         self.metadata = self.model_file.metadata
         self.options = EngineOptions(batch_size, threads, cache_dir, fp16, device_id,
-                                     cuda_graphs, optimized_cache, precision)
+                                     cuda_graphs, optimized_cache)
         # auto: what was tried before the provider that runs, and why it was passed over.
         self.passed_over: list[tuple[str, str]] = []
         from . import backends  # imported here: p2p.runtime.Engine stays cheap to import
+        from .precision import open_backend  # the precision rule lives there
 
         if provider == "auto":
             self._backend = None
             order, self.passed_over = backends.auto_order()
             for candidate in order:
                 try:
-                    self._backend = backends.create(candidate, self.model_file, self.options)
+                    self._backend, self.choice = open_backend(self, candidate, precision)
                     break
                 except ProviderError as e:
                     self.passed_over.append((candidate, str(e)))
             if self._backend is None:  # cpu is always last, so this is cpu's own error
                 raise ProviderError(self.passed_over[-1][1])
         else:
-            self._backend = backends.create(provider, self.model_file, self.options)
+            self._backend, self.choice = open_backend(self, provider, precision)
+        self.precision = self.choice.precision  # what runs: fp32 | bf16 | int8 | fp16
         self.provider = self._backend.provider
         # A model exported with a fixed batch dimension runs in chunks of that size.
         fixed = self._backend.fixed_batch
@@ -85,7 +91,7 @@ class Engine:
         self._dtype = np.float16 if self.metadata.input_dtype == "float16" else np.float32
 
     def describe(self) -> str:
-        return f"{self._backend.describe()}, batch {self.batch_size}"
+        return f"{self._backend.describe()}, batch {self.batch_size}, precision {self.precision}"
 
     def check_shape(self, shape) -> None:
         """Raise ValueError unless an NCHW batch of this shape can run on this model."""

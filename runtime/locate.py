@@ -4,7 +4,9 @@
   before any other *.onnx; FP32 before FP16/INT8, which are faster, less exact choices a
   user makes by name or folder; then the newest);
 - an existing file: that file;
-- a downloaded pretrained name (``p2p-pretrained get NAME``): its FP32 ONNX file.
+- a run folder or its ``export/`` folder: its fastest verified export
+  (``precision.fastest_export``: INT8 where this CPU and backend run it natively, else FP32);
+- a downloaded pretrained name (``p2p-pretrained get NAME``): likewise, among its exports.
 
 ``pick_model`` returns the path and the rule that picked it, for the start-up line.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from .errors import ModelError, P2PError
 from .modelfile import read_metadata  # numpy + protobuf reading, no onnxruntime
+from .precision import fastest_export
 from .pretrained import resolve_model
 
 
@@ -25,10 +28,13 @@ def pick_model(value: Path | str | None, runs: Path = Path("runs")
     ``runs`` holds no model."""
     if value is None:
         return default_model(runs)
+    if Path(value).is_dir():
+        return fastest_export(Path(value))
     path = resolve_model(value)
     if Path(value).exists():
         return path, None
-    return path, f"--model {value}: the downloaded pretrained model {path}"
+    model, why = fastest_export(path.parent)  # a pretrained name: its folder of exports
+    return model, f"--model {value} (downloaded pretrained model): {why}"
 
 
 def default_model(runs: Path = Path("runs")) -> tuple[Path, str]:

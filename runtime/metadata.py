@@ -21,6 +21,9 @@ DIRECTIONS = ("AtoB", "BtoA")
 COLOR_SPACES = ("rgb", "lab")  # lab: input is L (1 channel), output is ab (2 channels)
 NORM_MODES = ("per-image", "running")
 DTYPES = ("float32", "float16")
+# What the file's arithmetic is: fp32 (exact), fp16 (FP16 weights/activations), int8 (QDQ:
+# INT8 convolutions from NNCF post-training quantization, float normalisation).
+MODEL_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class ModelMetadata:
     source: str = "p2p"  # "p2p" or "junyanz" (pytorch-CycleGAN-and-pix2pix state_dict)
     source_url: str = ""  # where the checkpoint was downloaded from (p2p-pretrained), if it was
     p2p_version: str = ""
+    # "" = derived from input_dtype (files written before the field: fp16 or fp32).
+    precision: str = ""
+    calibration_images: int = 0  # int8: how many images NNCF calibrated on
+    calibration_sha256: str = ""  # int8: SHA-256 over (name, file SHA-256) of that set
+    verified: bool = False  # p2p-export's checks passed (False: --no-verify, or older files)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -53,6 +61,7 @@ class ModelMetadata:
             ("norm_mode", self.norm_mode, NORM_MODES),
             ("input_dtype", self.input_dtype, DTYPES),
             ("output_dtype", self.output_dtype, DTYPES),
+            ("precision", self.model_precision, MODEL_PRECISIONS),
         ):
             if value not in allowed:
                 raise ModelError(f"metadata {name}={value!r} is not one of {choices(allowed)}")
@@ -101,6 +110,11 @@ class ModelMetadata:
             raise ModelError(f"{where}: bad metadata: {e}") from None
         except ModelError as e:
             raise ModelError(f"{where}: {e}") from None
+
+    @property
+    def model_precision(self) -> str:
+        """fp32, fp16 or int8: the recorded precision, or for older files the input dtype's."""
+        return self.precision or ("fp16" if self.input_dtype == "float16" else "fp32")
 
     @property
     def input_half(self) -> str:

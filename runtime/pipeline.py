@@ -34,7 +34,7 @@ class TranslateConfig:
     provider: str = "auto"
     batch_size: int = 8
     threads: int | None = None
-    precision: str | None = None  # openvino: fp32 (None) or bf16
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (p2p.runtime.precision)
     fmt: str = "png"
     split: str = "auto"
     model_size: bool = False
@@ -258,6 +258,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")
+    log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
     jobs, refused = plan(cfg)

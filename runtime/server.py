@@ -55,7 +55,7 @@ class ServeConfig:
     port: int = 8000
     provider: str = "auto"
     threads: int | None = None  # engine CPU threads; None: physical cores
-    precision: str | None = None  # openvino: fp32 (None) or bf16
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (p2p.runtime.precision)
     max_batch: int = 16
     max_wait_ms: float = 5.0
     max_queue: int = 64  # requests admitted and not yet in a batch
@@ -279,6 +279,7 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
     m = engine.metadata
     log_line(f"model {model} ({m.direction}, {m.image_size}px"
              f"{', dynamic size' if m.dynamic_size else ''}) on {engine.describe()}")
+    log_line(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log_line(f"auto: skipped {provider}: {why}")
     log_line(f"micro-batching: up to {cfg.max_batch} images, waiting at most "

@@ -149,7 +149,7 @@ def test_fp16_model(exported):
     assert y.dtype == np.float32
     assert 40 <= verify.psnr(y, ref) < 120  # FP16-accurate, and really FP16 (not exact)
     alone = np.concatenate([engine.run(x[k:k + 1]) for k in range(4)])
-    assert np.abs(alone - y).max() <= verify.INVARIANCE_TOL["float16"]
+    assert np.abs(alone - y).max() <= verify.INVARIANCE_TOL["fp16"]
 
 
 def test_fp16_emulation_is_exact_on_fp32_and_rounds_on_fp16(exported):

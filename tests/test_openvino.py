@@ -218,13 +218,20 @@ def test_bad_model_files(tmp_path):
 
 
 def test_engine_runs_openvino_fp32_and_bf16(tiny, batch, reference):
-    with Engine(tiny, "openvino", batch_size=2) as engine:
-        assert engine.provider == "openvino"
+    with Engine(tiny, "openvino", batch_size=2, precision="fp32") as engine:
+        assert engine.provider == "openvino" and engine.precision == "fp32"
         assert np.abs(engine.run(batch) - reference).max() < 1e-4
-    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if native:
         with Engine(tiny, "openvino", batch_size=2, precision="bf16") as engine:
             assert "bf16" in engine.describe()
             assert psnr(engine.run(batch), reference) > 35
+    # The default (auto) runs BF16 exactly where the CPU has it natively, FP32 elsewhere.
+    from p2p.runtime.precision import BF16_FLAGS, cpu_flags
+
+    with Engine(tiny, "openvino", batch_size=2) as engine:
+        want = "bf16" if any(f in cpu_flags() for f in BF16_FLAGS) else "fp32"
+        assert engine.precision == want, engine.choice.why
 
 
 def test_engine_refuses_bf16_off_openvino(tiny):

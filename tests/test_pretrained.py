@@ -285,12 +285,12 @@ def test_precisions_are_the_exporters_and_lookup_needs_no_torch(tmp_path):
         import os, sys
         sys.modules["torch"] = None  # any "import torch" now raises ImportError
         os.environ["P2P_CACHE"] = {str(tmp_path)!r}
-        from p2p.runtime.locate import pick_model
+        from p2p.runtime.pretrained import resolve_model  # what pick_model asks for a name
         from p2p.runtime.errors import ModelError
         d = {str(tmp_path / "models" / "x")!r}
         os.makedirs(d)
         open(os.path.join(d, "generator.onnx"), "wb").close()
-        print(pick_model("x")[0])
+        print(resolve_model("x"))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60)

@@ -42,8 +42,10 @@ from ..host import physical_cores
 from ..metadata import ModelMetadata
 from ..modelfile import read_model_file
 
-PRECISIONS = ("fp32", "bf16")
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = ("fp32", "bf16", "int8")
+# int8: a QDQ file; its convolutions run INT8 (OpenVINO's low-precision transformations) and
+# everything else under the f32 hint (p2p.runtime.precision checks the compiled layers).
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 class _SignalStack(ctypes.Structure):  # Linux's stack_t

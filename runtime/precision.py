@@ -1,0 +1,223 @@
+"""Which arithmetic a model runs in: the one rule behind ``--precision auto|fp32|bf16|int8``.
+
+    choice = choose("auto", model_precision="fp32", provider="openvino", flags=cpu_flags())
+    choice.precision   # "bf16": what runs
+    choice.why         # "auto: the CPU has native BF16 (amx_bf16) and openvino runs it"
+    choice.backend     # what EngineOptions.precision gets: "bf16", "int8" (openvino), or None
+
+The rule (issue 11; speeds in BENCHMARKS.md):
+- an INT8 file (``p2p-export --int8``, verified >= 40 dB) runs INT8: its convolutions are
+  INT8 in the file, the rest (normalisation, activations, tanh) runs in float32. ``auto`` and
+  ``int8`` take it; ``fp32`` and ``bf16`` are errors (the float export is the exact path);
+- a float32 file runs BF16 under ``auto`` where the CPU has native BF16 (AMX or AVX512_BF16,
+  read from /proc/cpuinfo; elsewhere, e.g. macOS, we do not guess and run FP32) and the
+  provider is OpenVINO (the one backend with a BF16 CPU path); FP32 otherwise. ``fp32`` is
+  always the exact path; ``bf16`` without native BF16 or off OpenVINO is an error; ``int8``
+  on a float file is an error (export one with --int8);
+- an FP16 file runs as FP16 (GPU) or FP16 weights in FP32 arithmetic (CPU); only ``auto``
+  takes it.
+A precision the hardware or backend cannot run is an error, never a substitute.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError, ProviderError, choices
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # native BF16 matrix/dot-product instructions
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")  # native INT8 dot products
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo; empty where there is none (not Linux), which
+    makes every rule below take the conservative branch (no native BF16 claimed)."""
+    if not sys.platform.startswith("linux"):
+        return frozenset()
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native(flags: frozenset[str], wanted: tuple[str, ...]) -> str | None:
+    """The first of ``wanted`` the CPU has, or None."""
+    return next((f for f in wanted if f in flags), None)
+
+
+@dataclass(frozen=True)
+class Choice:
+    precision: str  # what runs: "fp32" | "bf16" | "int8" | "fp16"
+    why: str  # one line for the start-up log
+    backend: str | None  # EngineOptions.precision: "bf16", "int8" (openvino) or None (fp32)
+
+
+def choose(requested: str | None, model_precision: str, provider: str,
+           flags: frozenset[str], model: str = "the model") -> Choice:
+    """The precision ``provider`` runs ``model`` (a ``model_precision`` file) in.
+
+    requested: "auto" (None means auto), "fp32", "bf16" or "int8"; model_precision: the
+    file's metadata precision ("fp32", "fp16" or "int8"); provider: the backend's name
+    ("cpu", "cuda", "tensorrt", "openvino"); flags: ``cpu_flags()``.
+    Raises ProviderError for a precision this provider/CPU cannot run, ModelError for one
+    this file cannot be run in; never returns a different precision than a non-auto request.
+    """
+    requested = requested or "auto"
+    if requested not in PRECISIONS:
+        raise ProviderError(f"precision {requested!r} is not one of {choices(PRECISIONS)}")
+    if model_precision == "int8":
+        if provider in ("cuda", "tensorrt"):
+            # CUDA EP runs QDQ as float Conv between (de)quantize ops; TensorRT takes only
+            # signed symmetric INT8 Q/DQ, and NNCF's CPU recipe writes unsigned activations
+            # after ReLU, which onnxruntime would hand back to CUDA in float. Unverified on
+            # GPUs, so refused rather than reported as INT8.
+            raise ProviderError(f"provider {provider}: {model} is an INT8 (QDQ) export for "
+                                "CPUs (openvino, onnxruntime cpu); on a GPU use the float or "
+                                "FP16 export")
+        if requested in ("auto", "int8"):
+            slow = ("; onnxruntime's CPU INT8 measured slower than its FP32 on a 2-core AMX "
+                    "Xeon (pip install 'p2p[openvino]' or use generator.onnx)"
+                    if provider == "cpu" else "")
+            return Choice("int8", f"{requested}: {model} is an INT8 export (NNCF post-"
+                          "training quantization); normalisation runs in float32" + slow,
+                          "int8" if provider == "openvino" else None)
+        raise ModelError(f"{model} is an INT8 export: it cannot run {requested}; use the float "
+                         "export (generator.onnx) for --precision " + requested)
+    if model_precision == "fp16":
+        if requested == "auto":
+            return Choice("fp16", f"auto: {model} is an FP16 export", None)
+        raise ModelError(f"{model} is an FP16 export: it cannot run {requested}; use the float "
+                         "export (generator.onnx), or --precision auto")
+    if requested == "int8":
+        raise ModelError(f"{model} is a float export: --precision int8 needs an INT8 file "
+                         "(p2p-export RUN --int8 writes generator.int8.onnx)")
+    if requested == "fp32":
+        return Choice("fp32", "fp32: asked for (the exact path)", None)
+    bf16 = native(flags, BF16_FLAGS)
+    if requested == "bf16":
+        if provider != "openvino":
+            raise ProviderError(f"provider {provider}: precision bf16 runs on openvino only "
+                                "(pip install 'p2p[openvino]', --provider openvino)")
+        if bf16 is None:
+            raise ProviderError("precision bf16 needs a CPU with native BF16 (AMX or "
+                                "AVX512_BF16); this one has neither; use fp32")
+        return Choice("bf16", f"bf16: asked for; the CPU has native BF16 ({bf16})", "bf16")
+    if provider == "openvino" and bf16 is not None:
+        return Choice("bf16", f"auto: the CPU has native BF16 ({bf16}) and openvino runs it "
+                      "(--precision fp32 for the exact path)", "bf16")
+    reason = ("no native BF16 on this CPU" if bf16 is None
+              else f"provider {provider} has no BF16 CPU path")
+    return Choice("fp32", f"auto: {reason}", None)
+
+
+def runtime_precisions(compiled) -> dict[str, int]:
+    """What OpenVINO really runs: {runtime precision: number of convolution layers} of a
+    compiled model (its runtime graph's ``runtimePrecision``; INT8 layers say i8 or u8)."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("Convolution", "Deconvolution"):
+            p = info["runtimePrecision"].astype(str)
+            counts[p] = counts.get(p, 0) + 1
+    return counts
+
+
+def check_backend(choice: Choice, backend, model: str) -> None:
+    """After an engine's backend is built: what OpenVINO compiled must be what was chosen
+    (onnxruntime's CPU provider runs exactly the file's arithmetic, nothing to read back)."""
+    compiled = getattr(backend, "compiled", None)
+    if backend.provider == "openvino" and compiled is not None:
+        check_ran(choice, runtime_precisions(compiled), model)
+
+
+def check_ran(choice: Choice, counts: dict[str, int], model: str) -> None:
+    """ProviderError unless OpenVINO's compiled convolutions run ``choice.precision``: every
+    one INT8 for an INT8 file, at least one BF16 for bf16 (the plain up-convolutions may stay
+    float32 where OpenVINO has no BF16 kernel for them)."""
+    int8 = counts.get("i8", 0) + counts.get("u8", 0)
+    total = sum(counts.values())
+    if choice.precision == "int8" and int8 != total:
+        raise ProviderError(f"provider openvino: {model} should run INT8 but only {int8} of "
+                            f"{total} convolutions do ({counts})")
+    if choice.precision == "bf16" and not counts.get("bf16"):
+        raise ProviderError(f"provider openvino: {model} should run BF16 but no convolution "
+                            f"does ({counts})")
+
+
+def model_rank(model_precision: str, provider_has_int8: bool, flags: frozenset[str]) -> int:
+    """Lower is faster on this machine: used to pick among the exports of one run
+    (generator.int8.onnx, generator.onnx, generator.fp16.onnx). INT8 first where OpenVINO is
+    installed and the CPU has native INT8 dot products (VNNI or AMX; without them INT8 is not
+    known to beat FP32, issue 11); then FP32 (BF16 under auto where native); FP16 last (a
+    GPU format: on a CPU it runs FP32 arithmetic on rounded weights)."""
+    if model_precision == "int8":
+        return 0 if provider_has_int8 and native(flags, INT8_FLAGS) else 2
+    return 1 if model_precision == "fp32" else 3
+
+
+def open_backend(engine, provider: str, requested: str | None):
+    """``Engine``'s one call into this module: choose, build the backend with that choice,
+    check what it compiled. Returns (backend, Choice); raises as ``choose`` does."""
+    import dataclasses
+
+    from . import backends
+
+    choice = choose(requested, engine.metadata.model_precision, provider, cpu_flags(),
+                    engine.path.name)
+    options = dataclasses.replace(engine.options, precision=choice.backend)
+    backend = backends.create(provider, engine.model_file, options)
+    try:
+        check_backend(choice, backend, engine.path.name)
+    except ProviderError:
+        backend.close()
+        raise
+    return backend, choice
+
+
+def fastest_export(folder: Path) -> tuple[Path, str]:
+    """The fastest verified model among the exports in ``folder`` (a run folder's
+    ``export/``, or the export folder itself), and one line that says why.
+
+    Ranked by ``model_rank``; an INT8 file is only taken when p2p-export verified it (its
+    metadata says so), a float one is taken either way (FP32 is exact by construction). Files
+    without p2p metadata are not models of ours and are skipped. ModelError when none is left.
+    """
+    import importlib.util
+
+    from .modelfile import read_metadata
+
+    folder = Path(folder)
+    where = folder / "export" if (folder / "export").is_dir() else folder
+    flags = cpu_flags()
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    found, unverified = [], []
+    for path in sorted(p for p in where.glob("*.onnx") if not p.name.startswith(".")):
+        try:
+            meta = read_metadata(path)
+        except ModelError:
+            continue
+        if meta.model_precision == "int8" and not meta.verified:
+            unverified.append(path.name)
+            continue
+        found.append((model_rank(meta.model_precision, has_openvino, flags), path.name, path,
+                      meta.model_precision))
+    if not found:
+        raise ModelError(f"{folder}: no p2p model (*.onnx with p2p metadata) in {where}; "
+                         "export one with p2p-export")
+    rank, _, path, precision = min(found)
+    others = ", ".join(name for _, name, p, _ in sorted(found) if p != path)
+    why = {0: "INT8 runs natively here (VNNI/AMX) on openvino",
+           1: "the float export" + ("" if has_openvino else " (INT8 needs openvino installed)"),
+           2: "the float export (INT8 is not known to be faster on this CPU or backend)",
+           3: "the only export"}[rank]
+    return path, (f"model: {path.name} ({precision}) from {where}: {why}"
+                  + (f"; also there: {others}" if others else "")
+                  + (f"; passed over (not verified): {', '.join(unverified)}"
+                     if unverified else ""))

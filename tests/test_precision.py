@@ -1,0 +1,123 @@
+"""The precision rule (runtime/precision.py) with faked CPU flags, its refusals, and the
+choice of the fastest verified export in a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import importlib.util
+
+import pytest
+
+from p2p.runtime import precision
+from p2p.runtime.errors import ModelError, ProviderError
+from p2p.runtime.precision import choose, cpu_flags, fastest_export
+
+from onnx_models import conv_model
+
+AMX = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
+AVX512_BF16 = frozenset({"avx512f", "avx512_vnni", "avx512_bf16"})
+AVX2 = frozenset({"avx2", "fma"})
+
+
+@pytest.mark.parametrize("flags, want, flag", [
+    (AMX, "bf16", "amx_bf16"), (AVX512_BF16, "bf16", "avx512_bf16"), (AVX2, "fp32", None)])
+def test_auto_on_a_float_file_takes_native_bf16_on_openvino(flags, want, flag):
+    c = choose("auto", "fp32", "openvino", flags)
+    assert c.precision == want and c.backend == (want if want == "bf16" else None)
+    assert (flag in c.why) if flag else "no native BF16" in c.why
+    assert choose(None, "fp32", "openvino", flags) == c  # None means auto
+
+
+@pytest.mark.parametrize("provider", ["cpu", "cuda", "tensorrt"])
+def test_auto_off_openvino_is_fp32_and_says_why(provider):
+    c = choose("auto", "fp32", provider, AMX)
+    assert c.precision == "fp32" and c.backend is None
+    assert f"provider {provider} has no BF16 CPU path" in c.why
+
+
+@pytest.mark.parametrize("flags", [AMX, AVX2])
+def test_fp32_is_always_the_exact_path(flags):
+    for provider in ("cpu", "openvino"):
+        c = choose("fp32", "fp32", provider, flags)
+        assert (c.precision, c.backend) == ("fp32", None)
+
+
+def test_int8_file_runs_int8_under_auto_and_int8():
+    for requested in ("auto", "int8"):
+        assert choose(requested, "int8", "openvino", AVX2).precision == "int8"
+        assert choose(requested, "int8", "openvino", AVX2).backend == "int8"
+        # onnxruntime's CPU provider runs QDQ as QLinearConv: INT8, with no backend hint.
+        assert (choose(requested, "int8", "cpu", AMX).precision,
+                choose(requested, "int8", "cpu", AMX).backend) == ("int8", None)
+
+
+@pytest.mark.parametrize("requested, model, provider, flags, error, match", [
+    ("bf16", "fp32", "openvino", AVX2, ProviderError, "needs a CPU with native BF16"),
+    ("bf16", "fp32", "cpu", AMX, ProviderError, "runs on openvino only"),
+    ("int8", "fp32", "openvino", AMX, ModelError, "needs an INT8 file"),
+    ("fp32", "int8", "openvino", AMX, ModelError, "INT8 export: it cannot run fp32"),
+    ("bf16", "int8", "openvino", AMX, ModelError, "INT8 export: it cannot run bf16"),
+    ("auto", "int8", "cuda", AMX, ProviderError, "export for CPUs"),
+    ("int8", "int8", "tensorrt", AMX, ProviderError, "export for CPUs"),
+    ("bf16", "fp16", "openvino", AMX, ModelError, "FP16 export"),
+    ("fp16", "fp32", "openvino", AMX, ProviderError, "not one of"),
+])
+def test_refusals_never_substitute(requested, model, provider, flags, error, match):
+    with pytest.raises(error, match=match):
+        choose(requested, model, provider, flags)
+
+
+def test_cpu_flags_from_cpuinfo(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx512_bf16 amx_int8\n")
+    monkeypatch.setattr(precision.sys, "platform", "linux")
+    assert cpu_flags(info) == {"fpu", "avx512_bf16", "amx_int8"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    monkeypatch.setattr(precision.sys, "platform", "darwin")  # conservative: nothing claimed
+    assert cpu_flags(info) == frozenset()
+
+
+def test_check_ran_reads_what_openvino_compiled():
+    int8 = precision.Choice("int8", "", "int8")
+    precision.check_ran(int8, {"i8": 8, "u8": 8}, "m")
+    with pytest.raises(ProviderError, match="only 8 of 16 convolutions"):
+        precision.check_ran(int8, {"i8": 8, "f32": 8}, "m")
+    bf16 = precision.Choice("bf16", "", "bf16")
+    precision.check_ran(bf16, {"bf16": 8, "f32": 8}, "m")
+    with pytest.raises(ProviderError, match="no convolution does"):
+        precision.check_ran(bf16, {"f32": 16}, "m")
+
+
+def _export_folder(tmp_path: Path, int8_verified: bool) -> Path:
+    folder = tmp_path / "run" / "export"
+    folder.mkdir(parents=True)
+    conv_model(folder / "generator.onnx", verified=True)
+    conv_model(folder / "generator.int8.onnx", precision="int8", verified=int8_verified)
+    (folder / "notes.onnx").write_bytes(b"not a model")  # skipped: no p2p metadata
+    return folder
+
+
+def test_fastest_export_takes_verified_int8_where_it_runs_natively(tmp_path, monkeypatch):
+    folder = _export_folder(tmp_path, int8_verified=True)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    path, why = fastest_export(folder.parent)  # the run folder works too
+    assert path.name == "generator.int8.onnx" and "INT8 runs natively" in why
+    assert "also there: generator.onnx" in why
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AVX2)  # no VNNI/AMX: float first
+    assert fastest_export(folder)[0].name == "generator.onnx"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    path, why = fastest_export(folder)  # no openvino: INT8 on onnxruntime is slower
+    assert path.name == "generator.onnx" and "needs openvino" in why
+
+
+def test_fastest_export_passes_over_an_unverified_int8(tmp_path, monkeypatch):
+    folder = _export_folder(tmp_path, int8_verified=False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    path, why = fastest_export(folder)
+    assert path.name == "generator.onnx"
+    assert "passed over (not verified): generator.int8.onnx" in why
+    with pytest.raises(ModelError, match="no p2p model"):
+        fastest_export(tmp_path)
