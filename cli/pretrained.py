@@ -59,17 +59,22 @@ def _precision_options(fn):
 
 def _shared_options(fn):
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(fn)
+    fn = click.option("--calibration", type=click.Path(exists=True, file_okay=False,
+                                                       path_type=Path),
+                      help="--int8: images to calibrate on (the model's inputs, or A|B "
+                           "pairs); a downloaded model has no training run to take them from.")(fn)
     fn = click.option("--sha256", help="The SHA-256 the file must have (pins it by hand).")(fn)
     return _precision_options(fn)
 
 
 def _config(name, sha256, quiet, flags, force=False, direction=None):
+    calibration = flags.pop("calibration", None)
     if NEEDS:
         raise click.ClickException(f"exporting a pretrained model needs {NEEDS}: "
                                    "pip install 'p2p[train]'")
     precisions = tuple(p for p in PRECISIONS if flags.get(p))
     return PretrainedConfig(name=name, precisions=precisions, sha256=sha256, force=force,
-                            progress=not quiet, direction=direction)
+                            progress=not quiet, direction=direction, calibration=calibration)
 
 
 @main.command()

@@ -223,6 +223,9 @@ def int8_path(output: Path) -> Path:
 
 def default_calibration(loaded) -> Path:
     """The run's own training inputs; an ExportError naming the fix when they are not here."""
+    if not loaded.data:  # a reference-format file or a pretrained download: no run
+        raise ExportError(f"--int8: {loaded.path} records no training data to calibrate on; "
+                          "pass --calibration DIR (images like the model's inputs)")
     folder = train_folder(loaded.data)
     if folder is None:
         raise ExportError(f"--int8: cannot find the run's training images (data "

@@ -28,12 +28,14 @@ from p2p.trainer.checkpoint import load_state
 from p2p.trainer.reference import architecture, is_junyanz
 
 from .load import Overrides
+from .int8 import int8_path
 from .onnx import ExportConfig, fp16_path, main as export
 
 # precision -> (the ExportConfig flag that adds it, the file the export writes for it).
 # FP32 is always written; a new precision of the exporter is one line here.
 PRECISIONS = {
     "fp16": ("fp16", fp16_path),
+    "int8": ("int8", int8_path),  # calibrated on --calibration DIR (a download has no run)
 }
 
 
@@ -45,6 +47,7 @@ class PretrainedConfig:
     force: bool = False  # download (get) and export again even when cached
     progress: bool = True
     direction: str | None = None  # import of a name outside the catalogue [AtoB]
+    calibration: Path | None = None  # --int8: the images to calibrate on (inputs or A|B pairs)
 
 
 def entry(name: str, direction: str | None = None) -> catalogue.Pretrained:
@@ -157,7 +160,8 @@ def _export(item: catalogue.Pretrained, pth: Path, digest: str, url: str,
     # says the task, which no weight records.
     overrides = Overrides(direction=item.direction, **arch)
     export_cfg = ExportConfig(source=pth, output=catalogue.onnx_path(item.name),
-                              overrides=overrides, source_url=url)
+                              overrides=overrides, source_url=url,
+                              calibration=cfg.calibration)
     export_cfg = replace(export_cfg, **{PRECISIONS[p][0]: True for p in cfg.precisions})
     export(export_cfg)
     outputs = _outputs(item.name, cfg.precisions)

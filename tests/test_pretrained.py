@@ -169,6 +169,27 @@ def test_get_downloads_exports_and_is_then_used_by_name(server, weights, tmp_pat
 
 
 @pytest.mark.slow
+def test_get_int8_calibrates_on_the_given_images(server, weights, tmp_path):
+    r = cli("get", NAME, "--int8", "--quiet")  # a download has no run to calibrate on
+    assert r.exit_code == 1 and "records no training data to calibrate on; pass " \
+        "--calibration DIR" in r.output, r.output
+    from test_int8 import _save  # smooth images like the exporter's check images
+    from test_export import images
+
+    r = cli("get", NAME, "--int8", "--calibration", _save(tmp_path / "cal", images(8, seed=3)),
+            "--quiet")
+    assert r.exit_code == 0, r.output
+    int8 = tmp_path / "cache" / "models" / NAME / "generator.int8.onnx"
+    assert r.output.splitlines()[-1] == str(int8)
+    meta = read_metadata(int8)
+    assert (meta.model_precision, meta.calibration_images, meta.verified) == ("int8", 8, True)
+    assert meta.checkpoint_sha256 == sha(weights[0])
+    # By name: the fastest verified export of the model's folder, and the rule said.
+    path, why = pick_model(NAME)
+    assert path in (int8, int8.with_name("generator.onnx")) and NAME in why
+
+
+@pytest.mark.slow
 def test_a_changed_file_is_refused_by_its_hash(server, weights, tmp_path):
     assert cli("get", NAME, "--quiet").exit_code == 0
     pth = tmp_path / "cache" / "models" / NAME / f"{NAME}_net_G.pth"
@@ -277,7 +298,8 @@ def test_import_by_hand_and_names_outside_the_catalogue(weights, tmp_path, monke
 
 
 def test_precisions_are_the_exporters_and_lookup_needs_no_torch(tmp_path):
-    assert set(PRECISIONS) == {"fp16"}  # a new exporter precision is one line there
+    assert set(PRECISIONS) == {"fp16", "int8"}  # a new exporter precision is one line there
+    assert "--calibration" in cli("get", "--help").output
     assert "--fp16" in cli("get", "--help").output
     assert set(pretrained.CATALOGUE) == {"facades_label2photo", "sat2map", "map2sat",
                                          "edges2shoes", "day2night"}
