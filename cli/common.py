@@ -55,3 +55,34 @@ def requires(command: str):
         if line is None:
             raise
         sys.exit(line)
+
+
+# --- the options p2p-translate and p2p-serve share (one text, one default) -----------------
+
+def model_option(fn):
+    """``--model``: resolved by ``p2p.runtime.locate.pick_model`` in the command."""
+    return click.option("--model", "-m", type=click.Path(path_type=Path), help=(
+        "Exported .onnx model, a run or export folder (its fastest verified model), or the "
+        "name of a model fetched with p2p-pretrained get [default: the newest FP32 model "
+        "under runs/, said when used]."))(fn)
+
+
+def engine_options(fn):
+    """``--provider``, ``--threads``, ``--precision``: what ``Engine`` takes."""
+    from p2p.runtime.engine import PROVIDERS
+    from p2p.runtime.precision import PRECISIONS
+
+    for option in reversed((
+        click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
+                     show_default=True, help="Where the model runs; anything but auto fails "
+                     "rather than fall back."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU inference threads [default: physical cores]."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
+                     show_default=True, help="auto: an INT8 file runs INT8; a float file BF16 "
+                     "on openvino where the CPU has native BF16 (AMX/AVX512_BF16), else FP32. "
+                     "fp32: the exact path. A precision that cannot run here is an error, "
+                     "never a substitute."),
+    )):
+        fn = option(fn)
+    return fn

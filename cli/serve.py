@@ -10,28 +10,16 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import CONTEXT, handle_errors, requires
-from p2p.runtime.engine import PROVIDERS
+from p2p.cli.common import CONTEXT, engine_options, handle_errors, model_option, requires
 from p2p.runtime.locate import pick_model
-from p2p.runtime.precision import PRECISIONS
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--model", "-m", type=click.Path(path_type=Path),
-              help="Exported .onnx model, a run or export folder (its fastest verified model), "
-                   "or the name of a model fetched with p2p-pretrained get [default: the "
-                   "newest FP32 model under runs/, said when used].")
+@model_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
-              help="Where the model runs; anything but auto fails rather than fall back.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU inference threads [default: physical cores].")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: an INT8 file runs INT8; a float file BF16 on openvino where the "
-                   "CPU has native BF16 (AMX/AVX512_BF16), else FP32. fp32: the exact path. "
-                   "A precision that cannot run here is an error, never a substitute.")
+@engine_options
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most requests run together in one engine batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,

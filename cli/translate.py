@@ -11,33 +11,21 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import CONTEXT, handle_errors
-from p2p.runtime.engine import PROVIDERS
+from p2p.cli.common import CONTEXT, engine_options, handle_errors, model_option
 from p2p.runtime.locate import pick_model
 from p2p.runtime.images import FORMATS, SPLITS
 from p2p.runtime.pipeline import TranslateConfig, translate
-from p2p.runtime.precision import PRECISIONS
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "-m", type=click.Path(path_type=Path),
-              help="Exported .onnx model, a run or export folder (its fastest verified model), "
-                   "or the name of a model fetched with p2p-pretrained get [default: the "
-                   "newest FP32 model under runs/, said when used].")
+@model_option
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder; the input tree is mirrored under it "
                    "[default: <input>-translated beside each input].")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
-              help="Where the model runs; anything but auto fails rather than fall back.")
+@engine_options
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU inference threads [default: physical cores].")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: an INT8 file runs INT8; a float file BF16 on openvino where the "
-                   "CPU has native BF16 (AMX/AVX512_BF16), else FP32. fp32: the exact path. "
-                   "A precision that cannot run here is an error, never a substitute.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
 @click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True,
               help="Half of side-by-side images to translate; auto: the model's input half "
