@@ -12,7 +12,8 @@ with requires("p2p-train"):  # a deployment install has no torch: say which extr
     from p2p.trainer.datasets import NAMES
     from p2p.trainer.distributed import TRAIN_NORMS, JobError
     from p2p.trainer.rundir import default_output, load_run_config
-    from p2p.trainer.train import DEVICES, TrainConfig, main as train_main
+    from p2p.trainer.device import DEVICES
+    from p2p.trainer.train import TrainConfig, main as train_main
 
 POS = click.IntRange(min=1)
 

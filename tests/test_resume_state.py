@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from p2p.cli.train import main as train_cli
 from p2p.runtime.errors import ProviderError
-from p2p.trainer import checkpoint, precision
+from p2p.trainer import checkpoint, device as precision
 from p2p.trainer.models import ModelConfig
 from p2p.trainer.train import TrainConfig, Trainer
 

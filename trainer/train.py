@@ -30,15 +30,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from p2p.runtime.errors import CheckpointError, DataError, P2PError, ProviderError, choices
-from p2p.trainer import checkpoint, data, datasets, distributed, precision
+from p2p.runtime.errors import CheckpointError, DataError, P2PError
+from p2p.trainer import checkpoint, data, datasets, device as devices, distributed
 from p2p.trainer.continuation import continue_schedule, init_from, nothing_left
 from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
 from p2p.trainer.rundir import NullLog, RunLog, prepare_output
 from p2p.trainer.samples import write_samples
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 LOSSES = ("loss_G_GAN", "loss_G_L1", "loss_D_real", "loss_D_fake")
 
 
@@ -85,27 +84,6 @@ class TrainConfig:
 RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "image_size",
           "load_size", "flip", "ngf", "ndf", "norm", "l1_weight", "lr", "beta1", "batch_size",
           "seed")  # epochs/epochs_decay may grow: continuation.continue_schedule
-
-
-def resolve_device(name: str, amp: bool) -> torch.device:
-    """Never silently falls back: a CUDA request runs on CUDA or stops with one line."""
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for the job
-            print(f"device: {name} (auto)")
-    elif name == "cuda" and not torch.cuda.is_available():
-        raise ProviderError(f"--device cuda: CUDA is not available (torch {torch.__version__} "
-                            "sees no CUDA GPU); use --device cpu or auto")
-    elif name == "mps" and not has_mps:
-        raise ProviderError("--device mps: Apple MPS is not available here; use --device cpu "
-                            "or auto")
-    elif name not in DEVICES:
-        raise ProviderError(f"--device {name}: unknown; allowed: {choices(DEVICES)}")
-    if amp and name != "cuda":
-        raise ProviderError(f"--amp: mixed precision needs CUDA, and this run is on {name}; "
-                            "drop --amp or use --device cuda")
-    return torch.device(name)
 
 
 def lr_lambda(epochs: int, epochs_decay: int):
@@ -348,8 +326,8 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
 
 
 def main(cfg: TrainConfig) -> Trainer:
-    device = resolve_device(cfg.device, cfg.amp)
-    precision.configure(device, cfg.tf32)
+    device = devices.resolve(cfg.device, cfg.amp)
+    devices.configure(device, cfg.tf32)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with distributed.job(device) as env:  # one process, or one rank of a torchrun job

@@ -1,4 +1,7 @@
-"""CUDA numerics of a training run: cuDNN autotuning and what "FP32" means.
+"""Where a training run executes, and its CUDA numerics (cuDNN autotuning, what "FP32" means).
+
+- ``resolve``: ``--device`` to a ``torch.device``; a request that cannot run here is an
+  error, never a quiet CPU run.
 
 - ``torch.backends.cudnn.benchmark``: the training input size never changes (every crop is
   ``--image-size``, every batch ``--batch-size`` but an epoch's last), so cuDNN may time its
@@ -15,9 +18,34 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from p2p.runtime.errors import ProviderError
+from p2p.runtime.errors import ProviderError, choices
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve(name: str, amp: bool) -> torch.device:
+    """Never silently falls back: a CUDA request runs on CUDA or stops with one line."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for the job
+            print(f"device: {name} (auto)")
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise ProviderError(f"--device cuda: CUDA is not available (torch {torch.__version__} "
+                            "sees no CUDA GPU); use --device cpu or auto")
+    elif name == "mps" and not has_mps:
+        raise ProviderError("--device mps: Apple MPS is not available here; use --device cpu "
+                            "or auto")
+    elif name not in DEVICES:
+        raise ProviderError(f"--device {name}: unknown; allowed: {choices(DEVICES)}")
+    if amp and name != "cuda":
+        raise ProviderError(f"--amp: mixed precision needs CUDA, and this run is on {name}; "
+                            "drop --amp or use --device cuda")
+    return torch.device(name)
 
 
 def configure(device: torch.device, tf32: bool) -> None:
