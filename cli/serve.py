@@ -16,7 +16,7 @@ from p2p.runtime.locate import pick_model
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--model", "-m", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--model", "-m", type=click.Path(path_type=Path),  # a name may be a folder too
               help="Exported .onnx model, or the name of a model fetched with p2p-pretrained "
                    "get [default: the newest FP32 model under runs/, said when used].")
 @click.option("--host", default="127.0.0.1", show_default=True,

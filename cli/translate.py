@@ -21,7 +21,7 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 @click.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "-m", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--model", "-m", type=click.Path(path_type=Path),  # a name may be a folder too
               help="Exported .onnx model, or the name of a model fetched with p2p-pretrained "
                    "get [default: the newest FP32 model under runs/, said when used].")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),

@@ -26,7 +26,7 @@ def pick_model(value: Path | str | None, runs: Path = Path("runs")
     if value is None:
         return default_model(runs)
     path = resolve_model(value)
-    if Path(value).exists():
+    if path == Path(value):
         return path, None
     return path, f"--model {value}: the downloaded pretrained model {path}"
 

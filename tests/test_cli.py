@@ -132,3 +132,27 @@ def test_requires_python_covers_what_p2p_serve_uses():
     assert "asyncio.timeout(" in (ROOT / "runtime" / "server.py").read_text()
     assert floor >= (3, 11)
     assert sys.version_info >= floor
+
+
+def test_model_name_is_found_when_a_folder_of_that_name_is_in_the_way(model, tmp_path,
+                                                                      monkeypatch):
+    # `p2p-pretrained import FILE --name facades`, then run inside the folder that holds the
+    # facades dataset: --model facades is the model, not the dataset folder.
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "models" / "facades" / "generator.onnx"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(model[0].read_bytes())
+    (tmp_path / "facades").mkdir()
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(command("translate"), [str(model[1]), "--model", "facades",
+                                                  "-o", "out", "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"the downloaded pretrained model {cached}" in r.output
+    assert (tmp_path / "out" / "a.png").is_file()
+    # A folder that is no model name: one line saying so, nothing written.
+    (tmp_path / "runs").mkdir()
+    r = CliRunner().invoke(command("translate"), [str(model[1]), "--model", "runs",
+                                                  "-o", "out2", "-q"])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith(
+        "Error: runs: a folder, not a model file"), r.output
+    assert not (tmp_path / "out2").exists()
