@@ -20,7 +20,6 @@ with ``torch.load(weights_only=True)`` and a file from a stranger can never run 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import random
 import zipfile
@@ -90,14 +89,6 @@ def check_checkpoint(state: dict, path: Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: p2p checkpoint lacks {', '.join(missing)}")
     return state
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rng_state(device: torch.device | None = None) -> dict:
