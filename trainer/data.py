@@ -83,12 +83,7 @@ def image_problems(paths: list[Path], side_by_side: bool) -> list[str | None]:
 
 def raise_problems(problems: list[str | None], total: int) -> None:
     """One DataError naming every bad file in ``problems`` (None entries are fine files)."""
-    problems = [p for p in problems if p]
-    if len(problems) == 1:
-        raise DataError(problems[0])
-    if problems:
-        raise DataError(f"{len(problems)} of {total} training images are unusable; fix or "
-                        "remove them:\n" + "\n".join(f"  {p}" for p in problems))
+    listing.raise_problems(problems, total, "training images")
 
 
 def check_images(paths: list[Path], side_by_side: bool) -> None:
