@@ -147,7 +147,9 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
                             unit="img", disable=not cfg.progress))
     # Every unreadable image is named (not only the first): a subset's metrics are not
     # comparable, so none are given.
-    raise_problems([u for r in results for u in r.get("unusable", ())], 2 * len(jobs))
+    # dict.fromkeys: a file that is both a prediction and a target is named once.
+    raise_problems(list(dict.fromkeys(u for r in results for u in r.get("unusable", ()))),
+                   2 * len(jobs))
     mismatched = [r["mismatch"] for r in results if "mismatch" in r]
     if mismatched:
         # Targets exactly twice as wide: the user passed the A|B dataset folder as TARGET_DIR.
