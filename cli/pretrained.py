@@ -14,18 +14,29 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import handle_errors
+from p2p.cli.common import CONTEXT, handle_errors, missing_extra
 from p2p.runtime import pretrained as catalogue
 from p2p.runtime.metadata import DIRECTIONS
 
 try:  # the export needs torch; `list` and the name lookup do not
     from p2p.export.pretrained import PRECISIONS, PretrainedConfig, get as get_model, import_file
-    NEEDS = None
+    MISSING = None
 except ImportError as e:
-    PRECISIONS, NEEDS = {}, e.name
+    PRECISIONS, MISSING = {}, e
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _require_export(command: str) -> None:
+    """`get` and `import` export with torch: without it, one line naming the extra (checked
+    before anything else runs, so no name from the failed import is ever looked up)."""
+    if MISSING is None:
+        return
+    line = missing_extra(f"p2p-pretrained {command}", MISSING)
+    if line is None:  # not a missing optional dependency: a broken install stays a traceback
+        raise MISSING
+    raise click.ClickException(line.removeprefix("Error: "))
+
+
+@click.group(context_settings=CONTEXT)
 def main():
     """Published pix2pix generators (junyanz/pytorch-CycleGAN-and-pix2pix), ready to run.
 
@@ -35,9 +46,14 @@ def main():
 
 
 @main.command("list")
-def list_models():
+@click.option("--quiet", "-q", is_flag=True, help="Only the names, one a line (for scripts).")
+def list_models(quiet):
     """The published generators: task, direction, size, norm, source and licence."""
     have = set(catalogue.cached_names())
+    if quiet:
+        for name in [*catalogue.CATALOGUE, *sorted(have - set(catalogue.CATALOGUE))]:
+            click.echo(name)
+        return
     for p in catalogue.CATALOGUE.values():
         mark = "downloaded" if p.name in have else "not downloaded"
         click.echo(f"{p.name:<20} {p.task} ({p.dataset} dataset, --direction {p.direction}); "
@@ -69,9 +85,6 @@ def _shared_options(fn):
 
 def _config(name, sha256, quiet, flags, force=False, direction=None):
     calibration = flags.pop("calibration", None)
-    if NEEDS:
-        raise click.ClickException(f"exporting a pretrained model needs {NEEDS}: "
-                                   "pip install 'p2p[train]'")
     precisions = tuple(p for p in PRECISIONS if flags.get(p))
     return PretrainedConfig(name=name, precisions=precisions, sha256=sha256, force=force,
                             progress=not quiet, direction=direction, calibration=calibration)
@@ -84,6 +97,7 @@ def _config(name, sha256, quiet, flags, force=False, direction=None):
 @handle_errors
 def get(name, force, sha256, quiet, **flags):
     """Download the generator NAME (see `list`) and export it to a verified ONNX model."""
+    _require_export("get")
     for path in get_model(_config(name, sha256, quiet, flags, force=force)):
         click.echo(path)
 
@@ -97,6 +111,7 @@ def get(name, force, sha256, quiet, **flags):
 @handle_errors
 def import_(file, name, direction, sha256, quiet, **flags):
     """Use FILE (a *_net_G.pth fetched by hand) as the pretrained model NAME, and export it."""
+    _require_export("import")
     for path in import_file(file, _config(name, sha256, quiet, flags, direction=direction)):
         click.echo(path)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from torch import nn
 
 from p2p.runtime.errors import CheckpointError, choices
+from p2p.runtime.host import file_sha256
 from p2p.runtime.metadata import COLOR_SPACES, DIRECTIONS
-from p2p.trainer.checkpoint import check_checkpoint, load_state, sha256_file
+from p2p.trainer.checkpoint import check_checkpoint, load_state
 from p2p.trainer.models import ModelConfig
 from p2p.trainer.reference import JUNYANZ_KEY, build_generator, is_junyanz
 
@@ -114,7 +115,7 @@ def _load_p2p(path: Path, state: dict, o: Overrides) -> Loaded:
                                   f"records {name}={have}; drop the flag")
     generator = build_generator(path, cfg, state["generator"])
     return Loaded(generator, cfg, facts["direction"], facts["color_space"], int(state["step"]),
-                  sha256_file(path), "p2p", path, run_dir_of(path), task.get("data"))
+                  file_sha256(path), "p2p", path, run_dir_of(path), task.get("data"))
 
 
 def _load_junyanz(path: Path, state: dict, o: Overrides) -> Loaded:
@@ -132,7 +133,7 @@ def _load_junyanz(path: Path, state: dict, o: Overrides) -> Loaded:
         raise CheckpointError(f"{path}: --color-space lab needs --in-channels 1 "
                               "--out-channels 2 (L in, ab out)")
     generator = build_generator(path, cfg, state, junyanz=True)
-    return Loaded(generator, cfg, direction, color_space, 0, sha256_file(path), "junyanz",
+    return Loaded(generator, cfg, direction, color_space, 0, file_sha256(path), "junyanz",
                   path, run_dir_of(path), None)
 
 

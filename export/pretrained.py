@@ -115,13 +115,21 @@ def import_file(source: Path, cfg: PretrainedConfig) -> list[Path]:
     digest = _check(source, download.expected(item.name, item.sha256, cfg.sha256, book),
                     str(source))
     pth = catalogue.weights_path(item.name)
-    if source.resolve() != pth.resolve():
+    placed = source.resolve() != pth.resolve()
+    if placed:
         atomic_write(pth, lambda tmp: shutil.copyfile(source, tmp))
     print(f"imported {source} -> {pth} (sha256 {digest})")
     # A listed model's metadata names where it is published; one of the user's own, its file.
     origin = f"file://{source.resolve()}"
     url = item.url if item.name in catalogue.CATALOGUE else origin
-    outputs = _export(item, pth, digest, url, cfg)
+    try:
+        outputs = _export(item, pth, digest, url, cfg)
+    except BaseException:
+        if placed:  # a file that does not export is not left in the cache as that name
+            pth.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                pth.parent.rmdir()  # only when empty
+        raise
     book.record(item.name, digest, origin)
     return outputs
 

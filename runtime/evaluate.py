@@ -32,10 +32,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import DataError, choices
+from .errors import DataError, P2PError, choices
 from .files import atomic_write
 from .images import SHOWN_EXTS, open_rgb
-from .listing import list_images, listed, pair_by_name
+from .listing import list_images, listed, pair_by_name, raise_problems
 from .metrics import PSNR_CAP, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, SSIMUndefined, l1, \
     psnr, ssim
 DIRECTIONS = ("AtoB", "BtoA")
@@ -88,7 +88,17 @@ def load_target(path: Path, half: str | None) -> np.ndarray:
 
 def _measure(job) -> dict:
     pred_path, target_path, half, resize_pred = job
-    p, t = load_rgb(pred_path), load_target(target_path, half)
+    unusable = []  # ImageError, or an A|B target of odd width: named with the others
+    try:
+        p = load_rgb(pred_path)
+    except P2PError as e:
+        unusable.append(str(e))
+    try:
+        t = load_target(target_path, half)
+    except P2PError as e:
+        unusable.append(str(e))
+    if unusable:
+        return {"unusable": unusable}
     if p.shape != t.shape:
         if not resize_pred:
             return {"mismatch": (pred_path, p.shape[1], p.shape[0], t.shape[1], t.shape[0])}
@@ -135,6 +145,11 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
         # numpy and Pillow release the GIL in the heavy parts; map keeps the pair order.
         results = list(tqdm(pool.map(_measure, jobs), total=len(jobs), desc="eval",
                             unit="img", disable=not cfg.progress))
+    # Every unreadable image is named (not only the first): a subset's metrics are not
+    # comparable, so none are given.
+    # dict.fromkeys: a file that is both a prediction and a target is named once.
+    raise_problems(list(dict.fromkeys(u for r in results for u in r.get("unusable", ()))),
+                   2 * len(jobs))
     mismatched = [r["mismatch"] for r in results if "mismatch" in r]
     if mismatched:
         # Targets exactly twice as wide: the user passed the A|B dataset folder as TARGET_DIR.

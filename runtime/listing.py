@@ -68,6 +68,17 @@ def listed(names) -> str:
     return ", ".join(names[:MAX_LISTED]) + more
 
 
+def raise_problems(problems: list[str | None], total: int, what: str = "images") -> None:
+    """One DataError naming every bad file in ``problems`` (None entries are fine files):
+    the problem itself when there is one, else a count and one indented line per file."""
+    problems = [p for p in problems if p]
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        raise DataError(f"{len(problems)} of {total} {what} are unusable; fix or remove "
+                        "them:\n" + "\n".join(f"  {p}" for p in problems))
+
+
 def pair_by_name(a: list[Path], b: list[Path]) -> Pairing:
     """Pair two lists of relative paths: the same path first, else the one b with the same
     path and another extension. Nothing is guessed: every other case is reported."""

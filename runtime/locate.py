@@ -6,7 +6,8 @@
 - an existing file: that file;
 - a run folder or its ``export/`` folder: its fastest verified export
   (``precision.fastest_export``: INT8 where this CPU and backend run it natively, else FP32);
-- a downloaded pretrained name (``p2p-pretrained get NAME``): likewise, among its exports.
+- a downloaded pretrained name (``p2p-pretrained get NAME``): likewise, among its exports
+  (a name wins over a folder of that name in the working directory, e.g. a dataset's).
 
 ``pick_model`` returns the path and the rule that picked it, for the start-up line.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from .errors import ModelError, P2PError
 from .modelfile import read_metadata  # numpy + protobuf reading, no onnxruntime
 from .precision import fastest_export
-from .pretrained import resolve_model
+from .pretrained import is_downloaded, resolve_model
 
 
 def pick_model(value: Path | str | None, runs: Path = Path("runs")
@@ -28,10 +29,10 @@ def pick_model(value: Path | str | None, runs: Path = Path("runs")
     ``runs`` holds no model."""
     if value is None:
         return default_model(runs)
-    if Path(value).is_dir():
+    if Path(value).is_dir() and not is_downloaded(str(value)):  # a name beats a folder
         return fastest_export(Path(value))
     path = resolve_model(value)
-    if Path(value).exists():
+    if path == Path(value):
         return path, None
     model, why = fastest_export(path.parent)  # a pretrained name: its folder of exports
     return model, f"--model {value} (downloaded pretrained model): {why}"

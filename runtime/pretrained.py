@@ -89,19 +89,29 @@ def cached_names() -> list[str]:
         return []
 
 
+def is_downloaded(name: str) -> bool:
+    """Whether ``name`` is a pretrained model whose FP32 export is in the cache."""
+    return bool(NAME_RE.fullmatch(name)) and onnx_path(name).is_file()
+
+
 def resolve_model(value: Path | str) -> Path:
-    """``--model``: an existing file wins; else a downloaded pretrained name -> its FP32 ONNX.
+    """``--model``: an existing file wins; else a downloaded pretrained name -> its FP32 ONNX
+    (a folder of that name, e.g. a dataset's, does not hide it).
 
     Raises ``ModelError`` (one line) for a name that is not downloaded, listing the names
     that are, or saying how to get a catalogue name.
     """
     path = Path(value)
-    if path.exists():
+    if path.exists() and not path.is_dir():
         return path
     name = str(value)
-    if NAME_RE.fullmatch(name) and onnx_path(name).is_file():
-        return onnx_path(name)
+    if is_downloaded(name):
+        return onnx_path(name)  # even when a folder of that name is in the way (a dataset's)
     have = ", ".join(cached_names()) or "none"
+    if path.is_dir():
+        raise ModelError(f"{path}: a folder, not a model file, nor a downloaded pretrained "
+                         f"model (downloaded in {models_dir()}: {have}); pass the .onnx file "
+                         "(p2p-export writes RUN/export/generator.onnx)")
     if name in CATALOGUE:
         raise ModelError(f"{name}: pretrained model not downloaded yet; run p2p-pretrained "
                          f"get {name} (downloaded in {models_dir()}: {have})")

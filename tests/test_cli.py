@@ -18,18 +18,20 @@ from onnx_models import identity_model
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["train", "export", "translate", "process", "eval", "serve"]
 PROCESS_OPS = ["resize", "combine", "split", "grayscale", "edges", "blank"]
+PRETRAINED_OPS = ["list", "get", "import"]
 
 
 def command(name):
     return __import__(f"p2p.cli.{name}", fromlist=["main"]).main
 
 
-@pytest.mark.parametrize("args", [[c] for c in COMMANDS] + [["process", op] for op in PROCESS_OPS])
+@pytest.mark.parametrize("args", [[c] for c in COMMANDS] + [["process", op] for op in PROCESS_OPS]
+                         + [["pretrained"]] + [["pretrained", op] for op in PRETRAINED_OPS])
 def test_every_command_takes_h_and_quiet(args):
     for flag in ("-h", "--help"):
         r = CliRunner().invoke(command(args[0]), [*args[1:], flag])
         assert r.exit_code == 0 and "Usage:" in r.output, (args, flag, r.output)
-    if args != ["process"]:  # the group itself only lists its operations
+    if args not in (["process"], ["pretrained"]):  # a group itself only lists its operations
         r = CliRunner().invoke(command(args[0]), [*args[1:], "-h"])
         assert re.search(r"-q, --quiet\b", r.output), (args, r.output)
 
@@ -49,6 +51,24 @@ def test_train_and_export_without_torch_name_the_extra(prog, module, args):
     assert r.stderr.strip() == (f"Error: {prog} needs torch, which is not installed: "
                                 "pip install 'p2p[train]'")
     assert r.stdout == ""
+
+
+def test_pretrained_list_quiet_gives_the_names_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path))  # no imported models beside the list
+    r = CliRunner().invoke(command("pretrained"), ["list", "-q"])
+    assert r.exit_code == 0, r.output
+    assert r.output.split() == ["facades_label2photo", "sat2map", "map2sat", "edges2shoes",
+                                "day2night"]
+
+
+@pytest.mark.parametrize("args", [["get", "sat2map"], ["import", __file__, "--name", "x"]])
+def test_pretrained_export_without_torch_names_the_extra(args):
+    r = cli_without(["torch"], "pretrained", "p2p-pretrained", *args)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == (f"Error: p2p-pretrained {args[0]} needs torch, which is not "
+                                "installed: pip install 'p2p[train]'")
+    r = cli_without(["torch"], "pretrained", "p2p-pretrained", "list", "-q")
+    assert r.returncode == 0 and "sat2map" in r.stdout.split(), r.stderr
 
 
 def test_export_without_onnx_names_the_extra():
@@ -112,3 +132,28 @@ def test_requires_python_covers_what_p2p_serve_uses():
     assert "asyncio.timeout(" in (ROOT / "runtime" / "server.py").read_text()
     assert floor >= (3, 11)
     assert sys.version_info >= floor
+
+
+def test_model_name_is_found_when_a_folder_of_that_name_is_in_the_way(model, tmp_path,
+                                                                      monkeypatch):
+    # `p2p-pretrained import FILE --name facades`, then run inside the folder that holds the
+    # facades dataset: --model facades is the model, not the dataset folder.
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "models" / "facades" / "generator.onnx"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(model[0].read_bytes())
+    (tmp_path / "facades").mkdir()
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(command("translate"), [str(model[1]), "--model", "facades",
+                                                  "-o", "out", "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"--model facades (downloaded pretrained model): model: generator.onnx (fp32) " \
+        f"from {cached.parent}" in r.output
+    assert (tmp_path / "out" / "a.png").is_file()
+    # A folder that is no model name and holds no export: one line saying so, nothing written.
+    (tmp_path / "runs").mkdir()
+    r = CliRunner().invoke(command("translate"), [str(model[1]), "--model", "runs",
+                                                  "-o", "out2", "-q"])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith(
+        "Error: runs: no p2p model (*.onnx with p2p metadata) in runs"), r.output
+    assert not (tmp_path / "out2").exists()

@@ -270,11 +270,14 @@ def test_a_rank_failing_mid_training_ends_the_job_with_its_reason(pairs, tmp_pat
     assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
 
 
-def test_sigterm_saves_once_and_every_rank_exits(pairs, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_saves_once_and_every_rank_exits(pairs, tmp_path, workers):
+    # workers 1 (the default): torchrun signals each rank's whole process group (killpg), so
+    # the data-loader workers get the SIGTERM too and must leave the stop to their rank.
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", str(P2P_TRAIN), "--data", str(pairs), *map(str, TINY), "--max-steps", 100000,
-           "--log-every", 1, "--sample-every", 0, "-o", str(out)]
+           "--log-every", 1, "--sample-every", 0, "-o", str(out), "--workers", workers]
     proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

@@ -207,3 +207,18 @@ def test_images_under_the_ssim_window_are_named_and_the_rest_scored(tmp_path):
     assert f"SSIM {ssim(big_p, big_t):.4f} (over 1 images)" in r.output
     want_psnr = (psnr(big_p, big_t) + 2 * PSNR_CAP) / 3
     assert f"PSNR {want_psnr:.2f} dB" in r.output
+
+
+def test_every_unreadable_image_is_named_and_nothing_is_written(pairs, tmp_path):
+    # Not only the first one found: a truncated prediction and an empty target, both named.
+    preds, targets = pairs
+    (preds / "a.png").write_bytes((preds / "a.png").read_bytes()[:200])
+    (targets / "sub" / "b.png").write_bytes(b"")
+    out_json = tmp_path / "m.json"
+    r = invoke(preds, targets, "--json", out_json)
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == "Error: 2 of 6 images are unusable; fix or remove them:", r.output
+    assert len(lines) == 3 and lines[1].startswith(f"  {preds / 'a.png'}: cannot decode: ")
+    assert lines[2] == f"  {targets / 'sub' / 'b.png'}: empty file (0 bytes)"
+    assert not out_json.exists()

@@ -24,8 +24,9 @@ from p2p.export import verify
 from p2p.export.fp16 import emulate
 from p2p.export.load import Overrides, load, resolve
 from p2p.runtime.engine import Engine
+from p2p.runtime.host import file_sha256
 from p2p.runtime.metadata import ModelMetadata
-from p2p.trainer.checkpoint import save_checkpoint, sha256_file
+from p2p.trainer.checkpoint import save_checkpoint
 from p2p.trainer.models import ModelConfig, UnetGenerator
 from reference_nets import JunyanzUnetGenerator, junyanz_norm
 
@@ -175,7 +176,7 @@ def test_metadata_round_trip(exported):
     assert (meta.norm_mode, meta.color_space, meta.source) == ("per-image", "rgb", "p2p")
     assert (meta.input_dtype, meta.output_dtype, meta.training_step) == \
         ("float32", "float32", 123)
-    assert meta.checkpoint_sha256 == sha256_file(exported["ckpt"])
+    assert meta.checkpoint_sha256 == file_sha256(exported["ckpt"])
     assert meta.p2p_version and (meta.input_name, meta.output_name) == ("input", "output")
     fp16 = Engine(exported["fp16"], provider="cpu").metadata
     assert (fp16.input_dtype, fp16.output_dtype) == ("float16", "float32")
@@ -327,7 +328,7 @@ def test_junyanz_state_dict_matches_reference_network(junyanz_file, tmp_path, mo
     meta = engine.metadata
     assert (meta.source, meta.direction, meta.training_step, meta.norm_mode) == \
         ("junyanz", "AtoB", 0, mode)
-    assert meta.checkpoint_sha256 == sha256_file(path)
+    assert meta.checkpoint_sha256 == file_sha256(path)
 
 
 def test_junyanz_old_instance_norm_file(tmp_path):

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from p2p.cli.export import main as export_cli
+from p2p.runtime.host import file_sha256
 from p2p.runtime.modelfile import read_metadata
-from p2p.trainer.checkpoint import sha256_file
 from p2p.trainer.models import ModelConfig, PatchDiscriminator
 from test_export import JunyanzUnetGenerator, junyanz_norm, liven
 from test_train import TINY, losses, make_pairs, run
@@ -113,9 +113,9 @@ def test_fine_tune_from_a_reference_generator_then_export(pairs, tmp_path, monke
     assert state["step"] == 3 and state["epoch"] == 0
     assert state["opt_g"]["state"][0]["step"].item() == 3  # a fresh optimizer
     init = json.loads((out / "config.json").read_text())["task"]["init"]
-    assert init == {"generator": str(g_path), "generator_sha256": sha256_file(g_path),
+    assert init == {"generator": str(g_path), "generator_sha256": file_sha256(g_path),
                     "format": "junyanz", "step": 0, "discriminator": str(d_path),
-                    "discriminator_sha256": sha256_file(d_path)}
+                    "discriminator_sha256": file_sha256(d_path)}
     r = CliRunner().invoke(export_cli, [str(out), "-o", str(tmp_path / "g.onnx")])
     assert r.exit_code == 0, r.output
     assert read_metadata(tmp_path / "g.onnx").training_step == 3

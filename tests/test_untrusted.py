@@ -27,6 +27,7 @@ from onnx_models import identity_model
 from p2p.runtime import modelfile
 from p2p.runtime import images
 from p2p.runtime.engine import Engine
+from p2p.runtime.errors import CheckpointError
 from p2p.runtime.modelfile import read_metadata_props
 from p2p.runtime.errors import ImageError, ModelError
 
@@ -473,3 +474,28 @@ def test_metadata_that_lies_about_the_size_is_refused(tmp_path, monkeypatch, pro
                                          r"image_size 65536"):
         Engine(path, provider)
     assert created == []
+
+
+@pytest.mark.parametrize("raw", [b"hello world", b"\x80\x02}q\x00(X\x01", b"\x80\x02K\x05.",
+                                 bytes(range(256)) * 8],
+                         ids=["text (KeyError)", "cut pickle (struct.error)", "bad magic",
+                              "random"])
+def test_any_garbage_checkpoint_is_one_line_in_every_loader(tmp_path, raw):
+    from p2p.cli.export import main as export_cli
+    from p2p.cli.pretrained import main as pretrained_cli
+    from p2p.trainer.checkpoint import load_state
+
+    bad = tmp_path / "g.pth"
+    bad.write_bytes(raw)
+    with pytest.raises(CheckpointError, match=r"g\.pth: not a readable PyTorch checkpoint"):
+        load_state(bad)
+    r = invoke(export_cli, bad, "-o", tmp_path / "out")
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1].startswith(
+        f"Error: {bad}: not a readable PyTorch checkpoint"), r.output
+    assert not (tmp_path / "out").exists()
+    # p2p-pretrained import: the bad file is refused and not left in the model cache
+    cache = tmp_path / "cache"
+    r = CliRunner(env={"P2P_CACHE": str(cache)}).invoke(
+        pretrained_cli, ["import", str(bad), "--name", "mine", "--direction", "AtoB", "-q"])
+    assert r.exit_code == 1 and "not a readable PyTorch checkpoint" in r.output, r.output
+    assert not (cache / "models" / "mine").exists()

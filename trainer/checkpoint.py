@@ -20,10 +20,8 @@ with ``torch.load(weights_only=True)`` and a file from a stranger can never run 
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import random
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +63,9 @@ def load_state(path: Path) -> dict:
             f"{path}: refused: the file holds Python objects that could run code, and p2p "
             f"only loads plain weights ({glob[:160]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - what torch's unpickler raises on garbage is open:
+        # RuntimeError, EOFError, BadZipFile, OSError, ValueError, and from the legacy format
+        # KeyError ("hello world" as .pth) or struct.error (a pickle cut short)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
                               f"corrupt?): {msg[:200]}") from None
@@ -90,14 +90,6 @@ def check_checkpoint(state: dict, path: Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: p2p checkpoint lacks {', '.join(missing)}")
     return state
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rng_state(device: torch.device | None = None) -> dict:

@@ -18,7 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from p2p.runtime.errors import CheckpointError
-from p2p.trainer.checkpoint import check_checkpoint, load_state, sha256_file
+from p2p.runtime.host import file_sha256
+from p2p.trainer.checkpoint import check_checkpoint, load_state
 from p2p.trainer.models import ModelConfig
 from p2p.trainer.reference import JUNYANZ_KEY, build_discriminator, build_generator, is_junyanz
 
@@ -46,7 +47,7 @@ def init_from(G, D, model_cfg: ModelConfig, g_path: str, d_path: str | None = No
     else:
         raise CheckpointError(f"{g_path}: neither a p2p checkpoint nor a pix2pix generator "
                               f"state_dict (no '{JUNYANZ_KEY}' key)")
-    record = {"generator": str(g_path), "generator_sha256": sha256_file(g_path),
+    record = {"generator": str(g_path), "generator_sha256": file_sha256(g_path),
               "format": kind, "step": step, "discriminator": None}
     G.load_state_dict(build_generator(g_path, model_cfg, weights_g,
                                       junyanz=kind == "junyanz").state_dict())
@@ -57,7 +58,7 @@ def init_from(G, D, model_cfg: ModelConfig, g_path: str, d_path: str | None = No
             _same_architecture(Path(d_path), d_state, model_cfg)
             d_state = d_state.get("discriminator")
         weights_d = d_state
-        record.update(discriminator=str(d_path), discriminator_sha256=sha256_file(Path(d_path)))
+        record.update(discriminator=str(d_path), discriminator_sha256=file_sha256(Path(d_path)))
     elif weights_d is not None:
         record["discriminator"] = str(g_path)
     if weights_d is not None:

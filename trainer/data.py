@@ -13,6 +13,7 @@ exactly the batches an uninterrupted run would have seen, whatever the number of
 from __future__ import annotations
 
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -82,12 +83,7 @@ def image_problems(paths: list[Path], side_by_side: bool) -> list[str | None]:
 
 def raise_problems(problems: list[str | None], total: int) -> None:
     """One DataError naming every bad file in ``problems`` (None entries are fine files)."""
-    problems = [p for p in problems if p]
-    if len(problems) == 1:
-        raise DataError(problems[0])
-    if problems:
-        raise DataError(f"{len(problems)} of {total} training images are unusable; fix or "
-                        "remove them:\n" + "\n".join(f"  {p}" for p in problems))
+    listing.raise_problems(problems, total, "training images")
 
 
 def check_images(paths: list[Path], side_by_side: bool) -> None:
@@ -182,6 +178,19 @@ class PairDataset(Dataset):
         b = _jitter(b, size, crop, self.image_size, flip)
         a, b = to_tensor(a), to_tensor(b)
         return (a, b) if self.direction == "AtoB" else (b, a)
+
+
+def leave_stops_to_the_trainer(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a loader worker ignores SIGINT and SIGTERM.
+
+    Ctrl-C reaches the terminal's whole process group, and torchrun ends a rank with
+    ``os.killpg`` (torch/distributed/elastic/multiprocessing/subprocess_handler), so the
+    workers get the signal too. Dying of it would fail the trainer's next batch ("DataLoader
+    worker ... is killed by signal") before it can finish the step and save; the trainer's
+    handler decides instead, and the workers end with the loader (or with their parent:
+    torch's worker loop watches it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class EpochSampler(Sampler):

@@ -268,6 +268,7 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
                         pin_memory=t.device.type == "cuda",
+                        worker_init_fn=data.leave_stops_to_the_trainer,
                         # Its own generator: each iter() would otherwise draw a worker base
                         # seed from the global RNG, which dropout uses, and break --resume.
                         generator=torch.Generator().manual_seed(cfg.seed))
