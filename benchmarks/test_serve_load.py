@@ -99,7 +99,7 @@ async def _load(url: str, bodies: list[bytes], clients: int, seconds: float) -> 
 def batch_histogram(before: dict, after: dict) -> dict[int, int]:
     """Exact batch-size counts from the server's cumulative p2p_batch_size buckets."""
     def counts(samples):
-        cum = {int(k.split('"')[1]): v for k, v in samples.items()
+        cum = {int(float(k.split('"')[1])): v for k, v in samples.items()  # le="1.0"
                if k.startswith("p2p_batch_size_bucket") and '"+Inf"' not in k}
         return {size: cum[size] - cum.get(size - 1, 0) for size in sorted(cum)}
     a, b = counts(before), counts(after)

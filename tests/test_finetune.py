@@ -13,7 +13,8 @@ from p2p.cli.export import main as export_cli
 from p2p.runtime.host import file_sha256
 from p2p.runtime.modelfile import read_metadata
 from p2p.trainer.models import ModelConfig, PatchDiscriminator
-from test_export import JunyanzUnetGenerator, junyanz_norm, liven
+from reference_nets import JunyanzUnetGenerator, junyanz_norm
+from test_export import liven
 from test_train import TINY, losses, make_pairs, run
 
 LR = 2e-4

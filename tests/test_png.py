@@ -26,3 +26,17 @@ def test_encode_uses_it_for_rgb_and_l_and_pillow_otherwise():
     rgba = rgb.convert("RGBA")
     with Image.open(io.BytesIO(encode(rgba, "png"))) as im:  # Pillow's encoder, still exact
         assert np.array_equal(np.asarray(im), np.asarray(rgba))
+
+
+def test_both_deflates_write_the_same_pixels():
+    """ISA-L (the fast path) and zlib (the fallback) are interchangeable inside IDAT."""
+    from p2p.runtime import images
+
+    a = np.random.default_rng(3).integers(0, 256, (40, 24, 3), dtype=np.uint8)
+    fallback = images._zlib_rle
+    for deflate in (images._deflate, fallback):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(images, "_deflate", deflate)
+            data = images.png_bytes(a)
+        with Image.open(io.BytesIO(data)) as im:
+            assert np.array_equal(np.asarray(im), a)

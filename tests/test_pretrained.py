@@ -31,7 +31,8 @@ from p2p.runtime import download, pretrained
 from p2p.runtime.modelfile import read_metadata
 from p2p.runtime.errors import ModelError
 from p2p.runtime.locate import pick_model
-from test_export import JunyanzUnetGenerator, junyanz_norm, liven
+from reference_nets import JunyanzUnetGenerator, junyanz_norm
+from test_export import liven
 
 NAME = "facades_label2photo"
 BIN = Path(sys.executable).parent
