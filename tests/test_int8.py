@@ -23,7 +23,8 @@ from p2p.runtime.engine import Engine  # noqa: E402
 from p2p.runtime.modelfile import read_metadata  # noqa: E402
 from p2p.runtime.errors import ExportError  # noqa: E402
 
-from test_export import images, liven, run_cli, train_mode_per_image  # noqa: E402
+from test_export import (images, liven, private_cache, run_cli,  # noqa: E402,F401
+                         train_mode_per_image)
 
 CALIBRATION = 12
 NGF = 8  # ngf 4 is too narrow for per-tensor INT8 activations to reach 40 dB (39.7)
@@ -48,13 +49,6 @@ def _save(folder: Path, arrays) -> Path:
         u8 = np.clip(np.rint((x.transpose(1, 2, 0) + 1) * 127.5), 0, 255).astype(np.uint8)
         Image.fromarray(u8).save(folder / f"{k:03d}.png")
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("P2P_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")
