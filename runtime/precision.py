@@ -171,6 +171,11 @@ def open_backend(engine, provider: str, requested: str | None):
 
     choice = choose(requested, engine.metadata.model_precision, provider, cpu_flags(),
                     engine.path.name)
+    if choice.precision == "int8" and not engine.metadata.verified:
+        # A file given by path runs (the user chose it), but the start-up line must not
+        # suggest the >= 40 dB check happened (run folders pass such files over).
+        choice = dataclasses.replace(choice, why=choice.why + "; NOT verified against FP32 "
+                                     "(exported with --no-verify)")
     options = dataclasses.replace(engine.options, precision=choice.backend)
     backend = backends.create(provider, engine.model_file, options)
     try:

@@ -169,3 +169,15 @@ def test_without_openvino_a_run_folder_runs_float_and_bf16_is_one_line(tmp_path)
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and "bf16 runs on openvino only" in errors[0], r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out-bf16").exists()
+
+
+@pytest.mark.parametrize("verified", [True, False])
+def test_an_unverified_int8_file_given_by_path_says_so(tmp_path, verified):
+    """--model FILE.int8.onnx exported with --no-verify runs (the user chose it), and the
+    start-up reason says it was not checked; a verified one does not say so."""
+    from p2p.runtime.engine import Engine
+
+    path = conv_model(tmp_path / "g.int8.onnx", precision="int8", verified=verified)
+    with Engine(path, provider="cpu") as engine:
+        assert engine.precision == "int8"
+        assert ("NOT verified" in engine.choice.why) is not verified
