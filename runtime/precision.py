@@ -92,7 +92,12 @@ def choose(requested: str | None, model_precision: str, provider: str,
                          "export (generator.onnx) for --precision " + requested)
     if model_precision == "fp16":
         if requested == "auto":
-            return Choice("fp16", f"auto: {model} is an FP16 export", None)
+            # On a CPU the arithmetic is float32 (OpenVINO runs the f32 hint on the widened
+            # weights; onnxruntime casts around the ops it has no FP16 CPU kernel for): the
+            # line must not suggest FP16 arithmetic ran there.
+            cpu = ("; on a CPU its FP16 weights run in FP32 arithmetic (generator.onnx is the "
+                   "exact float path)" if provider in ("cpu", "openvino") else "")
+            return Choice("fp16", f"auto: {model} is an FP16 export" + cpu, None)
         raise ModelError(f"{model} is an FP16 export: it cannot run {requested}; use the float "
                          "export (generator.onnx), or --precision auto")
     if requested == "int8":

@@ -181,3 +181,10 @@ def test_an_unverified_int8_file_given_by_path_says_so(tmp_path, verified):
     with Engine(path, provider="cpu") as engine:
         assert engine.precision == "int8"
         assert ("NOT verified" in engine.choice.why) is not verified
+
+
+def test_an_fp16_file_on_a_cpu_does_not_claim_fp16_arithmetic():
+    for provider in ("cpu", "openvino"):
+        c = choose("auto", "fp16", provider, AMX)
+        assert c.precision == "fp16" and "FP32 arithmetic" in c.why
+    assert "arithmetic" not in choose("auto", "fp16", "tensorrt", AMX).why
