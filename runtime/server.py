@@ -147,7 +147,8 @@ class Service:
         self.metrics = ServiceMetrics(
             cfg.max_batch, lambda: self.batcher.waiting,
             {"model": str(engine.path), "provider": engine.provider,
-             "precision": engine.precision, "direction": self.meta.direction, "image_size": str(self.meta.image_size)})
+             "precision": engine.precision, "direction": self.meta.direction,
+             "image_size": str(self.meta.image_size)})
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch(size, seconds)
