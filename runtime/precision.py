@@ -118,7 +118,8 @@ def choose(requested: str | None, model_precision: str, provider: str,
         return Choice("bf16", f"auto: the CPU has native BF16 ({bf16}) and openvino runs it "
                       "(--precision fp32 for the exact path)", "bf16")
     reason = ("no native BF16 on this CPU" if bf16 is None
-              else f"provider {provider} has no BF16 CPU path")
+              else f"provider {provider} has no BF16 CPU path (openvino has: "
+              "pip install 'p2p[openvino]' where it is missing)")
     return Choice("fp32", f"auto: {reason}", None)
 
 
