@@ -42,7 +42,7 @@ def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms
     """Serve a p2p model: POST /translate, GET /healthz, GET /metrics, and a page at /."""
     with requires("p2p-serve"):
         from p2p.runtime.server import ServeConfig, serve
-    model, rule = pick_model(model)
+    model, rule = pick_model(model, precision=precision, provider=provider)
     if rule and not quiet:
         click.echo(rule, err=True)
     cfg = ServeConfig(model=model, host=host, port=port, provider=provider, threads=threads,

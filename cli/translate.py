@@ -47,7 +47,7 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
     if len(inputs) > 1 and output is None:
         click.echo("note: several inputs and no --output: each goes to its own "
                    "<input>-translated folder", err=True)
-    model, rule = pick_model(model)
+    model, rule = pick_model(model, precision=precision, provider=provider)
     if rule:
         click.echo(rule, err=True)
     cfg = TranslateConfig(inputs=tuple(inputs), model=model, output=output, provider=provider,

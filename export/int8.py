@@ -150,7 +150,7 @@ def load_calibration(folder: Path, meta: ModelMetadata, limit: int) -> Calibrati
         raise ExportError(f"--calibration {folder}: not a folder")
     if limit < 1:
         raise ExportError(f"calibration needs at least one image, asked for {limit}")
-    arrays, h, skipped = [], hashlib.sha256(), 0
+    arrays, h, skipped = [], hashlib.sha256(), []  # skipped: one line per file, with why
     shape = None
     for rel in scan(folder, None, exclude=None):
         if len(arrays) == limit:
@@ -159,19 +159,27 @@ def load_calibration(folder: Path, meta: ModelMetadata, limit: int) -> Calibrati
         try:
             prep = images.prepare(path, meta, "auto")
             data = path.read_bytes()
-        except (P2PError, OSError):
-            skipped += 1
+        except (P2PError, OSError) as e:
+            skipped.append(f"{path}: {e}" if str(path) not in str(e) else str(e))
             continue
         if shape is not None and prep.array.shape != shape:
-            skipped += 1  # dynamic-size models: one calibration shape keeps NNCF simple
+            # dynamic-size models: one calibration shape keeps NNCF simple
+            skipped.append(f"{path}: {prep.array.shape[1]}x{prep.array.shape[2]} after "
+                           f"preprocessing, not {shape[1]}x{shape[2]} like the first image")
             continue
         shape = prep.array.shape
         arrays.append(prep.array[None])
         h.update(rel.as_posix().encode() + b"\0" + hashlib.sha256(data).digest())
     if not arrays:
-        raise ExportError(f"--calibration {folder}: no readable images ({skipped} skipped)")
-    if skipped:
-        print(f"calibration: skipped {skipped} unreadable or odd-sized files in {folder}")
+        raise ExportError(f"--calibration {folder}: no readable images" + (
+            f" ({len(skipped)} skipped; first: {skipped[0]})" if skipped else
+            " (no image files in it)"))
+    if skipped:  # named, like every bad input; the export goes on with the others
+        print(f"calibration: skipped {len(skipped)} files in {folder}:")
+        for line in skipped[:10]:
+            print(f"  {line}")
+        if len(skipped) > 10:
+            print(f"  ... and {len(skipped) - 10} more")
     return Calibration(arrays, folder, h.hexdigest())
 
 

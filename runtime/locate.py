@@ -22,19 +22,21 @@ from .precision import fastest_export
 from .pretrained import is_downloaded, resolve_model
 
 
-def pick_model(value: Path | str | None, runs: Path = Path("runs")
-               ) -> tuple[Path, str | None]:
+def pick_model(value: Path | str | None, runs: Path = Path("runs"), precision: str = "auto",
+               provider: str = "auto") -> tuple[Path, str | None]:
     """(model file, the line that says why it was picked; None for a file given by path).
+    A folder or name is resolved for ``precision`` and ``provider`` (the command's
+    ``--precision`` and ``--provider``: ``--precision fp32`` takes the float export).
     Raises ``ModelError`` (one line) when ``value`` names nothing, or when it is None and
     ``runs`` holds no model."""
     if value is None:
         return default_model(runs)
     if Path(value).is_dir() and not is_downloaded(str(value)):  # a name beats a folder
-        return fastest_export(Path(value))
+        return fastest_export(Path(value), precision, provider)
     path = resolve_model(value)
     if path == Path(value):
         return path, None
-    model, why = fastest_export(path.parent)  # a pretrained name: its folder of exports
+    model, why = fastest_export(path.parent, precision, provider)  # a pretrained name: its folder of exports
     return model, f"--model {value} (downloaded pretrained model): {why}"
 
 
@@ -52,11 +54,12 @@ def default_model(runs: Path = Path("runs")) -> tuple[Path, str]:
 
     def precision(p: Path) -> str:
         try:
-            return read_metadata(p).input_dtype
+            # model_precision, not input_dtype: an INT8 file takes float32 input too
+            return read_metadata(p).model_precision
         except P2PError:
             return "unknown"  # not a p2p model: Engine says why if it is picked
 
-    fp32 = [p for p in found if precision(p) == "float32"]
+    fp32 = [p for p in found if precision(p) == "fp32"]
     newest = max(fp32 or found, key=lambda p: p.stat().st_mtime)
     rule = (f"the newest FP32 model under {runs}/" if fp32 else
             f"the newest model under {runs}/ (there is no FP32 one)")

@@ -92,7 +92,12 @@ def choose(requested: str | None, model_precision: str, provider: str,
                          "export (generator.onnx) for --precision " + requested)
     if model_precision == "fp16":
         if requested == "auto":
-            return Choice("fp16", f"auto: {model} is an FP16 export", None)
+            # On a CPU the arithmetic is float32 (OpenVINO runs the f32 hint on the widened
+            # weights; onnxruntime casts around the ops it has no FP16 CPU kernel for): the
+            # line must not suggest FP16 arithmetic ran there.
+            cpu = ("; on a CPU its FP16 weights run in FP32 arithmetic (generator.onnx is the "
+                   "exact float path)" if provider in ("cpu", "openvino") else "")
+            return Choice("fp16", f"auto: {model} is an FP16 export" + cpu, None)
         raise ModelError(f"{model} is an FP16 export: it cannot run {requested}; use the float "
                          "export (generator.onnx), or --precision auto")
     if requested == "int8":
@@ -113,7 +118,8 @@ def choose(requested: str | None, model_precision: str, provider: str,
         return Choice("bf16", f"auto: the CPU has native BF16 ({bf16}) and openvino runs it "
                       "(--precision fp32 for the exact path)", "bf16")
     reason = ("no native BF16 on this CPU" if bf16 is None
-              else f"provider {provider} has no BF16 CPU path")
+              else f"provider {provider} has no BF16 CPU path (openvino has: "
+              "pip install 'p2p[openvino]' where it is missing)")
     return Choice("fp32", f"auto: {reason}", None)
 
 
@@ -171,6 +177,11 @@ def open_backend(engine, provider: str, requested: str | None):
 
     choice = choose(requested, engine.metadata.model_precision, provider, cpu_flags(),
                     engine.path.name)
+    if choice.precision == "int8" and not engine.metadata.verified:
+        # A file given by path runs (the user chose it), but the start-up line must not
+        # suggest the >= 40 dB check happened (run folders pass such files over).
+        choice = dataclasses.replace(choice, why=choice.why + "; NOT verified against FP32 "
+                                     "(exported with --no-verify)")
     options = dataclasses.replace(engine.options, precision=choice.backend)
     backend = backends.create(provider, engine.model_file, options)
     try:
@@ -181,43 +192,62 @@ def open_backend(engine, provider: str, requested: str | None):
     return backend, choice
 
 
-def fastest_export(folder: Path) -> tuple[Path, str]:
+def fastest_export(folder: Path, requested: str | None = "auto", provider: str = "auto"
+                   ) -> tuple[Path, str]:
     """The fastest verified model among the exports in ``folder`` (a run folder's
-    ``export/``, or the export folder itself), and one line that says why.
+    ``export/``, or the export folder itself) that can run ``requested`` (``--precision``)
+    on ``provider`` (``--provider``), and one line that says why.
 
-    Ranked by ``model_rank``; an INT8 file is only taken when p2p-export verified it (its
-    metadata says so), a float one is taken either way (FP32 is exact by construction). Files
-    without p2p metadata are not models of ours and are skipped. ModelError when none is left.
+    ``fp32`` and ``bf16`` take the float export, ``int8`` a verified INT8 one, ``auto`` the
+    best by ``model_rank``: INT8 only where OpenVINO loads, the provider is auto or openvino
+    and the CPU has VNNI/AMX (onnxruntime's CPU INT8 is slower than its FP32, and GPUs refuse
+    the file). An INT8 file is only taken when p2p-export verified it (its metadata says so),
+    a float one either way (FP32 is exact by construction). Files without p2p metadata are
+    not models of ours and are skipped. ModelError when none fits.
     """
-    import importlib.util
-
+    from .backends import openvino_available
     from .modelfile import read_metadata
 
+    requested = requested or "auto"
     folder = Path(folder)
     where = folder / "export" if (folder / "export").is_dir() else folder
     flags = cpu_flags()
-    has_openvino = importlib.util.find_spec("openvino") is not None
-    found, unverified = [], []
+    has_openvino = provider in ("auto", "openvino") and openvino_available()
+    wanted = {"auto": ("int8", "fp32", "fp16"), "fp32": ("fp32",), "bf16": ("fp32",),
+              "int8": ("int8",)}.get(requested, ("int8", "fp32", "fp16"))
+    found, unverified, unfit = [], [], []
     for path in sorted(p for p in where.glob("*.onnx") if not p.name.startswith(".")):
         try:
             meta = read_metadata(path)
         except ModelError:
+            continue
+        if meta.model_precision not in wanted:
+            unfit.append(path.name)
             continue
         if meta.model_precision == "int8" and not meta.verified:
             unverified.append(path.name)
             continue
         found.append((model_rank(meta.model_precision, has_openvino, flags), path.name, path,
                       meta.model_precision))
+    skipped = (f"; passed over (not verified): {', '.join(unverified)}" if unverified else "")
     if not found:
-        raise ModelError(f"{folder}: no p2p model (*.onnx with p2p metadata) in {where}; "
-                         "export one with p2p-export")
+        what = ("p2p model (*.onnx with p2p metadata)" if requested == "auto" else
+                f"verified {'/'.join(wanted).upper()} model for --precision {requested}")
+        there = f" (there: {', '.join(unfit)})" if unfit else ""
+        raise ModelError(f"{folder}: no {what} in {where}{there}{skipped}; export "
+                         "one with p2p-export" + (" --int8" if requested == "int8" else ""))
     rank, _, path, precision = min(found)
-    others = ", ".join(name for _, name, p, _ in sorted(found) if p != path)
-    why = {0: "INT8 runs natively here (VNNI/AMX) on openvino",
-           1: "the float export" + ("" if has_openvino else " (INT8 needs openvino installed)"),
-           2: "the float export (INT8 is not known to be faster on this CPU or backend)",
-           3: "the only export"}[rank]
+    others = ", ".join([name for _, name, p, _ in sorted(found) if p != path] + unfit)
+    if requested != "auto":
+        why = f"the {precision.upper()} export, for --precision {requested}"
+    elif rank == 1 and not has_openvino:
+        why = "the float export (INT8 needs openvino" + (
+            ", which does not load here)" if provider in ("auto", "openvino") else
+            f", not --provider {provider})")
+    else:
+        why = {0: "INT8 runs natively here (VNNI/AMX) on openvino",
+               1: "the float export",
+               2: "the float export (INT8 is not known to be faster on this CPU or backend)",
+               3: "the only export"}[rank]
     return path, (f"model: {path.name} ({precision}) from {where}: {why}"
-                  + (f"; also there: {others}" if others else "")
-                  + (f"; passed over (not verified): {', '.join(unverified)}"
-                     if unverified else ""))
+                  + (f"; also there: {others}" if others else "") + skipped)

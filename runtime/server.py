@@ -2,7 +2,7 @@
 
     POST /translate   image bytes in (any format Pillow reads) -> PNG/JPEG/WebP out
                       (?format=png|jpg|webp, else the Accept header, else PNG; ?split=...)
-    GET  /healthz     JSON: model, provider, sizes
+    GET  /healthz     JSON: model, provider, precision (what runs), sizes
     GET  /metrics     Prometheus text: requests by status, errors by reason, latency and
                       batch-size histograms, queue depth, model/provider info
     GET  /            the drawing page (static/, no network needed)
@@ -147,7 +147,8 @@ class Service:
         self.metrics = ServiceMetrics(
             cfg.max_batch, lambda: self.batcher.waiting,
             {"model": str(engine.path), "provider": engine.provider,
-             "direction": self.meta.direction, "image_size": str(self.meta.image_size)})
+             "precision": engine.precision, "direction": self.meta.direction,
+             "image_size": str(self.meta.image_size)})
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch(size, seconds)
@@ -235,6 +236,7 @@ class Service:
         m = self.meta
         return JSONResponse({
             "status": "ok", "model": str(self.engine.path), "provider": self.engine.provider,
+            "precision": self.engine.precision,
             "direction": m.direction, "image_size": m.image_size, "dynamic_size": m.dynamic_size,
             "size_multiple": m.size_multiple, "color_space": m.color_space,
             "in_channels": m.in_channels, "max_batch": self.cfg.max_batch,

@@ -10,7 +10,7 @@ is thread-safe: the event loop and the batcher's thread both record.
     p2p_request_latency_seconds          histogram, body received to response ready
     p2p_batch_size, p2p_inference_seconds  histograms per engine batch
     p2p_queue_depth, p2p_max_batch       gauges (queue depth read when scraped)
-    p2p_model_info{model,provider,...}   1, labelled with what is served and where it runs
+    p2p_model_info{model,provider,precision,...}   1, labelled with what is served and where it runs
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ class GatedEngine:
 
     def __init__(self, engine):
         self.engine, self.path, self.metadata = engine, engine.path, engine.metadata
-        self.provider = engine.provider
+        self.provider, self.precision = engine.provider, engine.precision
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Semaphore(0)  # released each time a batch reaches the gate

@@ -135,7 +135,7 @@ def test_calibration_errors(run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cli([run["ckpt"], "-o", tmp_path / "g.onnx", "--int8", "--calibration", empty])
-    assert result.exit_code == 1 and "no readable images" in result.output
+    assert result.exit_code == 1 and "no readable images (no image files in it)" in result.output
     result = run_cli([run["ckpt"], "-o", tmp_path / "g.onnx", "--int8"])  # no data recorded
     assert result.exit_code == 1 and "--calibration DIR" in result.output
 
@@ -183,3 +183,21 @@ def test_no_verify_int8_says_so_in_its_metadata(run, tmp_path):
     meta = read_metadata(int8.int8_path(out))
     assert meta.model_precision == "int8" and meta.calibration_images == 2
     assert not meta.verified  # so --model <folder> never picks it over the float export
+
+
+def test_skipped_calibration_files_are_named(tmp_path, capsys):
+    """A bad file in --calibration is skipped and named with its reason (it was only counted:
+    'skipped 2 unreadable or odd-sized files')."""
+    from onnx_models import metadata
+
+    calib = _save(tmp_path / "calib", images(2, seed=1))
+    (calib / "zz-broken.png").write_bytes(b"not a png")
+    got = int8.load_calibration(calib, metadata(image_size=64), 10)
+    assert got.count == 2
+    out = capsys.readouterr().out
+    assert "calibration: skipped 1 files in" in out and "zz-broken.png" in out
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "a.jpg").write_bytes(b"junk")
+    with pytest.raises(ExportError, match=r"no readable images \(1 skipped; first: .*a\.jpg"):
+        int8.load_calibration(only_bad, metadata(image_size=64), 10)

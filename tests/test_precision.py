@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import importlib.util
-
 import pytest
 
-from p2p.runtime import precision
+from p2p.runtime import backends, precision
 from p2p.runtime.errors import ModelError, ProviderError
 from p2p.runtime.precision import choose, cpu_flags, fastest_export
 
@@ -33,7 +31,7 @@ def test_auto_on_a_float_file_takes_native_bf16_on_openvino(flags, want, flag):
 def test_auto_off_openvino_is_fp32_and_says_why(provider):
     c = choose("auto", "fp32", provider, AMX)
     assert c.precision == "fp32" and c.backend is None
-    assert f"provider {provider} has no BF16 CPU path" in c.why
+    assert f"provider {provider} has no BF16 CPU path (openvino has" in c.why
 
 
 @pytest.mark.parametrize("flags", [AMX, AVX2])
@@ -101,14 +99,14 @@ def _export_folder(tmp_path: Path, int8_verified: bool) -> Path:
 def test_fastest_export_takes_verified_int8_where_it_runs_natively(tmp_path, monkeypatch):
     folder = _export_folder(tmp_path, int8_verified=True)
     monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
     path, why = fastest_export(folder.parent)  # the run folder works too
     assert path.name == "generator.int8.onnx" and "INT8 runs natively" in why
     assert "also there: generator.onnx" in why
     monkeypatch.setattr(precision, "cpu_flags", lambda: AVX2)  # no VNNI/AMX: float first
     assert fastest_export(folder)[0].name == "generator.onnx"
     monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
     path, why = fastest_export(folder)  # no openvino: INT8 on onnxruntime is slower
     assert path.name == "generator.onnx" and "needs openvino" in why
 
@@ -121,3 +119,72 @@ def test_fastest_export_passes_over_an_unverified_int8(tmp_path, monkeypatch):
     assert "passed over (not verified): generator.int8.onnx" in why
     with pytest.raises(ModelError, match="no p2p model"):
         fastest_export(tmp_path)
+    with pytest.raises(ModelError, match=r"no verified INT8 model for --precision int8 .*"
+                       r"passed over \(not verified\): generator.int8.onnx"):
+        fastest_export(folder, "int8")
+
+
+def test_fastest_export_follows_precision_and_provider(tmp_path, monkeypatch):
+    """--model RUN --precision fp32 on an AMX machine with openvino was refused ('INT8
+    export: it cannot run fp32') although the run has generator.onnx; --provider cpu ran
+    INT8 on onnxruntime (slower than its FP32); without openvino --precision int8 took the
+    float file and refused."""
+    folder = _export_folder(tmp_path, int8_verified=True)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
+    for requested in ("fp32", "bf16"):
+        path, why = fastest_export(folder, requested)
+        assert path.name == "generator.onnx" and f"for --precision {requested}" in why
+    path, why = fastest_export(folder, "auto", "cpu")
+    assert path.name == "generator.onnx" and "not --provider cpu" in why
+    assert fastest_export(folder, "auto", "openvino")[0].name == "generator.int8.onnx"
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    assert fastest_export(folder, "int8")[0].name == "generator.int8.onnx"
+    (folder / "generator.onnx").unlink()
+    with pytest.raises(ModelError, match=r"no verified FP32 model for --precision fp32 .*"
+                       r"there: generator.int8.onnx"):
+        fastest_export(folder, "fp32")
+
+
+def test_without_openvino_a_run_folder_runs_float_and_bf16_is_one_line(tmp_path):
+    """OpenVINO not importable (blocked in a child, as a broken install is): --model RUN
+    takes the float export (not INT8 on onnxruntime's slower CPU path) and says why;
+    --precision bf16 is refused in one line and writes nothing."""
+    from PIL import Image
+
+    from blocking import cli_without
+
+    folder = _export_folder(tmp_path, int8_verified=True)
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "a.png")
+    r = cli_without(["openvino"], "translate", "p2p-translate", tmp_path / "a.png",
+                    "--model", folder.parent, "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "model: generator.onnx (fp32)" in r.stderr and "INT8 needs openvino" in r.stderr
+    assert "on cpu" in r.stderr and "precision fp32" in r.stderr
+    assert (tmp_path / "out" / "a.png").is_file()
+    r = cli_without(["openvino"], "translate", "p2p-translate", tmp_path / "a.png",
+                    "--model", folder.parent, "-o", tmp_path / "out-bf16", "-q",
+                    "--precision", "bf16")
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "bf16 runs on openvino only" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out-bf16").exists()
+
+
+@pytest.mark.parametrize("verified", [True, False])
+def test_an_unverified_int8_file_given_by_path_says_so(tmp_path, verified):
+    """--model FILE.int8.onnx exported with --no-verify runs (the user chose it), and the
+    start-up reason says it was not checked; a verified one does not say so."""
+    from p2p.runtime.engine import Engine
+
+    path = conv_model(tmp_path / "g.int8.onnx", precision="int8", verified=verified)
+    with Engine(path, provider="cpu") as engine:
+        assert engine.precision == "int8"
+        assert ("NOT verified" in engine.choice.why) is not verified
+
+
+def test_an_fp16_file_on_a_cpu_does_not_claim_fp16_arithmetic():
+    for provider in ("cpu", "openvino"):
+        c = choose("auto", "fp16", provider, AMX)
+        assert c.precision == "fp16" and "FP32 arithmetic" in c.why
+    assert "arithmetic" not in choose("auto", "fp16", "tensorrt", AMX).why

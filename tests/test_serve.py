@@ -177,7 +177,7 @@ def test_lab_model_answers_in_colour(models, tmp_path_factory):
 def test_healthz_and_metrics(server):
     url, _ = server
     h = httpx.get(url + "/healthz").json()
-    assert h["status"] == "ok" and h["provider"] == "cpu"
+    assert h["status"] == "ok" and h["provider"] == "cpu" and h["precision"] == "fp32"
     assert h["model"].endswith("identity.onnx") and h["dynamic_size"] is True
     httpx.post(url + "/translate", content=png(noise(8, 8)))
     r = httpx.get(url + "/metrics")
@@ -187,6 +187,7 @@ def test_healthz_and_metrics(server):
     assert m["p2p_queue_depth"] == 0
     info = [k for k in m if k.startswith("p2p_model_info")]
     assert len(info) == 1 and 'provider="cpu"' in info[0] and m[info[0]] == 1
+    assert 'precision="fp32"' in info[0]
     buckets = [v for k, v in m.items() if k.startswith("p2p_request_latency_seconds_bucket")]
     assert buckets == sorted(buckets) and buckets[-1] == m["p2p_request_latency_seconds_count"]
     assert m['p2p_batch_size_bucket{le="+Inf"}'] == m["p2p_batch_size_count"] >= 1

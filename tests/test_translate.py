@@ -271,6 +271,20 @@ def test_without_model_the_fp32_file_is_preferred_and_the_rule_said(tmp_path, mo
     assert fp16.exists()
 
 
+def test_without_model_an_int8_file_is_not_taken_for_fp32(tmp_path, monkeypatch):
+    """An INT8 export takes float32 input too: the default rule read input_dtype and called
+    a freshly written generator.int8.onnx 'the newest FP32 model'."""
+    from p2p.runtime.locate import default_model
+
+    export = tmp_path / "runs" / "facades" / "export"
+    export.mkdir(parents=True)
+    fp32 = identity_model(export / "generator.onnx", dynamic_size=True)
+    identity_model(export / "generator.int8.onnx", dynamic_size=True, precision="int8")
+    os.utime(fp32, (1e9, 1e9))  # the INT8 file is the newer one, as after --int8
+    monkeypatch.chdir(tmp_path)
+    assert default_model()[0] == Path("runs/facades/export/generator.onnx")
+
+
 def test_an_exception_without_a_message_is_still_one_line(tmp_path, monkeypatch):
     """Issue 14: str(e) == '' made the pipeline's own error handling raise IndexError."""
     from p2p.runtime.engine import Engine

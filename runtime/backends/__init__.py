@@ -9,7 +9,6 @@ OpenVINO (``openvino.py``, extra ``p2p[openvino]``) reads the same ONNX file.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +33,17 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def openvino_available() -> bool:
+    """Whether OpenVINO loads here. An import, not ``find_spec``: an install that is present
+    but does not load (a missing shared library, a blocked module) must count as absent, or
+    ``auto`` would rank INT8 first and then run it on onnxruntime's slower CPU path."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def auto_order() -> tuple[list[str], list[tuple[str, str]]]:
     """Providers for ``auto``, fastest first (each is tried until one loads), and those
     passed over without trying, with why: GPU providers when no CUDA device exists (trying
@@ -51,7 +61,7 @@ def auto_order() -> tuple[list[str], list[tuple[str, str]]]:
             order += gpu
         else:
             skipped.append((", ".join(gpu), f"no CUDA device here: {why}"))
-    if importlib.util.find_spec("openvino") is not None:
+    if openvino_available():
         order.append("openvino")  # beats onnxruntime's CPU provider on x86 (BENCHMARKS.md)
     order.append("cpu")
     return order, skipped
