@@ -2,16 +2,19 @@
 
     choice = choose("auto", model_precision="fp32", provider="openvino", flags=cpu_flags())
     choice.precision   # "bf16": what runs
-    choice.why         # "auto: the CPU has native BF16 (amx_bf16) and openvino runs it"
+    choice.why         # "auto: the CPU has AMX (amx_bf16), BF16 matrix units known to ..."
     choice.backend     # what EngineOptions.precision gets: "bf16", "int8" (openvino), or None
 
 The rule (issue 11; speeds in BENCHMARKS.md):
 - an INT8 file (``p2p-export --int8``, verified >= 40 dB) runs INT8: its convolutions are
   INT8 in the file, the rest (normalisation, activations, tanh) runs in float32. ``auto`` and
   ``int8`` take it; ``fp32`` and ``bf16`` are errors (the float export is the exact path);
-- a float32 file runs BF16 under ``auto`` where the CPU has native BF16 (AMX or AVX512_BF16,
-  read from /proc/cpuinfo; elsewhere, e.g. macOS, we do not guess and run FP32) and the
-  provider is OpenVINO (the one backend with a BF16 CPU path); FP32 otherwise. ``fp32`` is
+- a float32 file under ``auto`` on OpenVINO (the one backend with a BF16 CPU path) runs
+  BF16 where the CPU has AMX (BF16 matrix units, known faster than FP32); where it has
+  AVX512_BF16 without AMX the speed is not known from the flags (slower than FP32 on one
+  Xeon, 2x faster on a Zen 4, issue 21), so the first start measures both and keeps the
+  faster, cached per model/CPU/library (``p2p.runtime.measure``); FP32 everywhere else
+  (flags read from /proc/cpuinfo; elsewhere, e.g. macOS, we do not guess). ``fp32`` is
   always the exact path; ``bf16`` without native BF16 or off OpenVINO is an error; ``int8``
   on a float file is an error (export one with --int8);
 - an FP16 file runs as FP16 (GPU) or FP16 weights in FP32 arithmetic (CPU); only ``auto``
@@ -57,6 +60,9 @@ class Choice:
     precision: str  # what runs: "fp32" | "bf16" | "int8" | "fp16"
     why: str  # one line for the start-up log
     backend: str | None  # EngineOptions.precision: "bf16", "int8" (openvino) or None (fp32)
+    # auto where the flags do not settle speed: the precisions to measure the first time
+    # (p2p.runtime.measure); ``precision`` is then FP32, what runs if nothing is measured.
+    race: tuple[str, ...] = ()
 
 
 def choose(requested: str | None, model_precision: str, provider: str,
@@ -114,9 +120,16 @@ def choose(requested: str | None, model_precision: str, provider: str,
             raise ProviderError("precision bf16 needs a CPU with native BF16 (AMX or "
                                 "AVX512_BF16); this one has neither; use fp32")
         return Choice("bf16", f"bf16: asked for; the CPU has native BF16 ({bf16})", "bf16")
+    if provider == "openvino" and "amx_bf16" in flags:
+        # AMX tiles: BF16 matrices at several times the FP32 rate (1.5-2x end to end on a
+        # 2-core Sapphire Rapids, BENCHMARKS.md); known fast, nothing to measure.
+        return Choice("bf16", "auto: the CPU has AMX (amx_bf16), BF16 matrix units "
+                      "known to beat FP32 (--precision fp32 for the exact path)", "bf16")
     if provider == "openvino" and bf16 is not None:
-        return Choice("bf16", f"auto: the CPU has native BF16 ({bf16}) and openvino runs it "
-                      "(--precision fp32 for the exact path)", "bf16")
+        # AVX512_BF16 dot products only: slower than FP32 on one Xeon, 2x faster on a Zen 4
+        # (issue 21). Measured the first time, then cached: p2p.runtime.measure.
+        return Choice("fp32", f"auto: native BF16 ({bf16}) without AMX: speed not measured, "
+                      "FP32 runs", None, race=("fp32", "bf16"))
     reason = ("no native BF16 on this CPU" if bf16 is None
               else f"provider {provider} has no BF16 CPU path (openvino has: "
               "pip install 'p2p[openvino]' where it is missing)")
@@ -182,8 +195,16 @@ def open_backend(engine, provider: str, requested: str | None):
         # suggest the >= 40 dB check happened (run folders pass such files over).
         choice = dataclasses.replace(choice, why=choice.why + "; NOT verified against FP32 "
                                      "(exported with --no-verify)")
-    options = dataclasses.replace(engine.options, precision=choice.backend)
-    backend = backends.create(provider, engine.model_file, options)
+    def build(backend_precision: str | None):
+        options = dataclasses.replace(engine.options, precision=backend_precision)
+        return backends.create(provider, engine.model_file, options)
+
+    if choice.race:  # the flags do not settle it: measured once per model/CPU/library
+        from .measure import race
+
+        backend, choice = race(engine, provider, choice, build)
+    else:
+        backend = build(choice.backend)
     try:
         check_backend(choice, backend, engine.path.name)
     except ProviderError:
@@ -245,7 +266,8 @@ def fastest_export(folder: Path, requested: str | None = "auto", provider: str =
             ", which does not load here)" if provider in ("auto", "openvino") else
             f", not --provider {provider})")
     else:
-        why = {0: "INT8 runs natively here (VNNI/AMX) on openvino",
+        why = {0: "INT8 dot products in hardware ("
+                  f"{native(flags, INT8_FLAGS)}) on openvino, known to beat FP32 and BF16",
                1: "the float export",
                2: "the float export (INT8 is not known to be faster on this CPU or backend)",
                3: "the only export"}[rank]

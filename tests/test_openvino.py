@@ -226,12 +226,19 @@ def test_engine_runs_openvino_fp32_and_bf16(tiny, batch, reference):
         with Engine(tiny, "openvino", batch_size=2, precision="bf16") as engine:
             assert "bf16" in engine.describe()
             assert psnr(engine.run(batch), reference) > 35
-    # The default (auto) runs BF16 exactly where the CPU has it natively, FP32 elsewhere.
-    from p2p.runtime.precision import BF16_FLAGS, cpu_flags
+    # The default (auto): BF16 with AMX, the measured faster of the two with AVX512_BF16
+    # only (p2p.runtime.measure), FP32 without native BF16.
+    from p2p.runtime.precision import cpu_flags
 
     with Engine(tiny, "openvino", batch_size=2) as engine:
-        want = "bf16" if any(f in cpu_flags() for f in BF16_FLAGS) else "fp32"
-        assert engine.precision == want, engine.choice.why
+        flags = cpu_flags()
+        if "amx_bf16" in flags:
+            assert engine.precision == "bf16", engine.choice.why
+        elif "avx512_bf16" in flags and native:
+            assert engine.precision in ("fp32", "bf16"), engine.choice.why
+            assert "by measurement" in engine.choice.why
+        else:
+            assert engine.precision == "fp32", engine.choice.why
 
 
 def test_engine_refuses_bf16_off_openvino(tiny):
