@@ -18,7 +18,8 @@ Speed choices (measured on a 2-core AVX-512 BF16 EPYC, see BENCHMARKS.md):
   this rewrite is what makes bf16 ~2x FP32 here instead of ~1.15x; FP32 is unchanged;
 - one image per infer request, one request in flight per stream, streams = min(cores,
   batch size) with the cores split between them (the THROUGHPUT hint; one stream with every
-  thread at batch size 1). As fast as a whole static batch on one stream (~2-5% faster in
+  thread at batch size 1); each stream takes the next image when it is free (``run``), so a
+  core slowed by another process does not hold the batch. As fast as a whole static batch on one stream (~2-5% faster in
   back-to-back runs), and it holds up when decode/encode threads or other processes take a
   core: independent single-thread streams wait on no barrier. One compiled model (batch 1,
   H and W as exported) then serves every batch size: no recompiles for the last, smaller
@@ -225,8 +226,9 @@ class OpenVINOSession:
             raise ProviderError(f"provider openvino: {self.path.name} compiled for {got}, not "
                                 f"the requested {precision}")
         self._dtype = self.model.input(0).get_element_type().to_dtype()
-        # Plain requests, waited for in order (no completion callbacks: those run Python on
-        # OpenVINO's threads, which aborted the interpreter when a session was collected).
+        # Plain synchronous requests, one Python thread per stream in ``run`` (no completion
+        # callbacks: those run Python on OpenVINO's threads, which aborted the interpreter
+        # when a session was collected).
         self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         self._lock = threading.Lock()  # one run at a time owns the requests
 
@@ -248,39 +250,56 @@ class OpenVINOSession:
         """Any size the model's metadata allows runs here: nothing more to check."""
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Each stream's request takes the next chunk as soon as it is free (one Python
+        thread per stream, ``infer`` releases the GIL). Not a fixed round robin: when another
+        process takes a core, a fixed split waits on the slowed stream for its whole share
+        (rounds of one batch varied 2x on a shared 2-core Xeon, issue 21); here the other
+        stream takes the remaining images."""
         if x.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {x.shape}")
-        rb, outs = self.request_batch, []
+        rb = self.request_batch
+        starts = list(range(0, len(x), rb))
+        if not starts:
+            return np.zeros((0, self.metadata.out_channels, *x.shape[2:]), np.float32)
+        outs: list[np.ndarray | None] = [None] * len(starts)
         with self._lock:
-            pending = []  # (request, real images, input kept alive) in start order
-            try:
-                for k, i in enumerate(range(0, len(x), rb)):
-                    if len(pending) == self.streams:  # round robin: the oldest is ours next
-                        outs.append(self._take(*pending.pop(0)))
-                    chunk = np.ascontiguousarray(x[i:i + rb], dtype=self._dtype)
+            todo = iter(range(len(starts)))
+            take = threading.Lock()
+            errors: list[BaseException] = []
+
+            def work(request):
+                while not errors:
+                    with take:
+                        k = next(todo, None)
+                    if k is None:
+                        return
+                    chunk = np.ascontiguousarray(x[starts[k]:starts[k] + rb], dtype=self._dtype)
                     n = len(chunk)
                     if n < rb:  # a fixed-batch model: pad the last request, drop it after
                         pad = np.zeros((rb - n, *chunk.shape[1:]), self._dtype)
                         chunk = np.concatenate([chunk, pad])
-                    request = self._requests[k % self.streams]
-                    request.start_async({0: chunk}, share_inputs=True)
-                    pending.append((request, n, chunk))
-                while pending:
-                    outs.append(self._take(*pending.pop(0)))
-            except RuntimeError as e:
-                for request, _, _ in pending:
-                    request.wait()  # nothing may still read an input we are about to drop
-                raise ModelError(f"{self.path}: openvino failed on input {list(x.shape)}: "
-                                 f"{_first_line(e)}") from None
-        if not outs:
-            return np.zeros((0, self.metadata.out_channels, *x.shape[2:]), np.float32)
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+                    try:
+                        request.infer({0: chunk}, share_inputs=True)
+                    except RuntimeError as e:
+                        errors.append(e)
+                        return
+                    # The request reuses its output buffer next time: copy it out.
+                    outs[k] = np.array(request.get_output_tensor(0).data[:n], np.float32)
 
-    @staticmethod
-    def _take(request, n: int, _input) -> np.ndarray:
-        """Wait for a request; copy its output (the request reuses that buffer next time)."""
-        request.wait()
-        return np.array(request.get_output_tensor(0).data[:n], np.float32, copy=True)
+            workers = min(self.streams, len(starts))
+            if workers == 1:
+                work(self._requests[0])
+            else:
+                threads = [threading.Thread(target=work, args=(r,), daemon=True)
+                           for r in self._requests[:workers]]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            if errors:
+                raise ModelError(f"{self.path}: openvino failed on input {list(x.shape)}: "
+                                 f"{_first_line(errors[0])}") from None
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def close(self) -> None:
         with self._lock:
