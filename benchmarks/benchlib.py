@@ -60,16 +60,20 @@ def measured_peak(tmp: Path, threads: int) -> dict[str, float]:
     when there is no C compiler or no AVX-512 (the report then falls back to the issue's)."""
     exe = tmp / "peak"
     try:
-        subprocess.run(["cc", "-O2", "-mavx512f", "-mavx512bf16", "-pthread",
+        subprocess.run(["cc", "-O2", "-mavx512f", "-mavx512bf16", "-mavx512vnni", "-pthread",
                         str(REPO / "benchmarks" / "peak.c"), "-o", str(exe)],
                        check=True, capture_output=True, timeout=60)
         out = subprocess.run([str(exe), str(threads)], check=True, capture_output=True,
                              text=True, timeout=120).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
-    peak = {k: float(v) for k, v in re.findall(r"^(fp32|bf16) ([\d.]+)$", out, re.M)}
+    peak = {k: float(v) for k, v in re.findall(r"^(fp32|bf16|int8) ([\d.]+)$", out, re.M)}
     if "avx512_bf16" not in cpu_flags():
         peak.pop("bf16", None)  # without the instruction the loop did not run natively
+    if "avx512_vnni" not in cpu_flags():
+        peak.pop("int8", None)
+    if "int8" in peak:  # the VNNI vector peak: INT8's roofline on a CPU without AMX
+        peak["int8_vnni"] = peak.pop("int8")
     return peak
 
 
@@ -86,12 +90,15 @@ def matrix_peak(threads: int, n: int = 2048, rounds: int = 5) -> dict[str, float
     out: dict[str, float] = {}
 
     def timed(name, fn):
+        # Wall clock, and CPU time x threads (what the cores do when they are all ours: on a
+        # shared machine the wall clock understates the peak); the higher of the two counts.
         try:
             fn()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(rounds):
                 fn()
-            out[name] = 2 * n ** 3 * rounds / (time.perf_counter() - t) / 1e9
+            wall, cpu = time.perf_counter() - t, (time.process_time() - c) / threads
+            out[name] = 2 * n ** 3 * rounds / min(wall, cpu) / 1e9
         except (RuntimeError, TypeError):  # no kernel for this dtype in this build
             pass
 
@@ -169,11 +176,39 @@ def record(benchmark, machine: dict, *, kind: str, provider: str, precision: str
     benchmark.extra_info["images_per_round"] = images_per_round
 
 
-def finish(benchmark) -> None:
-    """images/s from the median and the best round; nothing when benchmarks are disabled."""
+def cpu_timed(fn, clock: dict, skip: int = 0):
+    """``fn`` wrapped to add its process CPU seconds to ``clock["cpu"]`` and calls to
+    ``clock["calls"]``: a rate per CPU-second that other load on a shared machine barely
+    moves (in-process inference threads included; spin-waiting counts, so it is a floor).
+    The first ``skip`` calls (pytest-benchmark's warm-up rounds) are not counted."""
+    import time
+
+    clock.setdefault("cpu", 0.0)
+    clock.setdefault("calls", 0)
+
+    seen = [0]
+
+    def run(*args):
+        c = time.process_time()
+        try:
+            return fn(*args)
+        finally:
+            seen[0] += 1
+            if seen[0] > skip:
+                clock["cpu"] += time.process_time() - c
+                clock["calls"] += 1
+    return run
+
+
+def finish(benchmark, clock: dict | None = None, threads: int | None = None) -> None:
+    """images/s from the median and the best round; nothing when benchmarks are disabled.
+    With ``clock`` (``cpu_timed``): ``cpu_images_per_s`` = images per CPU-second x threads."""
     stats = getattr(benchmark, "stats", None)
     if not stats:
         return
     n = benchmark.extra_info["images_per_round"]
     benchmark.extra_info["images_per_s"] = round(n / stats.stats.median, 2)
     benchmark.extra_info["images_per_s_best"] = round(n / stats.stats.min, 2)
+    if clock and clock.get("cpu") and threads:
+        benchmark.extra_info["cpu_images_per_s"] = round(
+            n * clock["calls"] / clock["cpu"] * threads, 2)

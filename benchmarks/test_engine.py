@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from benchlib import BATCH_SIZES, CPU_CASES, MIN_PSNR, finish, make_engine, psnr, record
+from benchlib import (BATCH_SIZES, CPU_CASES, MIN_PSNR, cpu_timed, finish, make_engine, psnr,
+                      record)
+from p2p.runtime.host import physical_cores
 
 
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
@@ -23,10 +25,11 @@ def test_engine(benchmark, machine, model_path, images, fp32_reference, provider
     with make_engine(model, provider, precision, batch_size) as engine:
         benchmark.extra_info["engine"] = engine.describe()
         x = images[:batch_size]
-        y = benchmark.pedantic(engine.run, args=(x,), rounds=5 if batch_size > 1 else 10,
-                               warmup_rounds=2)
+        clock = {}
+        y = benchmark.pedantic(cpu_timed(engine.run, clock, skip=2), args=(x,),
+                               rounds=5 if batch_size > 1 else 10, warmup_rounds=2)
     assert y.shape == x.shape
-    finish(benchmark)
+    finish(benchmark, clock, physical_cores())
     quality = psnr(y, fp32_reference[:batch_size])
     benchmark.extra_info["psnr_vs_fp32_db"] = round(min(quality, 999.0), 2)
     if precision != "fp32":

@@ -81,8 +81,12 @@ def run_once(cmd: list[str], out: Path) -> dict:
         if "No such option" in text:
             pytest.skip(f"p2p-translate lacks an option: {text.strip().splitlines()[-1]}")
         raise AssertionError(f"p2p-translate exited {proc.returncode}:\n{text[-2000:]}")
+    why = re.search(r"^precision (\w+): (.*)$", text, re.M)
+    chosen = re.search(r"^model: (\S+) ", text, re.M)
     return {"translated": int(m[1]), "failed": int(m[3]), "rate": float(m[4]),
             "provider": m[5], "wall": wall, "rss_mb": peak or None,
+            "precision": why[1] if why else "?", "why": why[2] if why else "",
+            "model": chosen[1] if chosen else "",
             "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
@@ -145,3 +149,35 @@ def test_translate_auto_400(benchmark, machine, model_path, folder400, tmp_path)
     benchmark.extra_info.update(
         images_per_s=round(n / walls[0], 2), pipeline_images_per_s=max(r["rate"] for r in runs),
         ran_on=runs[0]["provider"])
+
+
+CHOICES = (("file", "auto"), ("folder", "auto"), ("file", "fp32"), ("file", "bf16"),
+           ("folder", "int8"))
+
+
+@pytest.mark.parametrize("target, precision", CHOICES)
+def test_translate_choice(benchmark, machine, model_path, folder, tmp_path, target, precision):
+    """Issue 21: p2p-translate with no precision (and no provider) flag against each
+    --precision the model allows, on the float file and on its export folder (a run
+    folder's export/): auto must be >= 0.95x the fastest. 64 images, batch 8, each run a
+    fresh process; the first (warm-up) round pays auto's one-time measurement, which is
+    then cached like a user's second run (the bench's private cache)."""
+    benchmark.group = "end to end, auto vs --precision"
+    record(benchmark, machine, kind="translate-choice", provider=target, precision=precision,
+           batch_size=8, images_per_round=E2E_IMAGES)
+    out = tmp_path / "out"
+    model = model_path if target == "file" else model_path.parent
+    cmd = [str(translate_exe()), str(folder), "--model", str(model), "--output", str(out),
+           "--batch-size", "8", "--overwrite", "--quiet"]
+    if precision != "auto":
+        cmd += ["--precision", precision]
+    runs = []
+    benchmark.pedantic(lambda: runs.append(run_once(cmd, out)), rounds=2, warmup_rounds=1)
+    for r in runs:
+        assert (r["translated"], r["failed"]) == (E2E_IMAGES, 0), r
+    measured = runs[1:]
+    benchmark.extra_info.update(
+        images_per_s=max(r["rate"] for r in measured),  # best of 2: the machine is shared
+        wall_images_per_s=round(E2E_IMAGES / min(r["wall"] for r in measured), 2),
+        ran=f"{measured[-1]['precision']} on {measured[-1]['provider']}",
+        why=measured[-1]["why"], first_why=runs[0]["why"], model=measured[-1]["model"])
