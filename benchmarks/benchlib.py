@@ -15,6 +15,7 @@ import pytest
 
 from p2p.runtime import metrics
 from p2p.runtime.errors import ProviderError
+from p2p.runtime.precision import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 FACADES = Path(os.environ.get("P2P_FACADES", REPO.parent / "shared" / "datasets" / "facades"))
@@ -24,7 +25,7 @@ GFLOP_PER_IMAGE = 12.1  # 6.05 GMAC for one 256x256 image through U-Net-256, ngf
 # (provider, precision) for the CPU; bf16 and int8 are the reduced-precision CPU paths (int8
 # runs the generator.int8.onnx written beside the benchmark model by p2p-export --int8).
 CPU_CASES = (("cpu", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
-MIN_PSNR = {"bf16": 45.0, "int8": 40.0}  # reduced precision against the FP32 output, dB
+MIN_PSNR = {n: p.min_psnr_db for n, p in REGISTRY.items() if p.min_psnr_db}  # vs FP32, dB
 E2E_AUTO_IMAGES = 400  # issue 11: p2p-translate (auto) on the 100 val images, each 4 times
 
 

@@ -226,7 +226,9 @@ def check_quantized(model: onnx.ModelProto) -> tuple[int, int]:
 
 
 def int8_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".int8" + output.suffix)
+    from p2p.runtime.precision import export_path
+
+    return export_path(output, "int8")
 
 
 def default_calibration(loaded) -> Path:

@@ -205,7 +205,9 @@ def default_output(loaded: Loaded) -> Path:
 
 
 def fp16_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".fp16" + output.suffix)
+    from p2p.runtime.precision import export_path
+
+    return export_path(output, "fp16")
 
 
 def triton_name(cfg: ExportConfig, loaded: Loaded) -> str:

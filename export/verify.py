@@ -34,17 +34,17 @@ from p2p.runtime.errors import ExportError, ImageError, P2PError
 from p2p.runtime.images import open_rgb
 from p2p.runtime.listing import list_images
 from p2p.runtime.metadata import ModelMetadata
+from p2p.runtime.precision import REGISTRY
 
 from .fp16 import emulate
 from .load import Loaded
 
 FP32_MAX_ABS = 1e-4  # onnxruntime vs PyTorch, FP32 model, values in [-1, 1]
-FP16_MIN_PSNR = 40.0  # dB over the [-1, 1] range, FP16 model vs FP32 PyTorch
-INT8_MIN_PSNR = 40.0  # the same bound for INT8 (issue 11); ExportConfig.int8_min_psnr
-# Image k alone vs inside a batch: the same arithmetic, so only kernel-choice rounding. INT8
-# activation scales are fixed at export (static quantization), so an image's output cannot
-# depend on its batch; float rounding before a QuantizeLinear may flip one INT8 step.
-INVARIANCE_TOL = {"fp32": 1e-5, "fp16": 2e-3, "int8": 2e-2}
+# Bounds per precision live in the one registry (p2p.runtime.precision.REGISTRY):
+FP16_MIN_PSNR = REGISTRY["fp16"].min_psnr_db  # dB over the [-1, 1] range, vs FP32 PyTorch
+INT8_MIN_PSNR = REGISTRY["int8"].min_psnr_db  # (issue 11); ExportConfig.int8_min_psnr
+# Image k alone vs inside a batch: the same arithmetic, so only kernel-choice rounding.
+INVARIANCE_TOL = {name: p.invariance for name, p in REGISTRY.items() if p.name == p.file}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .errors import ModelError, choices
+from .precision import REGISTRY
 
 PREFIX = "p2p."
 SCHEMA_VERSION = 1
@@ -23,7 +24,7 @@ NORM_MODES = ("per-image", "running")
 DTYPES = ("float32", "float16")
 # What the file's arithmetic is: fp32 (exact), fp16 (FP16 weights/activations), int8 (QDQ:
 # INT8 convolutions from NNCF post-training quantization, float normalisation).
-MODEL_PRECISIONS = ("fp32", "fp16", "int8")
+MODEL_PRECISIONS = tuple(dict.fromkeys(p.file for p in REGISTRY.values()))  # fp32 int8 fp16
 
 
 @dataclass(frozen=True)

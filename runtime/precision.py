@@ -30,9 +30,46 @@ from pathlib import Path
 
 from .errors import ModelError, ProviderError, choices
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # native BF16 matrix/dot-product instructions
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")  # native INT8 dot products
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Everything p2p knows about one precision, in one entry (issue 21). Adding one is a new
+    entry here plus, where its file is new, its writer in ``p2p.export`` (docs/architecture.md,
+    "Adding a precision"): export file names, verification bounds, the ``--precision``
+    choices, the rule below, OpenVINO's hint and the bench's PSNR bound all read this."""
+
+    name: str  # --precision value; what Engine.precision reports
+    file: str  # the model file's metadata precision it runs ("fp32" for bf16: a float file)
+    suffix: str  # p2p-export writes generator<suffix>.onnx
+    openvino: str | None  # OpenVINO INFERENCE_PRECISION_HINT; None: no openvino CPU path
+    native: tuple[str, ...]  # CPU flags with its instructions (any one); () = every CPU
+    known_fast: tuple[str, ...]  # flags that make it known faster than FP32 (any one)
+    min_psnr_db: float | None  # dB against FP32 (export verification, bench); None: exact
+    invariance: float  # max |image alone - same image in a batch| at export
+    rank: int  # run-folder order under auto, lower first (where it runs natively)
+    requestable: bool = True  # a --precision choice (fp16 is a file, chosen by auto only)
+
+
+REGISTRY: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32", "fp32", "", "f32", (), (), None, 1e-5, 1),
+    # bf16 runs the float file; AMX is known faster, AVX512_BF16 alone is measured (measure.py)
+    Precision("bf16", "fp32", "", "bf16", BF16_FLAGS, ("amx_bf16",), 45.0, 1e-5, 1),
+    # int8: NNCF's QDQ file; OpenVINO runs its convolutions INT8 under the f32 hint (the rest
+    # is float32); activation scales are fixed, so an image cannot depend on its batch beyond
+    # one INT8 step from float rounding before a QuantizeLinear.
+    Precision("int8", "int8", ".int8", "f32", INT8_FLAGS, INT8_FLAGS, 40.0, 2e-2, 0),
+    # fp16: a GPU file; on a CPU its weights run in FP32 arithmetic
+    Precision("fp16", "fp16", ".fp16", None, (), (), 40.0, 2e-3, 3, requestable=False),
+)}
+PRECISIONS = ("auto",) + tuple(n for n, p in REGISTRY.items() if p.requestable)
+
+
+def export_path(output: Path, precision: str) -> Path:
+    """Where p2p-export writes the ``precision`` file beside ``output`` (generator.onnx)."""
+    return output.with_name(output.stem + REGISTRY[precision].suffix + output.suffix)
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -111,7 +148,7 @@ def choose(requested: str | None, model_precision: str, provider: str,
                          "(p2p-export RUN --int8 writes generator.int8.onnx)")
     if requested == "fp32":
         return Choice("fp32", "fp32: asked for (the exact path)", None)
-    bf16 = native(flags, BF16_FLAGS)
+    bf16 = native(flags, REGISTRY["bf16"].native)
     if requested == "bf16":
         if provider != "openvino":
             raise ProviderError(f"provider {provider}: precision bf16 runs on openvino only "
@@ -120,7 +157,7 @@ def choose(requested: str | None, model_precision: str, provider: str,
             raise ProviderError("precision bf16 needs a CPU with native BF16 (AMX or "
                                 "AVX512_BF16); this one has neither; use fp32")
         return Choice("bf16", f"bf16: asked for; the CPU has native BF16 ({bf16})", "bf16")
-    if provider == "openvino" and "amx_bf16" in flags:
+    if provider == "openvino" and native(flags, REGISTRY["bf16"].known_fast):
         # AMX tiles: BF16 matrices at several times the FP32 rate (1.5-2x end to end on a
         # 2-core Sapphire Rapids, BENCHMARKS.md); known fast, nothing to measure.
         return Choice("bf16", "auto: the CPU has AMX (amx_bf16), BF16 matrix units "
@@ -172,14 +209,14 @@ def check_ran(choice: Choice, counts: dict[str, int], model: str) -> None:
 
 def model_rank(model_precision: str, provider_has_int8: bool, flags: frozenset[str]) -> int:
     """Lower is faster on this machine: used to pick among the exports of one run
-    (generator.int8.onnx, generator.onnx, generator.fp16.onnx). INT8 first where OpenVINO is
-    installed and the CPU has native INT8 dot products (VNNI or AMX; without them INT8 is not
-    known to beat FP32, issue 11); then FP32 (BF16 under auto where native); FP16 last (a
-    GPU format: on a CPU it runs FP32 arithmetic on rounded weights)."""
-    if model_precision == "int8":
-        return 0 if provider_has_int8 and native(flags, INT8_FLAGS) else 2
-    return 1 if model_precision == "fp32" else 3
-
+    (generator.int8.onnx, generator.onnx, generator.fp16.onnx), from ``REGISTRY``'s ranks.
+    A precision whose speed needs its instructions (INT8: VNNI or AMX; without them it is
+    not known to beat FP32, issue 11) ranks first only where the CPU has them and OpenVINO
+    runs it; else after FP32. FP16 last (a GPU format: on a CPU it runs FP32 arithmetic)."""
+    p = REGISTRY[model_precision]
+    if p.known_fast and not (provider_has_int8 and native(flags, p.known_fast)):
+        return 2
+    return p.rank
 
 def open_backend(engine, provider: str, requested: str | None):
     """``Engine``'s one call into this module: choose, build the backend with that choice,
@@ -234,8 +271,8 @@ def fastest_export(folder: Path, requested: str | None = "auto", provider: str =
     where = folder / "export" if (folder / "export").is_dir() else folder
     flags = cpu_flags()
     has_openvino = provider in ("auto", "openvino") and openvino_available()
-    wanted = {"auto": ("int8", "fp32", "fp16"), "fp32": ("fp32",), "bf16": ("fp32",),
-              "int8": ("int8",)}.get(requested, ("int8", "fp32", "fp16"))
+    every = tuple(dict.fromkeys(p.file for p in REGISTRY.values()))
+    wanted = (REGISTRY[requested].file,) if requested in REGISTRY else every
     found, unverified, unfit = [], [], []
     for path in sorted(p for p in where.glob("*.onnx") if not p.name.startswith(".")):
         try:
@@ -267,7 +304,8 @@ def fastest_export(folder: Path, requested: str | None = "auto", provider: str =
             f", not --provider {provider})")
     else:
         why = {0: "INT8 dot products in hardware ("
-                  f"{native(flags, INT8_FLAGS)}) on openvino, known to beat FP32 and BF16",
+                  f"{native(flags, REGISTRY[precision].known_fast)}) on openvino, known to "
+                  "beat FP32 and BF16",
                1: "the float export",
                2: "the float export (INT8 is not known to be faster on this CPU or backend)",
                3: "the only export"}[rank]

@@ -77,6 +77,6 @@ def create(provider: str, model: ModelFile, options) -> Backend:
         from .openvino import backend
 
         return backend(provider, model.path, model.metadata, options)
-    from .ort import OrtBackend
+    from .ort import ort_backend
 
-    return OrtBackend(provider, model, options)
+    return ort_backend(provider, model, options)

@@ -42,11 +42,13 @@ from ..errors import ModelError, ProviderError, choices
 from ..host import physical_cores
 from ..metadata import ModelMetadata
 from ..modelfile import read_model_file
+from ..precision import REGISTRY
 
-PRECISIONS = ("fp32", "bf16", "int8")
-# int8: a QDQ file; its convolutions run INT8 (OpenVINO's low-precision transformations) and
-# everything else under the f32 hint (p2p.runtime.precision checks the compiled layers).
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+# What OpenVINO runs each precision under, from the one registry (p2p.runtime.precision):
+# int8 is a QDQ file whose convolutions run INT8 (OpenVINO's low-precision transformations)
+# and everything else under the f32 hint (p2p.runtime.precision checks the compiled layers).
+_OV_PRECISION = {name: p.openvino for name, p in REGISTRY.items() if p.openvino}
+PRECISIONS = tuple(_OV_PRECISION)
 
 
 class _SignalStack(ctypes.Structure):  # Linux's stack_t

@@ -30,8 +30,6 @@ from ..host import cache_root, cpu_identity, gpu_identity, physical_cores
 from ..modelfile import ModelFile
 from .ortgpu import captured_output, install_hint, onnxruntime_said, tensorrt_version, trt_flag
 
-EP_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-            "tensorrt": "TensorrtExecutionProvider"}
 TRT_MAX_SIDE = 1024  # TensorRT profile upper bound for H and W of dynamic-size models
 KEEP_CPU_CACHE = 4  # optimised CPU graphs kept (each is as large as the model)
 
@@ -68,26 +66,28 @@ def _safe(text: str) -> str:
 
 
 class OrtBackend:
-    def __init__(self, provider: str, model: ModelFile, options):
+    """One onnxruntime session; what differs per execution provider lives in its subclass
+    (``OrtCpu``, ``OrtCuda``, ``OrtTensorRT``, one place each, issue 21): the EP name, the
+    session it builds, ``describe``, ``check_size`` and ``run``. ``ort_backend`` picks one."""
+
+    provider = ""  # "cpu" | "cuda" | "tensorrt"
+    ep = ""  # onnxruntime's execution provider name
+    label = ""  # how the error lines name the hardware
+
+    def __init__(self, model: ModelFile, options):
         ort = self.ort = import_ort()
         self.model, self.path, self.meta = model, model.path, model.metadata
-        self.provider, self.opts = provider, options
+        self.opts = options
         metadata = self.meta
-        self.ep = EP_NAMES[provider]
         available = ort.get_available_providers()
         if self.ep not in available:
             raise ProviderError(self._not_in_build(available))
-        if options.cuda_graphs and (provider != "cuda" or metadata.dynamic_size):
-            raise ProviderError(f"provider {provider}: CUDA graphs need provider cuda and a "
-                                "fixed-size model (one input shape to capture)")
+        self._check_options()
         self.threads = options.threads or physical_cores()
         self.cached_graph: Path | None = None
         self.trt_cache: Path | None = None
-        self.fp16 = bool(options.fp16 is None or options.fp16) and provider == "tensorrt"
-        if provider == "cpu":
-            self.session = self._cpu_session()
-        else:
-            self.session = self._gpu_session()
+        self.fp16 = False
+        self.session = self._session()
         # Names and sizes were checked against the metadata by the model-file reader.
         inp = next(i for i in self.session.get_inputs() if i.name == metadata.input_name)
         batch = inp.shape[0]
@@ -96,6 +96,14 @@ class OrtBackend:
         self._out_dtype = np.float16 if metadata.output_dtype == "float16" else np.float32
         self._bound: OrderedDict = OrderedDict()  # input shape -> (binding, in value, out value)
         self._lock = threading.Lock()  # IO bindings are per-shape buffers: one run at a time
+
+    def _check_options(self) -> None:
+        if self.opts.cuda_graphs:
+            raise ProviderError(f"provider {self.provider}: CUDA graphs need provider cuda and "
+                                "a fixed-size model (one input shape to capture)")
+
+    def _session(self):
+        raise NotImplementedError
 
     # --- session creation -------------------------------------------------------------------
     def _options(self, level=None):
@@ -161,40 +169,22 @@ class OrtBackend:
         for old in files[KEEP_CPU_CACHE:]:
             old.unlink(missing_ok=True)
 
-    def _gpu_providers(self):
-        """Provider list for cuda or tensorrt, without the CPU provider: the session runs
-        with session.disable_cpu_ep_fallback, and onnxruntime refuses that setting beside an
-        explicitly listed CPU provider ("Conflicting session configuration")."""
-        dev = str(self.opts.device_id)
-        # CUDA EP: the generic provider-options parser, where "1"/"0" are the values.
-        # use_tf32 "0": the CUDA EP runs FP32 convolutions as TF32 by default (on since
-        # onnxruntime 1.17 on Ampere and newer), and p2p never reports a precision that did
-        # not run: "cuda" is FP32.
-        cuda = {"device_id": dev, "cudnn_conv_algo_search": "EXHAUSTIVE",
+    def _cuda_options(self) -> dict:
+        """CUDA EP options (the generic provider-options parser: "1"/"0" are the values).
+        use_tf32 "0": the CUDA EP runs FP32 convolutions as TF32 by default (on since
+        onnxruntime 1.17 on Ampere and newer), and p2p never reports a precision that did
+        not run: "cuda" is FP32."""
+        cuda = {"device_id": str(self.opts.device_id), "cudnn_conv_algo_search": "EXHAUSTIVE",
                 "do_copy_in_default_stream": "1", "use_tf32": "0"}
         if self.opts.cuda_graphs:
             cuda["enable_cuda_graph"] = "1"
-        if self.provider == "cuda":
-            return [("CUDAExecutionProvider", cuda)]
-        m, b = self.meta, self.opts.batch_size
-        c, s = m.in_channels, m.image_size
-        lo, hi = (m.size_multiple, max(s, TRT_MAX_SIDE)) if m.dynamic_size else (s, s)
-        name = m.input_name
-        self.trt_cache = cache_root(self.opts.cache_dir) / "tensorrt" / _safe(
-            f"{self.model.content_sha256()[:16]}-{gpu_identity(self.opts.device_id)}"
-            f"-ort{self.ort.__version__}-trt{tensorrt_version()}"
-            f"-{'fp16' if self.fp16 else 'fp32'}-b{b}-{lo}-{hi}")
-        # trt_* booleans: "True"/"False" only (ortgpu.trt_flag; onnxruntime_pybind_state.cc).
-        trt = {"device_id": dev, "trt_fp16_enable": trt_flag(self.fp16),
-               "trt_engine_cache_enable": trt_flag(True),
-               "trt_engine_cache_path": str(self.trt_cache),
-               "trt_timing_cache_enable": trt_flag(True),
-               "trt_timing_cache_path": str(self.trt_cache),
-               "trt_profile_min_shapes": f"{name}:1x{c}x{lo}x{lo}",
-               "trt_profile_opt_shapes": f"{name}:{b}x{c}x{s}x{s}",
-               "trt_profile_max_shapes": f"{name}:{b}x{c}x{hi}x{hi}"}
-        self._trt_sides = (lo, hi)
-        return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
+        return cuda
+
+    def _gpu_providers(self):
+        """Provider list without the CPU provider: the session runs with
+        session.disable_cpu_ep_fallback, and onnxruntime refuses that setting beside an
+        explicitly listed CPU provider ("Conflicting session configuration")."""
+        raise NotImplementedError
 
     def _gpu_session(self):
         """Load CUDA first (preload_dlls), then TensorRT (its import loads libnvinfer, which
@@ -254,31 +244,18 @@ class OrtBackend:
         return session
 
     def _not_in_build(self, available) -> str:
-        what = {"cuda": "CUDA", "tensorrt": "TensorRT", "cpu": "CPU"}[self.provider]
         return (f"provider {self.provider}: this onnxruntime build ({self.ort.__version__}, "
-                f"providers: {_short(available)}) has no {what}; install p2p[gpu] "
+                f"providers: {_short(available)}) has no {self.label}; install p2p[gpu] "
                 "(pip uninstall onnxruntime && pip install 'p2p[gpu]')")
 
     # --- running ----------------------------------------------------------------------------
     def describe(self) -> str:
-        if self.provider == "cpu":
-            cache = ", optimised graph cached" if self.cached_graph else ""
-            return f"cpu ({self.threads} threads{cache})"
-        if self.provider == "cuda":
-            graphs = ", CUDA graphs" if self.opts.cuda_graphs else ""
-            return f"cuda (device {self.opts.device_id}, IO binding{graphs})"
-        return (f"tensorrt (device {self.opts.device_id}, {'fp16' if self.fp16 else 'fp32'}, "
-                f"engine cache {self.trt_cache})")
+        raise NotImplementedError
 
     def check_size(self, h: int, w: int) -> None:
-        if self.provider == "tensorrt":
-            lo, hi = self._trt_sides
-            if not (lo <= h <= hi and lo <= w <= hi):
-                raise ValueError(f"the TensorRT profile covers sides {lo}..{hi}, got {h}x{w}")
+        """Any size the model's metadata allows runs (TensorRT narrows it to its profile)."""
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        if self.provider == "cpu":
-            return self.session.run([self.meta.output_name], {self.meta.input_name: x})[0]
         with self._lock:
             return self._run_bound(x)
 
@@ -313,3 +290,85 @@ class OrtBackend:
     def close(self) -> None:
         self._bound.clear()
         self.session = None
+
+
+# --- one class per execution provider ------------------------------------------------------
+
+class OrtCpu(OrtBackend):
+    provider, ep, label = "cpu", "CPUExecutionProvider", "CPU"
+
+    def _session(self):
+        return self._cpu_session()
+
+    def describe(self) -> str:
+        cache = ", optimised graph cached" if self.cached_graph else ""
+        return f"cpu ({self.threads} threads{cache})"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.meta.output_name], {self.meta.input_name: x})[0]
+
+
+class OrtCuda(OrtBackend):
+    provider, ep, label = "cuda", "CUDAExecutionProvider", "CUDA"
+
+    def _check_options(self) -> None:
+        if self.opts.cuda_graphs and self.meta.dynamic_size:
+            super()._check_options()
+
+    def _session(self):
+        return self._gpu_session()
+
+    def _gpu_providers(self):
+        return [("CUDAExecutionProvider", self._cuda_options())]
+
+    def describe(self) -> str:
+        graphs = ", CUDA graphs" if self.opts.cuda_graphs else ""
+        return f"cuda (device {self.opts.device_id}, IO binding{graphs})"
+
+
+class OrtTensorRT(OrtBackend):
+    provider, ep, label = "tensorrt", "TensorrtExecutionProvider", "TensorRT"
+
+    def _session(self):
+        # FP16 unless asked otherwise: pix2pix's tanh output tolerates it (EngineOptions.fp16).
+        self.fp16 = bool(self.opts.fp16 is None or self.opts.fp16)
+        return self._gpu_session()
+
+    def _gpu_providers(self):
+        m, b, dev = self.meta, self.opts.batch_size, str(self.opts.device_id)
+        c, s = m.in_channels, m.image_size
+        lo, hi = (m.size_multiple, max(s, TRT_MAX_SIDE)) if m.dynamic_size else (s, s)
+        name = m.input_name
+        self.trt_cache = cache_root(self.opts.cache_dir) / "tensorrt" / _safe(
+            f"{self.model.content_sha256()[:16]}-{gpu_identity(self.opts.device_id)}"
+            f"-ort{self.ort.__version__}-trt{tensorrt_version()}"
+            f"-{'fp16' if self.fp16 else 'fp32'}-b{b}-{lo}-{hi}")
+        # trt_* booleans: "True"/"False" only (ortgpu.trt_flag; onnxruntime_pybind_state.cc).
+        trt = {"device_id": dev, "trt_fp16_enable": trt_flag(self.fp16),
+               "trt_engine_cache_enable": trt_flag(True),
+               "trt_engine_cache_path": str(self.trt_cache),
+               "trt_timing_cache_enable": trt_flag(True),
+               "trt_timing_cache_path": str(self.trt_cache),
+               "trt_profile_min_shapes": f"{name}:1x{c}x{lo}x{lo}",
+               "trt_profile_opt_shapes": f"{name}:{b}x{c}x{s}x{s}",
+               "trt_profile_max_shapes": f"{name}:{b}x{c}x{hi}x{hi}"}
+        self._trt_sides = (lo, hi)
+        return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", self._cuda_options())]
+
+    def describe(self) -> str:
+        return (f"tensorrt (device {self.opts.device_id}, {'fp16' if self.fp16 else 'fp32'}, "
+                f"engine cache {self.trt_cache})")
+
+    def check_size(self, h: int, w: int) -> None:
+        lo, hi = self._trt_sides
+        if not (lo <= h <= hi and lo <= w <= hi):
+            raise ValueError(f"the TensorRT profile covers sides {lo}..{hi}, got {h}x{w}")
+
+
+PROVIDERS = {cls.provider: cls for cls in (OrtCpu, OrtCuda, OrtTensorRT)}
+EP_NAMES = {name: cls.ep for name, cls in PROVIDERS.items()}
+
+
+def ort_backend(provider: str, model: ModelFile, options) -> OrtBackend:
+    """The onnxruntime backend for ``provider`` ("cpu", "cuda", "tensorrt")."""
+    return PROVIDERS[provider](model, options)
