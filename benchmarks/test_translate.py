@@ -155,29 +155,42 @@ CHOICES = (("file", "auto"), ("folder", "auto"), ("file", "fp32"), ("file", "bf1
            ("folder", "int8"))
 
 
-@pytest.mark.parametrize("target, precision", CHOICES)
-def test_translate_choice(benchmark, machine, model_path, folder, tmp_path, target, precision):
+def test_translate_choice(benchmark, machine, model_path, folder, tmp_path):
     """Issue 21: p2p-translate with no precision (and no provider) flag against each
     --precision the model allows, on the float file and on its export folder (a run
     folder's export/): auto must be >= 0.95x the fastest. 64 images, batch 8, each run a
-    fresh process; the first (warm-up) round pays auto's one-time measurement, which is
-    then cached like a user's second run (the bench's private cache)."""
+    fresh process. The five commands run interleaved, round after round (on a shared
+    machine the load changes between minutes, not between neighbours), best round each;
+    the first round is a warm-up and pays auto's one-time measurement, which is then cached
+    like a user's second run (the bench's private cache)."""
     benchmark.group = "end to end, auto vs --precision"
-    record(benchmark, machine, kind="translate-choice", provider=target, precision=precision,
+    record(benchmark, machine, kind="translate-choice", provider="all", precision="all",
            batch_size=8, images_per_round=E2E_IMAGES)
-    out = tmp_path / "out"
-    model = model_path if target == "file" else model_path.parent
-    cmd = [str(translate_exe()), str(folder), "--model", str(model), "--output", str(out),
-           "--batch-size", "8", "--overwrite", "--quiet"]
-    if precision != "auto":
-        cmd += ["--precision", precision]
-    runs = []
-    benchmark.pedantic(lambda: runs.append(run_once(cmd, out)), rounds=2, warmup_rounds=1)
-    for r in runs:
-        assert (r["translated"], r["failed"]) == (E2E_IMAGES, 0), r
-    measured = runs[1:]
-    benchmark.extra_info.update(
-        images_per_s=max(r["rate"] for r in measured),  # best of 2: the machine is shared
-        wall_images_per_s=round(E2E_IMAGES / min(r["wall"] for r in measured), 2),
-        ran=f"{measured[-1]['precision']} on {measured[-1]['provider']}",
-        why=measured[-1]["why"], first_why=runs[0]["why"], model=measured[-1]["model"])
+    cmds = {}
+    for target, precision in CHOICES:
+        model = model_path if target == "file" else model_path.parent
+        cmd = [str(translate_exe()), str(folder), "--model", str(model), "--output",
+               str(tmp_path / f"{target}-{precision}"), "--batch-size", "8", "--overwrite",
+               "--quiet"]
+        cmds[(target, precision)] = cmd + (["--precision", precision] if precision != "auto"
+                                           else [])
+    runs = {k: [] for k in cmds}
+
+    def one_round():
+        for k, cmd in cmds.items():
+            runs[k].append(run_once(cmd, Path(cmd[cmd.index("--output") + 1])))
+
+    benchmark.pedantic(one_round, rounds=2, warmup_rounds=1)
+    choices = {}
+    for (target, precision), rs in runs.items():
+        for r in rs:
+            assert (r["translated"], r["failed"]) == (E2E_IMAGES, 0), r
+        measured = rs[1:]
+        choices[f"{target}/{precision}"] = {
+            "images_per_s": max(r["rate"] for r in measured),
+            "wall_images_per_s": round(E2E_IMAGES / min(r["wall"] for r in measured), 2),
+            "ran": f"{measured[-1]['precision']} on {measured[-1]['provider']}",
+            "model": measured[-1]["model"], "why": measured[-1]["why"],
+            "first_why": rs[0]["why"]}
+    benchmark.extra_info.update(choices=choices, images_per_s=choices["folder/auto"][
+        "images_per_s"])
