@@ -201,3 +201,23 @@ def test_skipped_calibration_files_are_named(tmp_path, capsys):
     (only_bad / "a.jpg").write_bytes(b"junk")
     with pytest.raises(ExportError, match=r"no readable images \(1 skipped; first: .*a\.jpg"):
         int8.load_calibration(only_bad, metadata(image_size=64), 10)
+
+
+def test_int8_up_convolutions_with_few_channels_run_as_subpixel_int8(run):
+    """Issue 21: OpenVINO rewrites the INT8 up-convolutions with fewer output channels than
+    one VNNI instruction fills (the last one: 3) as sub-pixel convolutions, INT8 weights
+    permuted, not widened: every convolution still runs INT8, and the output is the same
+    integer arithmetic as the plain graph's."""
+    ov_backend = pytest.importorskip("p2p.runtime.backends.openvino")
+    pytest.importorskip("openvino")
+    from p2p.runtime.precision import runtime_precisions
+
+    x = images(3, seed=5)
+    plain = ov_backend.OpenVINOSession(run["int8"], "int8", batch_size=3, subpixel=False)
+    rewritten = ov_backend.OpenVINOSession(run["int8"], "int8", batch_size=3)
+    assert plain.subpixel_layers == 0 and rewritten.subpixel_layers >= 1
+    counts = runtime_precisions(rewritten.compiled)
+    assert counts.get("i8", 0) + counts.get("u8", 0) == sum(counts.values()) == 12, counts
+    a, b = plain.run(x), rewritten.run(x)
+    assert np.isfinite(b).all() and np.abs(a - b).max() <= 2e-2  # at most one INT8 step
+    assert "sub-pixel" in rewritten.describe()
