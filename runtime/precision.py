@@ -232,6 +232,7 @@ def open_backend(engine, provider: str, requested: str | None):
         # suggest the >= 40 dB check happened (run folders pass such files over).
         choice = dataclasses.replace(choice, why=choice.why + "; NOT verified against FP32 "
                                      "(exported with --no-verify)")
+
     def build(backend_precision: str | None):
         options = dataclasses.replace(engine.options, precision=backend_precision)
         return backends.create(provider, engine.model_file, options)
