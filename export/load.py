@@ -54,7 +54,7 @@ class Loaded:
     source: str  # "p2p" or "junyanz"
     path: Path  # the checkpoint file
     run_dir: Path  # where the default export folder goes
-    data: str | None  # the training data folder or dataset name (val images for checks)
+    task: dict  # the checkpoint's task: where its data is (``trainer.rundata.find``); {} if none
 
 
 def resolve(source: Path | None, runs_dir: Path = Path("runs")) -> Path:
@@ -115,7 +115,7 @@ def _load_p2p(path: Path, state: dict, o: Overrides) -> Loaded:
                                   f"records {name}={have}; drop the flag")
     generator = build_generator(path, cfg, state["generator"])
     return Loaded(generator, cfg, facts["direction"], facts["color_space"], int(state["step"]),
-                  file_sha256(path), "p2p", path, run_dir_of(path), task.get("data"))
+                  file_sha256(path), "p2p", path, run_dir_of(path), task)
 
 
 def _load_junyanz(path: Path, state: dict, o: Overrides) -> Loaded:
@@ -134,7 +134,7 @@ def _load_junyanz(path: Path, state: dict, o: Overrides) -> Loaded:
                               "--out-channels 2 (L in, ab out)")
     generator = build_generator(path, cfg, state, junyanz=True)
     return Loaded(generator, cfg, direction, color_space, 0, file_sha256(path), "junyanz",
-                  path, run_dir_of(path), None)
+                  path, run_dir_of(path), {})
 
 
 def _some_keys(state: dict, n: int = 4) -> str:

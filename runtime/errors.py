@@ -27,6 +27,10 @@ class ModelError(P2PError):
     """An ONNX model file is missing, unreadable, unsafe or lacks p2p metadata."""
 
 
+class NonFiniteOutput(ModelError):
+    """The model's output holds NaN or Inf: no image, score or check may be made from it."""
+
+
 class ProviderError(P2PError):
     """An execution provider was requested but cannot run here (and says why)."""
 

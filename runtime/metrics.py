@@ -5,7 +5,9 @@ numpy only. ``p2p-eval`` scores 8-bit images with them; the exporter and the ben
 
 - **L1**: mean absolute difference of uint8 images on the [0, 1] scale (pixel / 255).
 - **PSNR**: 10 log10(data_range^2 / MSE) in dB, capped at ``cap`` (p2p-eval: 100 dB, so
-  identical images give a finite value and means stay finite).
+  identical images give a finite value and means stay finite). NaN when either array holds
+  a NaN or an infinity: every check is written ``not psnr >= bound``, so NaN fails it (the
+  cap must never turn a broken output into a perfect score).
 - **SSIM**: Wang et al. 2004 with an 11x11 gaussian window (sigma 1.5), K1 0.01, K2 0.03,
   'valid' windows only, per channel then averaged; equals
   ``skimage.metrics.structural_similarity(p, t, data_range=255, channel_axis=-1,
@@ -38,8 +40,10 @@ def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 255.0,
          cap: float = PSNR_CAP) -> float:
     """Peak signal-to-noise ratio in dB of two same-shaped arrays whose values span
     ``data_range`` (255 for uint8 images, 2 for [-1, 1] model outputs), at most ``cap``
-    (``math.inf``: no cap)."""
+    (``math.inf``: no cap); NaN when the error is not finite (a NaN or Inf in either)."""
     mse = float(np.mean((pred.astype(np.float64) - target.astype(np.float64)) ** 2))
+    if not math.isfinite(mse):  # min(cap, nan) would be the cap: a NaN output scoring best
+        return math.nan
     if mse == 0.0:
         return cap
     return min(cap, 10.0 * math.log10(data_range ** 2 / mse))

@@ -35,6 +35,7 @@ from p2p.trainer import checkpoint, data, datasets, device as devices, distribut
 from p2p.trainer.continuation import continue_schedule, init_from, nothing_left
 from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
+from p2p.trainer.rundata import recorded_task
 from p2p.trainer.rundir import NullLog, RunLog, prepare_output
 from p2p.trainer.samples import write_samples
 
@@ -365,7 +366,7 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
                             image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf,
                             norm=distributed.model_norm(cfg.norm))
     task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
-            "data": cfg.data or f"{cfg.data_a}|{cfg.data_b}"}
+            **recorded_task(root, cfg.data, cfg.data_a, cfg.data_b)}
     out = Path(cfg.output)
     latest = out / "checkpoints" / "latest.pt"
     state = env.main_first(lambda: prepare_output(out, cfg.resume, cfg.overwrite),
@@ -390,7 +391,7 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
         task["init"] = init if state is None else state["task"].get("init")
     env.wrap(t)
     run_info = {"train": asdict(cfg), "model": asdict(model_cfg), "task": task,
-                "data_path": str(root or ""), "device": str(device), "world_size": env.world,
+                "data_path": str(root.resolve() if root else ""), "device": str(device), "world_size": env.world,
                 "train_images": len(train_ds), "sample_images": len(sample_ds)}
     if env.main:
         checkpoint.atomic_write(out / "config.json",
