@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from . import images
 from .telemetry import ServiceMetrics
 from .batcher import InferenceError, MicroBatcher, QueueFull, ShuttingDown
-from .errors import ImageError, ModelError, P2PError
+from .errors import ImageError, ModelError, NonFiniteOutput, P2PError
 
 log = logging.getLogger("p2p.serve")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -160,8 +160,9 @@ class Service:
         await self.batcher.start()
         if not self.meta.dynamic_size:  # first run allocates: pay it before the first user
             s, c = self.meta.image_size, self.meta.in_channels
-            await asyncio.get_running_loop().run_in_executor(
-                self.pool, self.engine.run, np.zeros((1, c, s, s), np.float32))
+            with contextlib.suppress(NonFiniteOutput):  # the run was only for allocation;
+                await asyncio.get_running_loop().run_in_executor(  # requests fail one by one
+                    self.pool, self.engine.run, np.zeros((1, c, s, s), np.float32))
         try:
             yield
         finally:

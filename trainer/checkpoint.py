@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import pickle
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from p2p.runtime.files import atomic_write  # noqa: F401  (re-exported: trainer, export use it)
-from p2p.runtime.errors import CheckpointError
+from p2p.runtime.errors import CheckpointError, one_line
 
 FORMAT = "p2p-checkpoint"
 FORMAT_VERSION = 1
@@ -37,6 +38,13 @@ FORMAT_VERSION = 1
 def save_checkpoint(state: dict, path: Path) -> Path:
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def snapshot(latest: Path, step: int) -> Path:
+    """A whole copy of ``latest`` as ``step_NNNNNN.pt`` beside it; atomic, so a kill mid-copy
+    never leaves a torn snapshot."""
+    return atomic_write(latest.with_name(f"step_{step:06d}.pt"),
+                        lambda tmp: shutil.copyfile(latest, tmp))
 
 
 def load_state(path: Path) -> dict:
@@ -66,9 +74,8 @@ def load_state(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - what torch's unpickler raises on garbage is open:
         # RuntimeError, EOFError, BadZipFile, OSError, ValueError, and from the legacy format
         # KeyError ("hello world" as .pth) or struct.error (a pickle cut short)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
-                              f"corrupt?): {msg[:200]}") from None
+                              f"corrupt?): {one_line(e)[:200]}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of weights")
     return state

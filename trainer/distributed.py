@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from p2p.runtime.errors import CheckpointError, P2PError, ProviderError
+from p2p.runtime.errors import CheckpointError, P2PError, ProviderError, one_line
 from p2p.trainer import checkpoint, data
 from p2p.trainer.models import NORMS, UnetGenerator
 
@@ -255,7 +255,7 @@ def job(device: torch.device):
         control = dist.new_group(backend="gloo") if backend == "nccl" else None
     except (dist.DistError, RuntimeError, ValueError) as e:
         raise ProviderError(f"rank {rank}: cannot join the torchrun job ({backend}): "
-                            f"{_first_line(e)}") from None
+                            f"{one_line(e)[:200]}") from None
     env = Job(device, rank, world, True, control)
     try:
         yield env
@@ -266,15 +266,10 @@ def job(device: torch.device):
         raise type(e)(f"rank {rank}: {e}") from None
     except dist.DistError as e:  # a peer died or left: its own error says why
         raise P2PError(f"rank {rank}: stopped: lost contact with another rank of the job, "
-                       f"which failed or was killed (its error is above): {_first_line(e)}"
+                       f"which failed or was killed (its error is above): {one_line(e)[:200]}"
                        ) from None
     except RuntimeError as e:
         # Out of memory, or a collective inside DDP's backward that a dead peer broke (gloo
         # raises a plain RuntimeError there): one line per rank, not N interleaved tracebacks.
-        raise P2PError(f"rank {rank}: stopped: {type(e).__name__}: {_first_line(e)}") from None
+        raise P2PError(f"rank {rank}: stopped: {type(e).__name__}: {one_line(e)[:200]}") from None
     dist.destroy_process_group()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]

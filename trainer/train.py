@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -30,10 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from p2p.runtime.errors import CheckpointError, DataError, P2PError
+from p2p.runtime.errors import CheckpointError, DataError, P2PError, one_line
 from p2p.trainer import checkpoint, data, datasets, device as devices, distributed
 from p2p.trainer.continuation import continue_schedule, init_from, nothing_left
 from p2p.trainer.cpu_convs import use_matmul_convs
+from p2p.trainer.finite import FiniteGuard
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
 from p2p.trainer.rundata import recorded_task
 from p2p.trainer.rundir import NullLog, RunLog, prepare_output
@@ -153,7 +153,7 @@ class Trainer:
             self.D.load_state_dict(state["discriminator"])
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit this model: "
-                                  f"{str(e).splitlines()[0][:200]}") from None
+                                  f"{one_line(e)[:200]}") from None
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
@@ -219,18 +219,26 @@ def _batches(loader):
 
 
 def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: Path,
-                    samples: list, log: RunLog, bar) -> None:
+                    samples: list, log: RunLog, bar, guard: FiniteGuard) -> None:
     cfg = t.cfg
+    latest = out / "checkpoints" / "latest.pt"
     for real_a, real_b in _batches(loader):
         losses = train_step(t, real_a.to(t.device, non_blocking=True),
                             real_b.to(t.device, non_blocking=True))
         t.step += 1
         t.window += losses
         t.window_n += 1
+        guard.record(losses, t.step)
         t.stop = t.dist.any(t.stop_requested) or t.stop  # every rank stops after this step
         bar.update(1)
+        log_due = t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs
+        done = t.step >= total or t.stop
+        snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
+        save_due = done or snapshot or t.step % cfg.save_every == 0
+        if log_due or save_due or (cfg.sample_every and t.step % cfg.sample_every == 0):
+            guard.check(t.step, {"generator": t.G, "discriminator": t.D}, latest, t.dist.any)
         # A --max-steps stop leaves a partial window in the checkpoint for --resume to finish.
-        if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
+        if log_due:
             now = time.perf_counter()
             means = (t.dist.mean(t.window) / t.window_n).tolist()  # the one host sync per log
             rec = {"step": t.step, "epoch": t.epoch, **dict(zip(LOSSES, means)),
@@ -249,16 +257,13 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
         if cfg.sample_every and t.step % cfg.sample_every == 0 and t.dist.main:
             val_l1 = _samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
             log.write({"step": t.step, "epoch": t.epoch, "val_L1": val_l1})
-        done = t.step >= total or t.stop
-        snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
-        if done or snapshot or t.step % cfg.save_every == 0:
+        if save_due:
             state = t.dist.checkpoint_state(t)  # under torchrun: every rank, rank 0 saves
             if state is not None:
-                checkpoint.save_checkpoint(state, out / "checkpoints" / "latest.pt")
-        if snapshot and t.dist.main:  # atomic too: a kill mid-copy must not leave a torn step_N.pt
-            checkpoint.atomic_write(out / "checkpoints" / f"step_{t.step:06d}.pt",
-                                    lambda tmp: shutil.copyfile(out / "checkpoints" / "latest.pt",
-                                                                tmp))
+                checkpoint.save_checkpoint(state, latest)
+            guard.saved_step = t.step
+        if snapshot and t.dist.main:
+            checkpoint.snapshot(latest, t.step)
         if done:
             return
 
@@ -307,12 +312,13 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
                disable=not (cfg.progress and t.dist.main),
                dynamic_ncols=True, mininterval=1.0)
     t.tick = time.perf_counter()  # images/s: wall time per log window, data and all
+    guard = FiniteGuard(LOSSES, t.device, t.step or None)  # step > 0: resumed from latest.pt
     try:
         while t.step < total and not t.stop:
             # Resume lands mid-epoch: skip the samples this epoch already consumed.
             sampler.epoch = t.epoch
             sampler.start = (t.step - t.epoch * steps_per_epoch) * cfg.batch_size
-            train_one_epoch(t, loader, steps_per_epoch, total, out, samples, log, bar)
+            train_one_epoch(t, loader, steps_per_epoch, total, out, samples, log, bar, guard)
     finally:
         for sig, handler in previous.items():
             if handler is not None:
@@ -391,7 +397,8 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
         task["init"] = init if state is None else state["task"].get("init")
     env.wrap(t)
     run_info = {"train": asdict(cfg), "model": asdict(model_cfg), "task": task,
-                "data_path": str(root.resolve() if root else ""), "device": str(device), "world_size": env.world,
+                "data_path": str(root.resolve() if root else ""), "device": str(device),
+                "world_size": env.world,
                 "train_images": len(train_ds), "sample_images": len(sample_ds)}
     if env.main:
         checkpoint.atomic_write(out / "config.json",
