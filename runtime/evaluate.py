@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .errors import DataError, P2PError, choices
 from .files import atomic_write
-from .images import SHOWN_EXTS, open_rgb
+from .images import SHOWN_EXTS, crop_half, open_rgb
 from .listing import list_images, listed, pair_by_name, raise_problems
 from .metrics import PSNR_CAP, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, SSIMUndefined, l1, \
     psnr, ssim
@@ -77,13 +77,12 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 def load_target(path: Path, half: str | None) -> np.ndarray:
-    img = load_rgb(path)
-    if half is None:
-        return img
-    w = img.shape[1]
-    if w % 2:
-        raise DataError(f"{path}: width {w} is odd, so it is not a side-by-side A|B image")
-    return img[:, : w // 2] if half == "left" else img[:, w // 2:]
+    """(H, W, 3) uint8: the image, or its ``half`` of an A|B pair (``images.crop_half``)."""
+    img = open_rgb(path)
+    if half is not None and img.width % 2:
+        raise DataError(f"{path}: width {img.width} is odd, so it is not a side-by-side A|B "
+                        "image")
+    return np.asarray(crop_half(img, half))
 
 
 def _measure(job) -> dict:

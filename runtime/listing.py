@@ -19,18 +19,26 @@ from .images import is_image_name
 MAX_LISTED = 5  # names shown in one error line
 
 
-def list_images(root: Path, recursive: bool = True, errors: list | None = None) -> list[Path]:
+def list_images(root: Path, recursive: bool = True, errors: list | None = None,
+                match=None, exclude: Path | None = None) -> list[Path]:
     """Image file names under ``root`` as sorted relative paths. Hidden entries are skipped
     and links to folders are not followed (no cycles). Entries with an image name that are
     not regular files (a FIFO, a dangling link) are kept, so the decoder names them rather
-    than they vanish. Folders that cannot be listed go into ``errors`` (OSError)."""
+    than they vanish. Folders that cannot be listed go into ``errors`` (OSError).
+    ``match(name, rel)``: which names count (default ``is_image_name``; p2p-translate's
+    ``--glob``); ``exclude``: a resolved folder not to enter (an output inside the input)."""
     root = Path(root)
     found = []
     onerror = None if errors is None else errors.append
     for dirpath, dirs, files in os.walk(root, onerror=onerror):
         here = Path(dirpath)
-        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
-        found += [(here / n).relative_to(root) for n in files if is_image_name(n)]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (
+            exclude is None or (here / d).resolve() != exclude)] if recursive else []
+        for name in files:
+            rel = (here / name).relative_to(root)
+            if not name.startswith(".") and (is_image_name(name) if match is None
+                                             else match(name, rel)):
+                found.append(rel)
     return sorted(found, key=lambda r: r.as_posix())
 
 

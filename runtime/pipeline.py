@@ -23,6 +23,7 @@ import numpy as np
 
 from . import files, gallery, images
 from .engine import Engine
+from .listing import list_images
 from .errors import DataError, ImageError, ModelError, P2PError, one_line
 
 
@@ -76,26 +77,13 @@ def _natural(s: str):
 
 def scan(folder: Path, pattern: str | None, exclude: Path | None,
          errors: list[OSError] | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursive, hidden entries and ``exclude`` skipped), as
-    paths relative to it, in natural order (2.jpg before 10.jpg). Links to folders are not
-    followed (no cycles); folders that cannot be listed go into ``errors``."""
-    found = []
-    onerror = None if errors is None else errors.append
-    for dirpath, dirs, files in os.walk(folder, onerror=onerror):
-        here = Path(dirpath)
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")
-                          and (exclude is None or (here / d).resolve() != exclude)), key=_natural)
-        for name in sorted(files, key=_natural):
-            rel = (here / name).relative_to(folder)
-            if name.startswith("."):
-                continue
-            if pattern is None:
-                ok = images.is_image_name(name)
-            else:
-                ok = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
-            if ok:
-                found.append(rel)
-    return found
+    """Image files under ``folder`` (``listing.list_images``: recursive, hidden entries and
+    ``exclude`` skipped), or the names ``pattern`` matches, as paths relative to it, in
+    natural order (2.jpg before 10.jpg; a folder's files before its subfolders')."""
+    match = None if pattern is None else (
+        lambda name, rel: fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern))
+    found = list_images(folder, True, errors, match, exclude)
+    return sorted(found, key=lambda r: ([_natural(p) for p in r.parts[:-1]], _natural(r.name)))
 
 
 def default_root(src: Path) -> Path:

@@ -155,10 +155,10 @@ class PairDataset(Dataset):
         im = _open(item)
         if self.mode == "lab":
             return im, None
-        w, h = im.size
+        w = im.width
         if w % 2:
             raise DataError(f"{item}: width {w} is odd, so it is not an A|B side-by-side pair")
-        return im.crop((0, 0, w // 2, h)), im.crop((w // 2, 0, w, h))
+        return images.crop_half(im, "left"), images.crop_half(im, "right")
 
     def __getitem__(self, key):
         if isinstance(key, tuple):  # (epoch, index): training sample with jitter
