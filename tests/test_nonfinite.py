@@ -174,3 +174,73 @@ def test_serve_answers_a_nan_model_with_an_error_not_a_black_image(tmp_path):
         r = httpx.post(url + "/translate", content=buf.getvalue(), timeout=30)
     assert r.status_code >= 500 and not r.headers["content-type"].startswith("image/")
     assert "the model's output holds NaN or Inf for 1 of 1 images" in r.json()["error"]
+
+
+# --- the exporter verifies nothing made of NaN --------------------------------------------
+
+def test_fp16_whose_emulated_run_is_nan_is_not_written(tmp_path, monkeypatch, capsys):
+    """The issue's case: an all-NaN FP16 emulation was 'PSNR inf dB' and verified=true."""
+    from p2p.export import verify
+    from p2p.export.onnx import ExportConfig, main as export
+    from p2p.runtime.errors import ExportError
+    from p2p.runtime.modelfile import read_metadata
+    from test_export import make_checkpoint
+
+    monkeypatch.setattr(verify, "emulate", lambda model, x: np.full(
+        (len(x), 3, *x.shape[2:]), np.nan, np.float32))
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", size=32)
+    out = tmp_path / "e" / "g.onnx"
+    with pytest.raises(ExportError) as e:
+        export(ExportConfig(source=ckpt, output=out, fp16=True))
+    assert str(e.value) == ("not written: g.fp16.onnx: verification failed: FP16 emulated: "
+                            "output not finite (NaN or Inf) (wrote g.onnx)")
+    assert "PSNR nan dB" in capsys.readouterr().out  # the number is shown as it is
+    assert sorted(p.name for p in out.parent.iterdir()) == ["g.onnx"]
+    assert read_metadata(out).verified
+
+
+@pytest.mark.parametrize("key", ["psnr_b1", "max_abs_bn", "psnr_gpu", "invariance",
+                                 "invariance_ov", "psnr_ov"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_no_check_passes_on_nan(key, precision):
+    from p2p.export.verify import _failures
+
+    good = {"batch": 4, "invariance": 0.0, "invariance_ov": 0.0}
+    for k in ("b1", "bn", "gpu", "ov"):
+        good[f"psnr_{k}"], good[f"max_abs_{k}"] = 90.0, 1e-6
+    assert _failures(good, precision) == []
+    for value in (math.nan, math.inf) if not key.startswith("psnr") else (math.nan,):
+        assert _failures({**good, key: value}, precision), (key, value)
+
+
+def test_a_nan_checkpoint_verifies_nothing_and_no_verify_files_fail_every_image(tmp_path):
+    from click.testing import CliRunner
+
+    from p2p.cli.translate import main as translate_cli
+    from p2p.export.onnx import ExportConfig, main as export
+    from p2p.runtime.errors import ExportError
+    from p2p.runtime.modelfile import read_metadata
+    from p2p.trainer.checkpoint import load_state, save_checkpoint
+    from test_export import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", size=32)
+    state = load_state(ckpt)
+    for v in state["generator"].values():
+        if v.is_floating_point():
+            v.fill_(float("nan"))
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "format_version")},
+                    ckpt)
+    out = tmp_path / "e" / "g.onnx"
+    with pytest.raises(ExportError, match="the checkpoint's generator gives NaN or Inf in "
+                       "PyTorch .*no file can be verified"):
+        export(ExportConfig(source=ckpt, output=out))
+    assert not out.parent.exists()
+    export(ExportConfig(source=ckpt, output=out, verify=False))  # the user's own risk...
+    assert not read_metadata(out).verified
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(src / "x.png")
+    r = CliRunner().invoke(translate_cli, [str(src), "--model", str(out), "-o",
+                                           str(tmp_path / "t"), "--provider", "cpu"])
+    assert r.exit_code == 1 and "holds NaN or Inf" in r.output  # ...but no black image
+    assert not list((tmp_path / "t").glob("*.png"))
