@@ -47,7 +47,7 @@ from p2p.runtime import images
 from p2p.runtime.errors import DataError, ExportError, P2PError, one_line
 from p2p.runtime.listing import list_images
 from p2p.runtime.metadata import ModelMetadata
-from p2p.trainer.rundata import RunData, find
+from p2p.trainer.rundata import RunData, find, records_data
 
 MAX_CALIBRATION = 300  # NNCF's default subset size; a few hundred images at most (issue 11)
 DEFAULT_CALIBRATION = 100  # enough for stable ranges on facades, ~1 min on 2 cores
@@ -222,6 +222,9 @@ def int8_path(output: Path) -> Path:
 def default_calibration(loaded) -> RunData:
     """The run's own training inputs (``trainer.rundata``: where the trainer read them, from
     any working folder); an ExportError naming the fix when they are not here."""
+    if not records_data(loaded.task):
+        raise ExportError(f"--int8: {loaded.path.name} records no training data to calibrate "
+                          "on; pass --calibration DIR (images like the model's inputs)")
     try:
         return find(loaded.task)
     except DataError as e:

@@ -174,6 +174,9 @@ def test_get_int8_calibrates_on_the_given_images(server, weights, tmp_path):
     r = cli("get", NAME, "--int8", "--quiet")  # a download has no run to calibrate on
     assert r.exit_code == 1 and "records no training data to calibrate on; pass " \
         "--calibration DIR" in r.output, r.output
+    # issue 22: the verified FP32 file is still written; only the INT8 one is missing
+    assert "(wrote generator.onnx)" in r.output and read_metadata(
+        tmp_path / "cache" / "models" / NAME / "generator.onnx").verified
     from test_int8 import _save  # smooth images like the exporter's check images
     from test_export import images
 

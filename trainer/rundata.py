@@ -50,12 +50,18 @@ def recorded_task(root: Path | None, data: str | None, data_a: str | None,
     return {"data": data, "data_root": str(Path(root).resolve()) if root else None}
 
 
+def records_data(task: dict) -> bool:
+    """Whether a checkpoint's task names any training data (reference-format files and
+    pretrained downloads do not)."""
+    return any(task.get(k) for k in ("data", "data_root", "data_a"))
+
+
 def find(task: dict) -> RunData:
     """The run's input folders from its checkpoint's ``task``; DataError saying what was
     looked for when they are not on this machine (or the file records no data)."""
     direction = task.get("direction", "AtoB")
     data = task.get("data")
-    if not data and not task.get("data_root") and not task.get("data_a"):
+    if not records_data(task):
         raise DataError("the checkpoint records no training data (a reference-format file "
                         "or a pretrained download)")
     a, b = task.get("data_a"), task.get("data_b")
