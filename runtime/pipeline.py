@@ -80,9 +80,10 @@ def scan(folder: Path, pattern: str | None, exclude: Path | None,
     """Image files under ``folder`` (``listing.list_images``: recursive, hidden entries and
     ``exclude`` skipped), or the names ``pattern`` matches, as paths relative to it, in
     natural order (2.jpg before 10.jpg; a folder's files before its subfolders')."""
-    match = None if pattern is None else (
-        lambda name, rel: fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern))
-    found = list_images(folder, True, errors, match, exclude)
+    def match(name: str, rel: Path) -> bool:  # --glob: the name or the relative path
+        return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
+
+    found = list_images(folder, True, errors, None if pattern is None else match, exclude)
     return sorted(found, key=lambda r: ([_natural(p) for p in r.parts[:-1]], _natural(r.name)))
 
 

@@ -277,21 +277,22 @@ def test_export_verification_skips_bad_val_images(tmp_path):
     import threading
     from types import SimpleNamespace
 
-    from p2p.export.verify import load_val_images
-    from p2p.trainer.models import ModelConfig
+    from onnx_models import metadata
+    from p2p.export.verify import run_images
 
     cases = make_corpus(tmp_path)
     for i in range(2):
         Image.fromarray(noise(64, 32, i)).save(tmp_path / f"pair{i}.png")
-    loaded = SimpleNamespace(model=ModelConfig(image_size=32, ngf=4, ndf=4),
-                             color_space="rgb", direction="AtoB")
+    # A run trained on tmp_path (flat: no train/ or val/), so its checks use these images.
+    loaded = SimpleNamespace(task={"data_root": str(tmp_path), "direction": "AtoB",
+                                   "color_space": "rgb"})
     got = []
     worker = threading.Thread(target=lambda: got.append(
-        load_val_images(tmp_path, loaded, 50, (32, 32))), daemon=True)
+        run_images(loaded, metadata(image_size=32), 50)[0]), daemon=True)
     worker.start()
     worker.join(30)
     if worker.is_alive():  # release the blocked open() before failing
         os.close(os.open(tmp_path / "fifo.png", os.O_WRONLY | os.O_NONBLOCK))
-        pytest.fail("load_val_images blocked on a FIFO")
+        pytest.fail("run_images blocked on a FIFO")
     usable = [n for n, c in cases.items() if c.ok and "/" not in n]  # .gif too: one rule
     assert len(got[0]) == len(usable) + 2 and all(x.shape == (3, 32, 32) for x in got[0])

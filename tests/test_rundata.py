@@ -27,7 +27,8 @@ def photos(folder: Path, n: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        rgb = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(folder / f"{i}.png")
     return folder
 
 

@@ -44,12 +44,13 @@ class FiniteGuard:
         self.first = torch.where(new, torch.full_like(self.first, step), self.first)
         self.losses = torch.where(new, losses, self.losses)
 
-    def check(self, step: int, nets: dict[str, nn.Module], checkpoint: Path, agree) -> None:
+    def check(self, step: int, nets: dict[str, nn.Module], checkpoint: Path, job) -> None:
         """TrainingDiverged (one line) when a recorded loss or any weight is non-finite;
-        ``agree``: ``Job.any``, so every rank of a torchrun job stops together."""
+        ``job``: the ``distributed.Job``, so every rank of a torchrun job stops together and
+        rank 0 alone reports it."""
         first = int(self.first)
         broken = [name for name, net in nets.items() if not finite(net)] if not first else []
-        if not agree(bool(first or broken)):
+        if not job.any(bool(first or broken)):
             return
         if first:
             bad = [f"{n} {v:g}" for n, v in zip(self.names, self.losses.tolist())
@@ -62,5 +63,5 @@ class FiniteGuard:
         kept = (f"the last finite checkpoint {checkpoint} (step {self.saved_step}) is kept; "
                 "--resume continues from it" if self.saved_step is not None
                 else "no checkpoint had been saved")
-        raise TrainingDiverged(f"{what}: training diverged (too high --lr?) and stopped; "
-                               f"nothing non-finite was saved; {kept}")
+        raise job.shared(TrainingDiverged(f"{what}: training diverged (too high --lr?) and "
+                                          f"stopped; nothing non-finite was saved; {kept}"))

@@ -236,7 +236,7 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
         snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
         save_due = done or snapshot or t.step % cfg.save_every == 0
         if log_due or save_due or (cfg.sample_every and t.step % cfg.sample_every == 0):
-            guard.check(t.step, {"generator": t.G, "discriminator": t.D}, latest, t.dist.any)
+            guard.check(t.step, {"generator": t.G, "discriminator": t.D}, latest, t.dist)
         # A --max-steps stop leaves a partial window in the checkpoint for --resume to finish.
         if log_due:
             now = time.perf_counter()
