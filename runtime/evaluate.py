@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .errors import DataError, P2PError, choices
 from .files import atomic_write
-from .images import SHOWN_EXTS, open_rgb
+from .images import SHOWN_EXTS, ab_pair_problem, open_rgb
 from .listing import list_images, listed, pair_by_name, raise_problems
 from .metrics import PSNR_CAP, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, SSIMUndefined, l1, \
     psnr, ssim
@@ -80,9 +80,10 @@ def load_target(path: Path, half: str | None) -> np.ndarray:
     img = load_rgb(path)
     if half is None:
         return img
-    w = img.shape[1]
-    if w % 2:
-        raise DataError(f"{path}: width {w} is odd, so it is not a side-by-side A|B image")
+    h, w = img.shape[:2]
+    problem = ab_pair_problem(path, (w, h))  # p2p-translate splits only these
+    if problem:
+        raise DataError(problem)
     return img[:, : w // 2] if half == "left" else img[:, w // 2:]
 
 

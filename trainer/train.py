@@ -122,6 +122,7 @@ class Trainer:
         # What train_step calls: G and D, or their DDP wrappers under torchrun (Job.wrap).
         self.G_train, self.D_train = self.G, self.D
         self.dist = distributed.SINGLE
+        self.sample_metric = "val_L1"  # train_L1 when the samples are training images
 
     def state_dict(self) -> dict:
         return {
@@ -204,6 +205,16 @@ def _samples(t: Trainer, samples: list, path: Path) -> float:
                          t.task["color_space"] == "lab", t.cfg.amp)
 
 
+def sample_metric(sample_ds) -> str:
+    """The metrics.jsonl key of the samples' L1: val_L1 only when they are held out."""
+    return "train_L1" if sample_ds.source == "train" else "val_L1"
+
+
+def _sample_line(t: Trainer, samples: list, out: Path, log) -> None:
+    l1 = _samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
+    log.write({"step": t.step, "epoch": t.epoch, t.sample_metric: l1})
+
+
 def _batches(loader):
     """Iterate a DataLoader; an error raised in a worker comes back as its own one line."""
     it = iter(loader)
@@ -228,8 +239,11 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
         t.window_n += 1
         t.stop = t.dist.any(t.stop_requested) or t.stop  # every rank stops after this step
         bar.update(1)
-        # A --max-steps stop leaves a partial window in the checkpoint for --resume to finish.
-        if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
+        last = t.step >= total
+        # The last step is logged even mid-window; a --max-steps stop keeps its partial
+        # window in the checkpoint, so a --resume's next line covers the same steps as an
+        # uninterrupted run's.
+        if t.step % cfg.log_every == 0 or last or t.step == steps_per_epoch * t.schedule_epochs:
             now = time.perf_counter()
             means = (t.dist.mean(t.window) / t.window_n).tolist()  # the one host sync per log
             rec = {"step": t.step, "epoch": t.epoch, **dict(zip(LOSSES, means)),
@@ -239,15 +253,15 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
             log.write(rec)
             bar.set_postfix(G_GAN=f"{means[0]:.3f}", G_L1=f"{means[1]:.3f}",
                             D_real=f"{means[2]:.3f}", D_fake=f"{means[3]:.3f}")
-            t.window.zero_()
-            t.window_n, t.tick = 0, now
+            if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
+                t.window.zero_()
+                t.window_n, t.tick = 0, now
         if t.step % steps_per_epoch == 0:  # end of epoch: the LR schedule moves per epoch
             t.sched_g.step()
             t.sched_d.step()
             t.epoch += 1
-        if cfg.sample_every and t.step % cfg.sample_every == 0 and t.dist.main:
-            val_l1 = _samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
-            log.write({"step": t.step, "epoch": t.epoch, "val_L1": val_l1})
+        if cfg.sample_every and (t.step % cfg.sample_every == 0 or last) and t.dist.main:
+            _sample_line(t, samples, out, log)
         done = t.step >= total or t.stop
         snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
         if done or snapshot or t.step % cfg.save_every == 0:
@@ -276,10 +290,10 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     schedule_steps = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
     total = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps
     samples = [sample_ds[i] for i in range(min(cfg.num_samples, len(sample_ds)))]
+    t.sample_metric = sample_metric(sample_ds)
     log = RunLog(out, t.step) if t.dist.main else NullLog()  # only rank 0 writes
     if t.step == 0 and cfg.sample_every and t.dist.main:
-        val_l1 = _samples(t, samples, out / "samples" / f"step_{0:06d}.png")
-        log.write({"step": 0, "epoch": 0, "val_L1": val_l1})
+        _sample_line(t, samples, out, log)
     if t.step >= total:
         if t.dist.main:
             print(f"{out}: " + nothing_left(t.step, total, cfg.epochs, cfg.epochs_decay,
@@ -359,7 +373,7 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
         root, Path(cfg.data_a) if cfg.data_a else None, Path(cfg.data_b) if cfg.data_b else None,
         cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed,
         check=False))
-    env.check_images(train_ds)
+    env.check_images(train_ds, sample_ds)
     lab = cfg.lab_colorization
     model_cfg = ModelConfig(in_channels=1 if lab else 3, out_channels=2 if lab else 3,
                             image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf,
@@ -391,11 +405,15 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
     env.wrap(t)
     run_info = {"train": asdict(cfg), "model": asdict(model_cfg), "task": task,
                 "data_path": str(root or ""), "device": str(device), "world_size": env.world,
-                "train_images": len(train_ds), "sample_images": len(sample_ds)}
+                "train_images": len(train_ds), "sample_images": len(sample_ds),
+                "sample_source": sample_ds.source, "sample_metric": sample_metric(sample_ds)}
     if env.main:
         checkpoint.atomic_write(out / "config.json",
                                 lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
         print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
+        if sample_ds.source == "train":
+            print("no val/ folder: samples and their L1 (train_L1 in metrics.jsonl) are on "
+                  "training images, not held-out ones")
     env.announce(cfg.batch_size)
     fit(t, train_ds, sample_ds, out)
     return t
