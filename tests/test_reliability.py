@@ -253,7 +253,8 @@ def test_train_unwritable_output_is_one_line(tmp_path, unwritable):
         torch.set_num_threads(threads)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
-    assert errors == [f"Error: {unwritable / 'config.json'}: cannot write: "
+    # The run folder's lock is its first file (taken before config.json is written).
+    assert errors == [f"Error: {unwritable / '.p2p-train.lock'}: cannot write: "
                       + errors[0].rsplit(": ", 1)[-1]]
     assert not unwritable.exists()
 

@@ -35,7 +35,7 @@ from p2p.trainer import checkpoint, data, datasets, device as devices, distribut
 from p2p.trainer.continuation import continue_schedule, init_from, nothing_left
 from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
-from p2p.trainer.rundir import NullLog, RunLog, prepare_output
+from p2p.trainer.rundir import NullLog, RunLog, lock_run, prepare_output
 from p2p.trainer.samples import write_samples
 
 LOSSES = ("loss_G_GAN", "loss_G_L1", "loss_D_real", "loss_D_fake")
@@ -362,7 +362,6 @@ def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
 def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
     """Set up and train. Under torchrun every step that may fail is agreed (``env.agree``):
     all ranks raise, rank 0 reports; rank 0 alone downloads and writes the run folder."""
-    device = env.device
     env.agree(_check_flags, cfg, env)
 
     def find_data():
@@ -374,13 +373,26 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
         cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed,
         check=False))
     env.check_images(train_ds, sample_ds)
+    out = Path(cfg.output)
+    # Held from before the run folder is touched until the run ends; the kernel drops it
+    # when the process dies, so a killed run never blocks its --resume.
+    lock = env.main_first(lambda: lock_run(out), lambda: None)
+    try:
+        return _start(cfg, env, root, train_ds, sample_ds, out)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _start(cfg: TrainConfig, env: distributed.Job, root, train_ds, sample_ds,
+           out: Path) -> Trainer:
+    device = env.device
     lab = cfg.lab_colorization
     model_cfg = ModelConfig(in_channels=1 if lab else 3, out_channels=2 if lab else 3,
                             image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf,
                             norm=distributed.model_norm(cfg.norm))
     task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
             "data": cfg.data or f"{cfg.data_a}|{cfg.data_b}"}
-    out = Path(cfg.output)
     latest = out / "checkpoints" / "latest.pt"
     state = env.main_first(lambda: prepare_output(out, cfg.resume, cfg.overwrite),
                            lambda: checkpoint.load_checkpoint(latest) if cfg.resume else None)
