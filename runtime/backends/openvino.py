@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError, ProviderError, choices
+from ..errors import ModelError, ProviderError, choices, reason
 from ..host import physical_cores
 from ..metadata import ModelMetadata
 from ..modelfile import read_model_file
@@ -145,10 +145,6 @@ def subpixel_deconvolutions(model) -> int:
     return count
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
-
 
 class OpenVINOSession:
     """One OpenVINO model; also the ``Engine``'s backend interface (``p2p.runtime.backends``):
@@ -190,7 +186,7 @@ class OpenVINOSession:
         try:
             self.model = self.core.read_model(str(self.path))
         except Exception as e:  # OpenVINO raises RuntimeError with multi-line text
-            raise ModelError(f"{self.path}: openvino cannot read it: {_first_line(e)}") from None
+            raise ModelError(f"{self.path}: openvino cannot read it: {reason(e)}") from None
         self.metadata = metadata
         if len(self.model.inputs) != 1 or len(self.model.outputs) != 1:
             raise ModelError(f"{self.path}: expected one input and one output, got "
@@ -219,7 +215,7 @@ class OpenVINOSession:
             self.model.reshape({self.model.input(0).get_any_name(): shape})
             self.compiled = self.core.compile_model(self.model, device, config)
         except Exception as e:
-            raise ModelError(f"{self.path}: openvino cannot compile it: {_first_line(e)}") from None
+            raise ModelError(f"{self.path}: openvino cannot compile it: {reason(e)}") from None
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if got != _OV_PRECISION[precision]:  # never run another precision than asked
             raise ProviderError(f"provider openvino: {self.path.name} compiled for {got}, not "
@@ -271,7 +267,7 @@ class OpenVINOSession:
                 for request, _, _ in pending:
                     request.wait()  # nothing may still read an input we are about to drop
                 raise ModelError(f"{self.path}: openvino failed on input {list(x.shape)}: "
-                                 f"{_first_line(e)}") from None
+                                 f"{reason(e)}") from None
         if not outs:
             return np.zeros((0, self.metadata.out_channels, *x.shape[2:]), np.float32)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
