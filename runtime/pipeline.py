@@ -74,16 +74,29 @@ def _natural(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
+OUTPUT_SUFFIX = "-translated"  # default output folders: <input>-translated
+
+
+def is_output_folder(name: str) -> bool:
+    """Whether a folder name is one p2p-translate writes by default (``<name>-translated``)."""
+    return name.endswith(OUTPUT_SUFFIX)
+
+
 def scan(folder: Path, pattern: str | None, exclude: Path | None,
-         errors: list[OSError] | None = None) -> list[Path]:
+         errors: list[OSError] | None = None,
+         outputs: list[Path] | None = None) -> list[Path]:
     """Image files under ``folder`` (recursive, hidden entries and ``exclude`` skipped), as
-    paths relative to it, in natural order (2.jpg before 10.jpg). Links to folders are not
-    followed (no cycles); folders that cannot be listed go into ``errors``."""
+    paths relative to it, in natural order (2.jpg before 10.jpg). Subfolders named
+    ``*-translated`` are earlier outputs, never inputs again: skipped, and listed in
+    ``outputs``. Links to folders are not followed (no cycles); folders that cannot be
+    listed go into ``errors``."""
     found = []
     onerror = None if errors is None else errors.append
     for dirpath, dirs, files in os.walk(folder, onerror=onerror):
         here = Path(dirpath)
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")
+        if outputs is not None:
+            outputs += [here / d for d in dirs if is_output_folder(d)]
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".") and not is_output_folder(d)
                           and (exclude is None or (here / d).resolve() != exclude)), key=_natural)
         for name in sorted(files, key=_natural):
             rel = (here / name).relative_to(folder)
@@ -98,24 +111,32 @@ def scan(folder: Path, pattern: str | None, exclude: Path | None,
     return found
 
 
-def default_root(src: Path) -> Path:
+def default_root(src: Path, several: bool = False) -> Path:
+    """``<folder>-translated`` beside an input folder; for a file given alone
+    ``<stem>-translated`` beside it, and for one of several inputs (``dir/*.jpg``) its
+    folder's ``<folder>-translated`` beside that folder, so the files of one folder share
+    one output folder and none is written inside the input folder."""
     src = src.resolve()
+    if several and not src.is_dir():
+        src = src.parent
     if not src.name:
         raise DataError(f"cannot name a default output folder for {src}; pass --output")
-    return src.parent / f"{src.name if src.is_dir() else src.stem}-translated"
+    return src.parent / f"{src.name if src.is_dir() else src.stem}{OUTPUT_SUFFIX}"
 
 
-def plan(cfg: TranslateConfig) -> tuple[list[Job], list[tuple[Path, str]]]:
-    """Every (input, output) pair in input order, and the inputs refused up front."""
+def plan(cfg: TranslateConfig,
+         outputs: list[Path] | None = None) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Every (input, output) pair in input order, and the inputs refused up front; earlier
+    output folders found inside input folders (skipped) go into ``outputs``."""
     pairs: list[tuple[Path, Path, Path]] = []  # (src, rel output path without suffix, root)
     refused: list[tuple[Path, str]] = []
     several = len(cfg.inputs) > 1
     for given in cfg.inputs:
-        root = Path(cfg.output).resolve() if cfg.output else default_root(given)
+        root = Path(cfg.output).resolve() if cfg.output else default_root(given, several)
         if given.is_dir():
             base = Path(given.resolve().name) if several and cfg.output else Path()
             unlisted: list[OSError] = []
-            for rel in scan(given, cfg.glob, exclude=root, errors=unlisted):
+            for rel in scan(given, cfg.glob, exclude=root, errors=unlisted, outputs=outputs):
                 pairs.append((given / rel, base / rel, root))
             refused += [(Path(e.filename), f"{e.filename}: cannot list this folder: "
                          f"{e.strerror or e}") for e in unlisted]
@@ -261,7 +282,11 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
-    jobs, refused = plan(cfg)
+    outputs: list[Path] = []
+    jobs, refused = plan(cfg, outputs)
+    if outputs:
+        log(f"skipped {len(outputs)} earlier output folder(s) (*{OUTPUT_SUFFIX}), never inputs "
+            f"again: {', '.join(map(str, outputs[:3]))}{' ...' if len(outputs) > 3 else ''}")
     summary = Summary(provider=engine.provider, failed=list(refused))
     todo = []
     for job in jobs:
