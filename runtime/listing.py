@@ -9,6 +9,7 @@ a name also matches the one file of the other side with the same path and anothe
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,14 @@ def list_images(root: Path, recursive: bool = True, errors: list | None = None) 
         dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
         found += [(here / n).relative_to(root) for n in files if is_image_name(n)]
     return sorted(found, key=lambda r: r.as_posix())
+
+
+def matches(rel: Path, pattern: str | None) -> bool:
+    """The ``--glob`` rule of every command: ``pattern`` (fnmatch) matches the file's name or
+    its path relative to the folder searched ('*.jpg', 'sub/*'); None matches any image name."""
+    if pattern is None:
+        return is_image_name(rel.name)
+    return fnmatch.fnmatch(rel.name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
 
 
 @dataclass

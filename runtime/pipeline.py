@@ -9,7 +9,6 @@ decode, run or write is recorded with its reason; the run goes on.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, gallery, images
+from . import files, gallery, images, listing
 from .engine import Engine
 from .errors import DataError, ImageError, ModelError, P2PError, one_line
 
@@ -102,11 +101,7 @@ def scan(folder: Path, pattern: str | None, exclude: Path | None,
             rel = (here / name).relative_to(folder)
             if name.startswith("."):
                 continue
-            if pattern is None:
-                ok = images.is_image_name(name)
-            else:
-                ok = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
-            if ok:
+            if listing.matches(rel, pattern):
                 found.append(rel)
     return found
 
