@@ -143,6 +143,9 @@ def validate(cfg: EvalConfig) -> None:
     src = cfg.target_dir if cfg.target_dir is not None else cfg.targets_from
     if not Path(src).is_dir():
         raise DataError(f"{src}: no such targets folder")
+    if cfg.target_dir is not None and Path(src).resolve() == Path(cfg.pred_dir).resolve():
+        raise DataError(f"{src}: the predictions folder is also TARGET_DIR; every image would "
+                        "score perfectly")
 
 
 def model_direction(model: Path | str) -> tuple[str, str]:
