@@ -8,23 +8,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from p2p.cli.process import main as process_cli
 from p2p.cli.train import main as train_cli
+from test_train import _restore_threads  # noqa: F401  (autouse: torch's thread count back)
 
 TINY = ["--image-size", "32", "--load-size", "32", "--ngf", "4", "--ndf", "4", "--quiet",
         "--threads", "1", "--workers", "0", "--max-steps", "1", "--sample-every", "0"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def save(path: Path, w: int, h: int, seed: int = 0, grey: bool = False) -> Path:

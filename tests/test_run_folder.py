@@ -11,34 +11,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from p2p.cli.train import main as train_cli
+from test_train import _restore_threads, make_pairs  # noqa: F401  (autouse fixture)
 from p2p.trainer import checkpoint, rundir
 
 TINY = ["--image-size", "32", "--load-size", "32", "--ngf", "4", "--ndf", "4", "--quiet",
         "--threads", "1", "--workers", "0", "--sample-every", "0"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def pairs(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    d = tmp_path / "pairs"
-    d.mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return d
+    return make_pairs(tmp_path / "pairs", 2)
 
 
 def train(*args):
