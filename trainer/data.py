@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from p2p.runtime import color, images, listing
-from p2p.runtime.errors import DataError, ImageError
+from p2p.runtime.errors import DataError, ImageError, P2PError
 
 MODES = ("side-by-side", "two-folders", "lab")
 
@@ -216,6 +216,19 @@ class PairDataset(Dataset):
         b = _jitter(b, size, crop, self.image_size, flip)
         a, b = to_tensor(a), to_tensor(b)
         return (a, b) if self.direction == "AtoB" else (b, a)
+
+
+def batches(loader):
+    """Iterate a DataLoader; an error raised in a worker comes back as its own one line."""
+    it = iter(loader)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except P2PError as e:  # DataLoader re-raises with the worker's whole traceback
+            last = str(e).strip().splitlines()[-1]
+            raise type(e)(last.split(f"{type(e).__name__}: ", 1)[-1]) from None
 
 
 def leave_stops_to_the_trainer(worker_id: int) -> None:

@@ -36,7 +36,7 @@ from p2p.trainer.continuation import continue_schedule, init_from, nothing_left
 from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
 from p2p.trainer.rundir import NullLog, RunLog, lock_run, prepare_output
-from p2p.trainer.samples import write_samples
+from p2p.trainer.samples import sample_line, sample_metric
 
 LOSSES = ("loss_G_GAN", "loss_G_L1", "loss_D_real", "loss_D_fake")
 
@@ -200,38 +200,10 @@ def train_step(t: Trainer, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.
     return torch.stack([loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake]).detach().float()
 
 
-def _samples(t: Trainer, samples: list, path: Path) -> float:
-    return write_samples(t.dist.sample_generator(t), samples, path,
-                         t.task["color_space"] == "lab", t.cfg.amp)
-
-
-def sample_metric(sample_ds) -> str:
-    """The metrics.jsonl key of the samples' L1: val_L1 only when they are held out."""
-    return "train_L1" if sample_ds.source == "train" else "val_L1"
-
-
-def _sample_line(t: Trainer, samples: list, out: Path, log) -> None:
-    l1 = _samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
-    log.write({"step": t.step, "epoch": t.epoch, t.sample_metric: l1})
-
-
-def _batches(loader):
-    """Iterate a DataLoader; an error raised in a worker comes back as its own one line."""
-    it = iter(loader)
-    while True:
-        try:
-            yield next(it)
-        except StopIteration:
-            return
-        except P2PError as e:  # DataLoader re-raises with the worker's whole traceback
-            last = str(e).strip().splitlines()[-1]
-            raise type(e)(last.split(f"{type(e).__name__}: ", 1)[-1]) from None
-
-
 def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: Path,
                     samples: list, log: RunLog, bar) -> None:
     cfg = t.cfg
-    for real_a, real_b in _batches(loader):
+    for real_a, real_b in data.batches(loader):
         losses = train_step(t, real_a.to(t.device, non_blocking=True),
                             real_b.to(t.device, non_blocking=True))
         t.step += 1
@@ -261,7 +233,7 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
             t.sched_d.step()
             t.epoch += 1
         if cfg.sample_every and (t.step % cfg.sample_every == 0 or last) and t.dist.main:
-            _sample_line(t, samples, out, log)
+            sample_line(t, samples, out, log)
         done = t.step >= total or t.stop
         snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
         if done or snapshot or t.step % cfg.save_every == 0:
@@ -293,7 +265,7 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     t.sample_metric = sample_metric(sample_ds)
     log = RunLog(out, t.step) if t.dist.main else NullLog()  # only rank 0 writes
     if t.step == 0 and cfg.sample_every and t.dist.main:
-        _sample_line(t, samples, out, log)
+        sample_line(t, samples, out, log)
     if t.step >= total:
         if t.dist.main:
             print(f"{out}: " + nothing_left(t.step, total, cfg.epochs, cfg.epochs_decay,
