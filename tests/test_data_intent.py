@@ -115,3 +115,27 @@ def test_greyscale_photos_are_no_colorization_data(tmp_path):
     r = train("--data", tmp_path / "c", "--lab-colorization", "-o", tmp_path / "run")
     assert r.exit_code == 1 and "grey.png: greyscale" in r.output, r.output
     assert "colour.png" not in r.output
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from p2p.runtime import listing
+
+    d = tmp_path / "d"
+    save(d / "ok.png", 64, 32)
+    (d / "locked").mkdir()
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):  # what os.walk does with a folder it may not list
+        for entry in real_walk(top, onerror=onerror, **kw):
+            if Path(entry[0]).name == "locked":
+                onerror(PermissionError(errno.EACCES, "Permission denied", entry[0]))
+                continue
+            yield entry
+
+    monkeypatch.setattr(listing.os, "walk", walk)
+    r = train("--data", d, "-o", tmp_path / "run")
+    assert r.exit_code == 1
+    assert f"Error: {d / 'locked'}: cannot list this folder: Permission denied" in r.output

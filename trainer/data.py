@@ -36,7 +36,12 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such data folder")
-    files = [folder / rel for rel in listing.list_images(folder)]
+    unlisted: list[OSError] = []
+    files = [folder / rel for rel in listing.list_images(folder, errors=unlisted)]
+    if unlisted:  # its images would be left out without a word
+        raise DataError(f"{unlisted[0].filename}: cannot list this folder: "
+                        f"{unlisted[0].strerror or unlisted[0]}" + (
+                            f" (and {len(unlisted) - 1} more folders)" if len(unlisted) > 1 else ""))
     if not files:
         raise DataError(f"{folder}: no images ({images.SHOWN_EXTS}) in this folder")
     return files
