@@ -31,6 +31,9 @@ from p2p.runtime.locate import pick_model
               show_default=True, help="Largest accepted upload (413 above).")
 @click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=30.0,
               show_default=True, help="Per-request limit from upload to response (504 after).")
+@click.option("--receive-timeout-s", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="Deadline for receiving a request's body (408 and the "
+              "connection closed after): stalled uploads hold no connection.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode/encode threads [default: min(4, CPUs)].")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
@@ -38,7 +41,7 @@ from p2p.runtime.locate import pick_model
               help="Print nothing but errors (no start-up lines, no access log).")
 @handle_errors
 def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms, max_queue,
-         max_body_mb, timeout_s, workers, access_log, quiet):
+         max_body_mb, timeout_s, receive_timeout_s, workers, access_log, quiet):
     """Serve a p2p model: POST /translate, GET /healthz, GET /metrics, and a page at /."""
     with requires("p2p-serve"):
         from p2p.runtime.server import ServeConfig, serve
@@ -50,6 +53,7 @@ def main(model, host, port, provider, threads, precision, max_batch, max_wait_ms
                       max_batch=max_batch, max_wait_ms=max_wait_ms,
                       max_queue=max_queue or 4 * max_batch,
                       max_body_bytes=int(max_body_mb * (1 << 20)), timeout_s=timeout_s,
+                      receive_timeout_s=receive_timeout_s,
                       workers=workers, access_log=access_log and not quiet, quiet=quiet)
     serve(cfg, log_line=(lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True)))
 

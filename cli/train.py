@@ -11,6 +11,7 @@ from p2p.runtime.errors import P2PError
 with requires("p2p-train"):  # a deployment install has no torch: say which extra brings it
     from p2p.trainer.datasets import NAMES
     from p2p.trainer.distributed import TRAIN_NORMS, JobError
+    from p2p.trainer.continuation import recorded_flags
     from p2p.trainer.rundir import default_output, load_run_config
     from p2p.trainer.device import DEVICES
     from p2p.trainer.train import TrainConfig, main as train_main
@@ -118,6 +119,16 @@ def main(ctx, quiet, **opts):
         opts["output"] = out
     if opts["init_from_d"] and not opts["init_from"]:
         raise P2PError("--init-from-d needs --init-from (the generator to start from)")
+    if opts["init_from"] and not opts["resume"]:
+        # The architecture the starting weights have, for every flag the user did not type.
+        taken = {name: value for name, value in
+                 recorded_flags(opts["init_from"], opts["init_from_d"]).items()
+                 if ctx.get_parameter_source(name) == ParameterSource.DEFAULT
+                 and value != opts[name]}
+        opts.update(taken)
+        if taken:
+            click.echo(f"--init-from {opts['init_from']}: " + ", ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in taken.items()) + " (as it records)")
     opts["output"] = opts["output"] or default_output(opts["data"], opts["data_a"])
     try:
         with requires("p2p-train"):  # tensorboard, onnx...: imported on the way

@@ -23,7 +23,8 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 @model_option
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder; the input tree is mirrored under it "
-                   "[default: <input>-translated beside each input].")
+                   "[default: <folder>-translated beside each input folder, or beside the folder of "
+                   "the input files; <name>-translated beside a file given alone].")
 @engine_options
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
@@ -45,8 +46,9 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
          model_size, pattern, html, overwrite, workers, quiet):
     """Translate INPUT images and folders (recursive) with a p2p model."""
     if len(inputs) > 1 and output is None:
-        click.echo("note: several inputs and no --output: each goes to its own "
-                   "<input>-translated folder", err=True)
+        click.echo("note: several inputs and no --output: each folder goes to "
+                   "<folder>-translated, files to their folder's <folder>-translated, "
+                   "beside it", err=True)
     model, rule = pick_model(model, precision=precision, provider=provider)
     if rule:
         click.echo(rule, err=True)

@@ -25,17 +25,19 @@ import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import DataError, P2PError, choices
+from .errors import DataError, P2PError, choices, one_line
 from .files import atomic_write
-from .images import SHOWN_EXTS, crop_half, open_rgb
-from .listing import list_images, listed, pair_by_name, raise_problems
+from .images import SHOWN_EXTS, ab_pair_problem, crop_half, open_rgb
+from .listing import list_images, listed, matches, pair_by_name, raise_problems
+from .locate import pick_model
+from .modelfile import read_metadata
 from .metrics import PSNR_CAP, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, SSIMUndefined, l1, \
     psnr, ssim
 DIRECTIONS = ("AtoB", "BtoA")
@@ -55,18 +57,27 @@ class EvalConfig:
     resize_pred: bool = False  # resize predictions to the target size (bicubic) instead of failing
     workers: int = 0  # 0: os.cpu_count()
     progress: bool = True
+    glob: str | None = None  # score only the predictions matching it (listing.matches)
+    model: Path | None = None  # with targets_from: the direction is this model's (or run's)
 
 
-def pair_files(pred_dir: Path, target_dir: Path) -> list[tuple[Path, Path]]:
+def pair_files(pred_dir: Path, target_dir: Path,
+               pattern: str | None = None) -> list[tuple[Path, Path]]:
     """(pred rel path, target rel path) for every prediction, by ``listing.pair_by_name``;
     any prediction or target left unpaired is a DataError (metrics over a different subset
-    of images are not comparable)."""
+    of images are not comparable). With ``pattern`` only the predictions it matches are
+    scored, and the targets of the others are not needed."""
     preds, targets = list_images(pred_dir), list_images(target_dir)
+    if pattern is not None:
+        preds = [p for p in preds if matches(p, pattern)]
     if not preds:
-        raise DataError(f"{pred_dir}: no images ({SHOWN_EXTS})")
+        what = f"no images matching --glob {pattern!r}" if pattern else "no images"
+        raise DataError(f"{pred_dir}: {what} ({SHOWN_EXTS})")
     if not targets:
         raise DataError(f"{target_dir}: no images ({SHOWN_EXTS})")
     m = pair_by_name(preds, targets)
+    if pattern is not None:
+        m.only_b = []  # a subset: the other targets belong to predictions not scored
     m.require_complete(pred_dir, target_dir, "prediction", "target")
     return m.pairs
 
@@ -77,11 +88,14 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 def load_target(path: Path, half: str | None) -> np.ndarray:
-    """(H, W, 3) uint8: the image, or its ``half`` of an A|B pair (``images.crop_half``)."""
+    """(H, W, 3) uint8: the image, or its ``half`` of an A|B pair (``images.crop_half``);
+    a target that is not exactly 2:1 is a DataError (p2p-translate splits only those)."""
     img = open_rgb(path)
-    if half is not None and img.width % 2:
-        raise DataError(f"{path}: width {img.width} is odd, so it is not a side-by-side A|B "
-                        "image")
+    if half is None:
+        return np.asarray(img)
+    problem = ab_pair_problem(path, img.size)
+    if problem:
+        raise DataError(problem)
     return np.asarray(crop_half(img, half))
 
 
@@ -122,23 +136,62 @@ def validate(cfg: EvalConfig) -> None:
     if (cfg.target_dir is None) == (cfg.targets_from is None):
         raise DataError("give exactly one of TARGET_DIR or --targets-from DIR")
     if cfg.targets_from is not None and cfg.direction not in DIRECTIONS:
-        raise DataError(f"--targets-from needs --direction {choices(DIRECTIONS)}: which half of "
+        raise DataError(f"--targets-from needs --direction {choices(DIRECTIONS)} or --model "
+                        "(the model or run folder that made the predictions): which half of "
                         "the A|B images was the input (the target is the other half)")
-    if cfg.targets_from is None and cfg.direction is not None:
-        raise DataError("--direction only applies with --targets-from")
+    if cfg.targets_from is None and (cfg.direction is not None or cfg.model is not None):
+        raise DataError("--direction and --model only apply with --targets-from")
     src = cfg.target_dir if cfg.target_dir is not None else cfg.targets_from
     if not Path(src).is_dir():
         raise DataError(f"{src}: no such targets folder")
+    if cfg.target_dir is not None and Path(src).resolve() == Path(cfg.pred_dir).resolve():
+        raise DataError(f"{src}: the predictions folder is also TARGET_DIR; every image would "
+                        "score perfectly")
+
+
+def model_direction(model: Path | str) -> tuple[str, str]:
+    """(direction, where it was read) of a run folder (its config.json), or of a model file,
+    export folder or pretrained name (its metadata, ``locate.pick_model``'s FP32 choice).
+    A colorization model has no input half: DataError."""
+    run_config = Path(model) / "config.json"
+    if run_config.is_file():
+        try:
+            task = json.loads(run_config.read_text())["task"]
+            direction, space = task["direction"], task.get("color_space", "rgb")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{run_config}: not a p2p run config ({one_line(e)})") from None
+        where = str(run_config)
+    else:
+        path, _ = pick_model(model, precision="fp32")
+        meta = read_metadata(path)
+        direction, space, where = meta.direction, meta.color_space, str(path)
+    if space == "lab":
+        raise DataError(f"{where}: a colorization model takes whole photos; its targets are "
+                        "the photos themselves: pass TARGET_DIR instead of --targets-from")
+    return direction, where
+
+
+def resolve_direction(cfg: EvalConfig) -> EvalConfig:
+    """``cfg`` with the direction of ``cfg.model`` filled in; a --direction that contradicts
+    the model's is a DataError (its targets would be the input half)."""
+    if cfg.model is None or cfg.targets_from is None:
+        return cfg
+    known, where = model_direction(cfg.model)
+    if cfg.direction is not None and cfg.direction != known:
+        raise DataError(f"--direction {cfg.direction} contradicts {where}, which translates "
+                        f"{known}; drop --direction")
+    return replace(cfg, direction=known)
 
 
 def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
     """Per-image rows and the summary; writes CSV / JSON only where the config says."""
+    cfg = resolve_direction(cfg)
     validate(cfg)
     pred_dir = Path(cfg.pred_dir)
     tgt_dir = Path(cfg.target_dir if cfg.target_dir is not None else cfg.targets_from)
     # AtoB: input A (left) -> target B (right); BtoA: input B -> target A (left).
     half = None if cfg.targets_from is None else ("right" if cfg.direction == "AtoB" else "left")
-    pairs = pair_files(pred_dir, tgt_dir)
+    pairs = pair_files(pred_dir, tgt_dir, cfg.glob)
     jobs = [(pred_dir / p, tgt_dir / t, half, cfg.resize_pred) for p, t in pairs]
     with ThreadPoolExecutor(max_workers=cfg.workers or os.cpu_count() or 1) as pool:
         # numpy and Pillow release the GIL in the heavy parts; map keeps the pair order.
@@ -174,6 +227,8 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
         "pred_dir": str(pred_dir),
         "target_dir": str(tgt_dir),
         "target_half": half or "whole",
+        "direction": cfg.direction,
+        "glob": cfg.glob,
         "resized_predictions": cfg.resize_pred,
         "conventions": {
             "l1": "mean |pred - target| on [0, 1] (pixel / 255), RGB, all pixels",

@@ -177,9 +177,27 @@ def choose_half(size: tuple[int, int], split: str, meta: ModelMetadata) -> str |
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {'|'.join(SPLITS)}")
     if split == "auto":
-        w, h = size
-        return meta.input_half if w == 2 * h and meta.color_space != "lab" else None
+        return meta.input_half if is_ab_pair(size) and meta.color_space != "lab" else None
     return None if split == "none" else split
+
+
+def is_ab_pair(size: tuple[int, int]) -> bool:
+    """Whether an image of ``size`` (width, height) is a pix2pix A|B pair: exactly 2:1, two
+    square halves side by side. The one rule of every command: p2p-translate's auto split,
+    p2p-train's and p2p-eval's A|B folders, p2p-process split --halves."""
+    w, h = size
+    return h > 0 and w == 2 * h
+
+
+def ab_pair_problem(path, size: tuple[int, int]) -> str | None:
+    """Why an image of ``size`` cannot be an A|B pair (one line naming ``path``), or None."""
+    w, h = size
+    if is_ab_pair(size):
+        return None
+    if w % 2:
+        return f"{path}: width {w} is odd, so it is not an A|B side-by-side pair"
+    return (f"{path}: {w}x{h} is not 2:1, so it is not an A|B side-by-side pair (two square "
+            "halves; translate splits only exact 2:1 images)")
 
 
 def split_note(prep: "Prepared", keep_whole: str = "--split none") -> str:

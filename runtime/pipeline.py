@@ -9,7 +9,6 @@ decode, run or write is recorded with its reason; the run goes on.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, gallery, images
+from . import files, gallery, images, listing
 from .engine import Engine
 from .listing import list_images
 from .errors import DataError, ImageError, ModelError, P2PError, one_line
@@ -75,36 +74,53 @@ def _natural(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
-def scan(folder: Path, pattern: str | None, exclude: Path | None,
-         errors: list[OSError] | None = None) -> list[Path]:
-    """Image files under ``folder`` (``listing.list_images``: recursive, hidden entries and
-    ``exclude`` skipped), or the names ``pattern`` matches, as paths relative to it, in
-    natural order (2.jpg before 10.jpg; a folder's files before its subfolders')."""
-    def match(name: str, rel: Path) -> bool:  # --glob: the name or the relative path
-        return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
+OUTPUT_SUFFIX = "-translated"  # default output folders: <input>-translated
 
-    found = list_images(folder, True, errors, None if pattern is None else match, exclude)
+
+def is_output_folder(name: str) -> bool:
+    """Whether a folder name is one p2p-translate writes by default (``<name>-translated``)."""
+    return name.endswith(OUTPUT_SUFFIX)
+
+
+def scan(folder: Path, pattern: str | None, exclude: Path | None,
+         errors: list[OSError] | None = None,
+         outputs: list[Path] | None = None) -> list[Path]:
+    """Image files under ``folder`` (``listing.list_images``: recursive, hidden entries and
+    ``exclude`` skipped), or the names ``pattern`` matches (``listing.matches``), as paths
+    relative to it, in natural order (2.jpg before 10.jpg; a folder's files before its
+    subfolders'). Subfolders named ``*-translated`` are earlier outputs, never inputs again:
+    skipped, and listed in ``outputs``."""
+    found = list_images(folder, True, errors, lambda name, rel: listing.matches(rel, pattern),
+                        exclude, skip_dir=is_output_folder, skipped=outputs)
     return sorted(found, key=lambda r: ([_natural(p) for p in r.parts[:-1]], _natural(r.name)))
 
 
-def default_root(src: Path) -> Path:
+def default_root(src: Path, several: bool = False) -> Path:
+    """``<folder>-translated`` beside an input folder; for a file given alone
+    ``<stem>-translated`` beside it, and for one of several inputs (``dir/*.jpg``) its
+    folder's ``<folder>-translated`` beside that folder, so the files of one folder share
+    one output folder and none is written inside the input folder."""
     src = src.resolve()
+    if several and not src.is_dir():
+        src = src.parent
     if not src.name:
         raise DataError(f"cannot name a default output folder for {src}; pass --output")
-    return src.parent / f"{src.name if src.is_dir() else src.stem}-translated"
+    return src.parent / f"{src.name if src.is_dir() else src.stem}{OUTPUT_SUFFIX}"
 
 
-def plan(cfg: TranslateConfig) -> tuple[list[Job], list[tuple[Path, str]]]:
-    """Every (input, output) pair in input order, and the inputs refused up front."""
+def plan(cfg: TranslateConfig,
+         outputs: list[Path] | None = None) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Every (input, output) pair in input order, and the inputs refused up front; earlier
+    output folders found inside input folders (skipped) go into ``outputs``."""
     pairs: list[tuple[Path, Path, Path]] = []  # (src, rel output path without suffix, root)
     refused: list[tuple[Path, str]] = []
     several = len(cfg.inputs) > 1
     for given in cfg.inputs:
-        root = Path(cfg.output).resolve() if cfg.output else default_root(given)
+        root = Path(cfg.output).resolve() if cfg.output else default_root(given, several)
         if given.is_dir():
             base = Path(given.resolve().name) if several and cfg.output else Path()
             unlisted: list[OSError] = []
-            for rel in scan(given, cfg.glob, exclude=root, errors=unlisted):
+            for rel in scan(given, cfg.glob, exclude=root, errors=unlisted, outputs=outputs):
                 pairs.append((given / rel, base / rel, root))
             refused += [(Path(e.filename), f"{e.filename}: cannot list this folder: "
                          f"{e.strerror or e}") for e in unlisted]
@@ -250,7 +266,11 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
-    jobs, refused = plan(cfg)
+    outputs: list[Path] = []
+    jobs, refused = plan(cfg, outputs)
+    if outputs:
+        log(f"skipped {len(outputs)} earlier output folder(s) (*{OUTPUT_SUFFIX}), never inputs "
+            f"again: {', '.join(map(str, outputs[:3]))}{' ...' if len(outputs) > 3 else ''}")
     summary = Summary(provider=engine.provider, failed=list(refused))
     todo = []
     for job in jobs:

@@ -11,8 +11,10 @@ A request's trip is ``p2p-translate``'s, cut at the same joints: ``images.prepar
 split, resize/pad, normalise) in a thread pool -> ``MicroBatcher`` -> ``Engine.run`` in the
 engine thread -> ``images.to_image`` + ``images.encode`` in the thread pool. The event loop
 only moves bytes, so ``/healthz`` answers while a large batch runs. Every refusal is one
-JSON line ``{"error": ...}``: 400 bad input, 413 too large, 503 queue full (Retry-After),
-504 over ``timeout_s``, 500 inference failure of that one input.
+JSON line ``{"error": ...}``: 400 bad input, 408 body not received within
+``receive_timeout_s`` (connection closed: a slow-loris upload holds nothing for long), 413 too
+large, 503 queue full (Retry-After), 504 over ``timeout_s``, 500 inference failure of that one
+input.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class ServeConfig:
     max_queue: int = 64  # requests admitted and not yet in a batch
     max_body_bytes: int = 20 << 20
     timeout_s: float = 30.0  # whole request after its body arrived: decode, queue, run, encode
+    receive_timeout_s: float = 30.0  # the upload itself: a stalled or trickling body gets 408
     workers: int | None = None  # decode/encode threads; None: min(4, CPUs)
     access_log: bool = True
     quiet: bool = False  # uvicorn says only warnings and errors
@@ -195,7 +198,15 @@ class Service:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPError(400, "send the image bytes as the request body (curl --data-binary "
                                  "@image.png), not a multipart form (curl -F)", "bad_image")
-        body = await read_body(request, self.cfg.max_body_bytes)
+        try:
+            async with asyncio.timeout(self.cfg.receive_timeout_s):
+                body = await read_body(request, self.cfg.max_body_bytes)
+        except TimeoutError:
+            # Connection: close: the rest of the body will never be read, so the connection
+            # cannot carry another request, and a stalled client must not keep it.
+            raise HTTPError(408, f"request body not received within "
+                                 f"{self.cfg.receive_timeout_s:g} s (--receive-timeout-s)",
+                            "receive_timeout", {"Connection": "close"}) from None
         if not body:
             raise HTTPError(400, "empty request body: send the image bytes "
                                  "(curl --data-binary @image.png)", "bad_image")
@@ -286,7 +297,8 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
     for provider, why in engine.passed_over:
         log_line(f"auto: skipped {provider}: {why}")
     log_line(f"micro-batching: up to {cfg.max_batch} images, waiting at most "
-             f"{cfg.max_wait_ms:g} ms; queue {cfg.max_queue}; timeout {cfg.timeout_s:g} s")
+             f"{cfg.max_wait_ms:g} ms; queue {cfg.max_queue}; timeout {cfg.timeout_s:g} s; "
+             f"upload deadline {cfg.receive_timeout_s:g} s")
     try:
         sock = listen_socket(cfg.host, cfg.port)
         port = sock.getsockname()[1]

@@ -6,6 +6,7 @@ p2p-translate, p2p-process, p2p-train, p2p-eval and p2p-serve."""
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 
 import numpy as np
@@ -134,8 +135,12 @@ def test_any_decoder_exception_is_one_line_naming_the_file_in_every_command(
     assert r.exit_code == 1, r.output
     assert f"Error: {bad}: unreadable image: cannot decode: error\n" in r.output
     assert "Traceback" not in r.output
-    r = CliRunner().invoke(eval_main, [str(src), str(src), "--quiet"])
-    assert r.exit_code == 1 and r.output.strip() == f"Error: {bad}: cannot decode: error"
+    shutil.copytree(src, tmp_path / "targets")  # the same folder twice is refused up front
+    r = CliRunner().invoke(eval_main, [str(src), str(tmp_path / "targets"), "--quiet"])
+    lines = [ln.strip() for ln in r.output.strip().splitlines()]
+    assert r.exit_code == 1 and lines[0].startswith("Error: 2 of ") and "Traceback" not in r.output
+    assert lines[1:] == [f"{bad}: cannot decode: error",
+                         f"{tmp_path / 'targets' / 'bad.png'}: cannot decode: error"]
     meta = Engine(model, "cpu", cache_dir=tmp_path / "c").metadata
     with pytest.raises(ImageError, match=r"request body: cannot decode: error$"):
         decode((src / "bad.png").read_bytes(), meta, "auto")

@@ -222,3 +222,54 @@ def test_every_unreadable_image_is_named_and_nothing_is_written(pairs, tmp_path)
     assert len(lines) == 3 and lines[1].startswith(f"  {preds / 'a.png'}: cannot decode: ")
     assert lines[2] == f"  {targets / 'sub' / 'b.png'}: empty file (0 bytes)"
     assert not out_json.exists()
+
+
+# ---------------------------------------------------------------------------- intent
+
+
+@pytest.fixture
+def ab_set(tmp_path):
+    """A|B targets and predictions equal to their B half (an AtoB model's perfect output)."""
+    for i, rel in enumerate(["1.png", "2.png", "sub/3.png"]):
+        a, b = textured(i, 32, 32), textured(10 + i, 32, 32)
+        save(tmp_path / "ab" / rel, np.concatenate([a, b], 1))
+        save(tmp_path / "pred" / rel, b)
+    return tmp_path
+
+
+def test_direction_comes_from_the_model_or_its_run(ab_set):
+    from onnx_models import identity_model
+
+    model = identity_model(ab_set / "m.onnx", image_size=32, direction="AtoB")
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--model", model)
+    assert r.exit_code == 0, r.output
+    assert f"direction AtoB (from --model {model})" in r.output
+    assert "3 images" in r.output and "PSNR 100.00 dB (cap)" in r.output
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--model", model,
+               "--direction", "BtoA")
+    assert r.exit_code == 1 and "--direction BtoA contradicts" in r.output
+    assert "translates AtoB" in r.output
+    run = ab_set / "run"  # a run folder: its config.json says the direction
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"task": {"direction": "BtoA",
+                                                          "color_space": "rgb"}}))
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--model", run)
+    assert r.exit_code == 0 and "direction BtoA" in r.output  # scored against the A half
+    assert "PSNR 100.00 dB" not in r.output
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab")
+    assert r.exit_code == 1 and "needs --direction AtoB|BtoA or --model" in r.output
+
+
+def test_glob_scores_a_subset(ab_set):
+    (ab_set / "pred" / "2.png").unlink()  # predictions of a subset only
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--direction", "AtoB",
+               "--json", ab_set / "m.json")
+    assert r.exit_code == 1 and "have no prediction" in r.output  # still no silent subset
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--direction", "AtoB",
+               "--glob", "sub/*", "--json", ab_set / "m.json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((ab_set / "m.json").read_text())
+    assert (summary["count"], summary["glob"]) == (1, "sub/*")
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--direction", "AtoB",
+               "--glob", "*.jpg")
+    assert r.exit_code == 1 and "no images matching --glob '*.jpg'" in r.output

@@ -10,6 +10,7 @@ blocks a reader must fail the test, not hang the suite.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,14 +191,21 @@ TINY = ["--image-size", "32", "--load-size", "36", "--ngf", "4", "--ndf", "4", "
 def train_folder(tmp_path_factory):
     """The corpus as a flat training folder, beside a few real A|B pairs."""
     folder = tmp_path_factory.mktemp("train") / "data"
-    cases = make_corpus(folder)
+    cases = make_corpus(folder, shape=(64, 32))  # the decodable ones as 2:1 A|B images
     for i in range(3):
         Image.fromarray(noise(64, 32, 20 + i)).save(folder / f"pair{i}.png")
-    # p2p-train reads the images directly in the folder (no sub-folders), by the extension
-    # rule of every command (.gif included); an image must also be an A|B pair: even width.
-    cases = {n: c for n, c in cases.items() if "/" not in n}
+    # p2p-train reads the folder recursively, by the extension rule of every command (.gif
+    # included); an image must also be an A|B pair: exactly 2:1.
     for name in ("one-pixel.png", "odd-width pair.png"):
         cases[name] = Case(False, "is odd, so it is not an A|B side-by-side pair")
+    cases["exif-rotated.jpg"] = Case(False, "24x40 is not 2:1, so it is not an A|B side-by-side "
+                                            "pair")  # upright, it is a portrait
+    if "locked-folder/inside.png" in cases and not cases["locked-folder/inside.png"].ok:
+        # Not root: p2p-train stops at the folder it cannot list, with one line of its own
+        # (tests/test_data_intent.py); this test is about the files' list.
+        (folder / "locked-folder").chmod(0o755)
+        shutil.rmtree(folder / "locked-folder")
+        del cases["locked-folder/inside.png"]
     return folder, cases
 
 
@@ -224,6 +232,7 @@ def test_train_names_every_bad_file_then_trains_on_the_rest(train_folder, tmp_pa
     clean.mkdir()
     for name, case in cases.items():
         if case.ok:
+            (clean / name).parent.mkdir(exist_ok=True)
             (clean / name).write_bytes((src / name).read_bytes())
     for i in range(3):
         (clean / f"pair{i}.png").write_bytes((src / f"pair{i}.png").read_bytes())
@@ -253,7 +262,8 @@ def test_train_unwritable_output_is_one_line(tmp_path, unwritable):
         torch.set_num_threads(threads)
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
-    assert errors == [f"Error: {unwritable / 'config.json'}: cannot write: "
+    # The run folder's lock is its first file (taken before config.json is written).
+    assert errors == [f"Error: {unwritable / '.p2p-train.lock'}: cannot write: "
                       + errors[0].rsplit(": ", 1)[-1]]
     assert not unwritable.exists()
 

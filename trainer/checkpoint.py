@@ -36,8 +36,23 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
+    """Write ``state`` atomically; a full disk is one P2PError line naming the file system
+    (``files.atomic_write``), and the previous file at ``path`` is kept."""
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: _save(state, tmp))
+
+
+def _save(state: dict, tmp: Path) -> None:
+    # Through a Python file: torch's own writer turns a failed write (ENOSPC) into
+    # RuntimeError "unexpected pos ..."; with a file object the OSError survives as the
+    # RuntimeError's context, and is raised as what it is.
+    with open(tmp, "wb") as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def snapshot(latest: Path, step: int) -> Path:

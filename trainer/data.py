@@ -23,32 +23,43 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from p2p.runtime import color, images, listing
-from p2p.runtime.errors import DataError, ImageError
+from p2p.runtime.errors import DataError, ImageError, P2PError
 
 MODES = ("side-by-side", "two-folders", "lab")
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Sorted image files directly in ``folder``; a missing or empty folder is a DataError.
+    """Sorted image files in ``folder`` and its subfolders (p2p-process mirrors nested
+    folders, so a set it made is nested too); a missing or empty folder is a DataError.
     Entries with an image name that are not regular files (a FIFO, a dangling or looping
     link) are listed too, so that the check reports them instead of silently dropping them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such data folder")
-    files = [folder / rel for rel in listing.list_images(folder, recursive=False)]
+    unlisted: list[OSError] = []
+    files = [folder / rel for rel in listing.list_images(folder, errors=unlisted)]
+    if unlisted:  # its images would be left out without a word
+        raise DataError(f"{unlisted[0].filename}: cannot list this folder: "
+                        f"{unlisted[0].strerror or unlisted[0]}" + (
+                            f" (and {len(unlisted) - 1} more folders)" if len(unlisted) > 1 else ""))
     if not files:
         raise DataError(f"{folder}: no images ({images.SHOWN_EXTS}) in this folder")
     return files
 
 
 def split_dirs(root: Path) -> tuple[Path, Path | None]:
-    """pix2pix layout: ``root/train`` and ``root/val`` (or ``test``); else ``root`` is flat."""
+    """pix2pix layout: ``root/train`` and ``root/val`` (or ``test``); else ``root`` is flat.
+    A ``val/`` or ``test/`` without ``train/`` is a DataError: the flat (recursive) listing
+    would train on the held-out images."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder")
+    held = [s for s in ("val", "test") if (root / s).is_dir()]
     if (root / "train").is_dir():
-        val = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-        return root / "train", val
+        return root / "train", root / held[0] if held else None
+    if held:
+        raise DataError(f"{root}: has {held[0]}/ but no train/ folder; put the training images "
+                        f"in {root / 'train'} (a flat folder would train on {held[0]}/ too)")
     return root, None
 
 
@@ -63,22 +74,53 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: unreadable image: {why[:160]}") from None
 
 
-def _problem(path: Path, side_by_side: bool) -> str | None:
-    """Why ``path`` cannot be a training image, or None."""
-    try:
-        w, _ = _open(path).size
-    except DataError as e:
-        return str(e)
-    if side_by_side and w % 2:
-        return f"{path}: width {w} is odd, so it is not an A|B side-by-side pair"
+ASPECT_TOLERANCE = 0.02  # two-folder pairs: A and B shapes may differ by rounding only
+
+
+def _problem(item, mode: str) -> str | None:
+    """Why the dataset item (a path, or an (a, b) pair of paths) cannot be trained on as the
+    user meant, or None: unreadable, not a 2:1 A|B image, a greyscale photo to colorize, or
+    an A and a B of different shapes (each is resized to a square on its own, so they would
+    no longer line up)."""
+    if mode == "two-folders":
+        found = [_opened(p) for p in item]
+        bad = [f for f in found if isinstance(f, str)]
+        if bad:
+            return "; ".join(bad)
+        (wa, ha), (wb, hb) = (im.size for im in found)
+        if abs(wa * hb - wb * ha) > ASPECT_TOLERANCE * max(wa * hb, wb * ha):
+            return (f"{item[0]}: {wa}x{ha} and its B image {item[1]}: {wb}x{hb} differ in "
+                    "shape, so they would not line up after the resize (p2p-process resize "
+                    "both folders)")
+        return None
+    im = _opened(item)
+    if isinstance(im, str):
+        return im
+    if mode == "side-by-side":
+        return images.ab_pair_problem(item, im.size)
+    if mode == "lab" and _is_grey(im):
+        return (f"{item}: greyscale (R = G = B everywhere): no colour for --lab-colorization "
+                "to learn from")
     return None
 
 
-def image_problems(paths: list[Path], side_by_side: bool) -> list[str | None]:
-    """Why each of ``paths`` cannot be a training image (None: fine), decoded in parallel."""
+def _opened(path: Path) -> Image.Image | str:
+    try:
+        return _open(path)
+    except DataError as e:
+        return str(e)
+
+
+def _is_grey(im: Image.Image) -> bool:
+    r, g, b = im.split()
+    return r.tobytes() == g.tobytes() == b.tobytes()
+
+
+def image_problems(items: list, mode: str) -> list[str | None]:
+    """Why each dataset item cannot be trained on (None: fine), decoded in parallel."""
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS is one error, not one per file
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda p: _problem(p, side_by_side), paths))
+        return list(pool.map(lambda item: _problem(item, mode), items))
 
 
 def raise_problems(problems: list[str | None], total: int) -> None:
@@ -86,12 +128,12 @@ def raise_problems(problems: list[str | None], total: int) -> None:
     listing.raise_problems(problems, total, "training images")
 
 
-def check_images(paths: list[Path], side_by_side: bool) -> None:
-    """Decode every training image once, up front, so a bad file fails now and not hours
-    into training (a truncated file passes a header check). It costs about one epoch's
-    decoding, in parallel (shared between the ranks of a torchrun job). Every bad file is
-    named, not just the first."""
-    raise_problems(image_problems(paths, side_by_side), len(paths))
+def check_images(items: list, mode: str) -> None:
+    """Decode every training and sample image once, up front, so a bad file fails now and
+    not hours into training (a truncated file passes a header check). It costs about one
+    epoch's decoding, in parallel (shared between the ranks of a torchrun job). Every bad
+    file is named, not just the first."""
+    raise_problems(image_problems(items, mode), len(items))
 
 
 def pair_files(dir_a: Path, dir_b: Path) -> list[tuple[Path, Path]]:
@@ -144,6 +186,7 @@ class PairDataset(Dataset):
             raise DataError(f"load size {load_size} is smaller than image size {image_size}")
         self.items, self.mode, self.direction = list(items), mode, direction
         self.image_size, self.load_size, self.flip, self.seed = image_size, load_size, flip, seed
+        self.source = "train"  # samples: the folder they come from (val, test, train)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -155,9 +198,9 @@ class PairDataset(Dataset):
         im = _open(item)
         if self.mode == "lab":
             return im, None
-        w = im.width
-        if w % 2:
-            raise DataError(f"{item}: width {w} is odd, so it is not an A|B side-by-side pair")
+        problem = images.ab_pair_problem(item, im.size)
+        if problem:
+            raise DataError(problem)
         return images.crop_half(im, "left"), images.crop_half(im, "right")
 
     def __getitem__(self, key):
@@ -178,6 +221,19 @@ class PairDataset(Dataset):
         b = _jitter(b, size, crop, self.image_size, flip)
         a, b = to_tensor(a), to_tensor(b)
         return (a, b) if self.direction == "AtoB" else (b, a)
+
+
+def batches(loader):
+    """Iterate a DataLoader; an error raised in a worker comes back as its own one line."""
+    it = iter(loader)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except P2PError as e:  # DataLoader re-raises with the worker's whole traceback
+            last = str(e).strip().splitlines()[-1]
+            raise type(e)(last.split(f"{type(e).__name__}: ", 1)[-1]) from None
 
 
 def leave_stops_to_the_trainer(worker_id: int) -> None:
@@ -225,30 +281,36 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
                    lab_colorization: bool, direction: str, image_size: int, load_size: int,
                    flip: bool, seed: int, check: bool = True) -> tuple[PairDataset, PairDataset]:
     """(train set, sample set). The sample set is ``val/`` (or ``test/``) when there is one,
-    else the training images themselves, without jitter. ``check``: decode every training
-    image now (``check_images``); torchrun ranks pass False and share the check instead."""
+    else the training images themselves, without jitter (``sample_source`` says which).
+    ``check``: decode every training and sample image now (``check_images``); torchrun
+    ranks pass False and share the check instead."""
     if data_a is not None or data_b is not None:
         if data_a is None or data_b is None:
             raise DataError("--data-a and --data-b go together: give both folders")
         train_a, val_a = split_dirs(data_a)
         train_b, val_b = split_dirs(data_b)
+        if (val_a is None) != (val_b is None):
+            has, lacks = (val_a, data_b) if val_a else (val_b, data_a)
+            raise DataError(f"{has}: a held-out folder with no counterpart in {lacks}; give "
+                            "both sides the same train/ and val/ folders")
         train_items = pair_files(train_a, train_b)
         val_items = pair_files(val_a, val_b) if val_a and val_b else train_items
-        mode = "two-folders"
+        mode, held = "two-folders", val_a
     else:
-        train_dir, val_dir = split_dirs(data)
+        train_dir, held = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
         train_items = list_images(train_dir)
-        val_items = list_images(val_dir) if val_dir else train_items
+        val_items = list_images(held) if held else train_items
     if check:
-        check_images(*image_paths(train_items, mode))
+        check_images(*all_items(train_items, val_items, mode))
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
               flip=flip, seed=seed)
-    return PairDataset(train_items, **kw), PairDataset(val_items, **kw)
+    train, samples = PairDataset(train_items, **kw), PairDataset(val_items, **kw)
+    samples.source = held.name if held else "train"
+    return train, samples
 
 
-def image_paths(items: list, mode: str) -> tuple[list[Path], bool]:
-    """Every file behind a dataset's ``items``, and whether each must be an A|B pair."""
-    if mode == "two-folders":
-        return [p for pair in items for p in pair], False
-    return list(items), mode == "side-by-side"
+def all_items(train_items: list, sample_items: list, mode: str) -> tuple[list, str]:
+    """Every item a run reads (training, then samples not among them), and the mode."""
+    seen = set(map(str, train_items))
+    return list(train_items) + [i for i in sample_items if str(i) not in seen], mode

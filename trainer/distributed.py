@@ -129,15 +129,16 @@ class Job:
         rest = self.agree(_nothing if self.main else on_others)
         return first if self.main else rest
 
-    def check_images(self, ds: data.PairDataset) -> None:
-        """``data.check_images`` on the training set, each rank decoding its share."""
-        paths, side_by_side = data.image_paths(ds.items, ds.mode)
+    def check_images(self, ds: data.PairDataset, samples: data.PairDataset) -> None:
+        """``data.check_images`` on the training and sample sets, each rank decoding its
+        share."""
+        items, mode = data.all_items(ds.items, samples.items, ds.mode)
         if not self.enabled:
-            return data.check_images(paths, side_by_side)
-        mine = self.agree(data.image_problems, paths[self.rank::self.world], side_by_side)
+            return data.check_images(items, mode)
+        mine = self.agree(data.image_problems, items[self.rank::self.world], mode)
         shares = self.gather(mine)
-        problems = [shares[i % self.world][i // self.world] for i in range(len(paths))]
-        self.agree(data.raise_problems, problems, len(paths))
+        problems = [shares[i % self.world][i // self.world] for i in range(len(items))]
+        self.agree(data.raise_problems, problems, len(items))
 
     def check_flags(self, norm: str) -> None:
         # Under an initialised process group SyncBatchNorm refuses CPU input even for one rank.

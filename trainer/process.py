@@ -3,13 +3,15 @@
 The operations follow pix2pix-tensorflow's ``tools/process.py`` and ``tools/split.py`` and
 junyanz's ``combine_A_and_B.py``:
 
-    resize     square by centre crop (or by padding with white, ``pad=True``), then resize
+    resize     square by centre crop (or by padding with white, ``pad=True``), then resize:
+               bicubic for photos, nearest-neighbour for label maps (``resample``)
     grayscale  one-channel luminance (Pillow's ITU-R 601-2 ``L``)
     edges      black-on-white Canny edges, for edges->photo pairs like the edges2* sets
     blank      a white centre rectangle (half width x half height; a square on square
                images), for inpainting pairs
     combine    same-named A and B images side by side, A|B (the layout ``p2p-train`` reads)
-    split      deterministic train/ val/ test/ subfolders (files copied, never moved)
+    split      deterministic train/ val/ test/ subfolders (files copied, never moved), or
+               with ``halves=True`` each A|B image cut into A/ and B/ (the inverse of combine)
 
 Every generated image is written as PNG (lossless: edges and blanks must not grow JPEG
 ringing) under the same relative path as its source; ``split`` copies files byte for byte.
@@ -40,6 +42,11 @@ from p2p.runtime.files import atomic_write, check_writable
 from p2p.runtime.images import SHOWN_EXTS
 
 OPS = ("resize", "combine", "split", "grayscale", "edges", "blank")
+RESAMPLES = ("auto", "bicubic", "nearest")
+# auto: an image of at most this many distinct colours is a label map (or an edge map, a
+# drawing): bicubic would blend its classes into colours no label has, so it is resized
+# nearest-neighbour. Photos have thousands (a JPEG label map too: compression noise).
+LABEL_MAP_COLOURS = 256
 SPLIT_NAMES = ("train", "val", "test")
 CANNY_SIGMA = 0.33  # the median rule: thresholds at (1 -/+ sigma) * median intensity
 
@@ -53,8 +60,10 @@ class ProcessConfig:
     b: Path | None = None
     size: int = 256  # resize
     pad: bool = False  # resize: pad to square with white instead of centre-cropping
+    resample: str = "auto"  # resize: auto | bicubic | nearest (RESAMPLES)
     ratios: tuple[float, ...] = (0.8, 0.1, 0.1)  # split: train, val[, test]
     seed: int = 0  # split
+    halves: bool = False  # split: A|B images -> A/ and B/ instead of train/ val/ test/
     workers: int = 0  # 0: os.cpu_count()
     overwrite: bool = False
     progress: bool = True
@@ -63,6 +72,7 @@ class ProcessConfig:
 @dataclass
 class Report:
     written: int = 0
+    nearest: list[str] = field(default_factory=list)  # resize: label maps, nearest-neighbour
     skipped: int = 0  # outputs that already existed
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, one-line reason)
 
@@ -90,6 +100,8 @@ def validate(cfg: ProcessConfig) -> None:
                             "inside it: choose a separate folder")
     if cfg.op == "resize" and cfg.size < 1:
         raise DataError(f"--size {cfg.size}: must be a positive number of pixels")
+    if cfg.resample not in RESAMPLES:
+        raise DataError(f"--resample {cfg.resample}: allowed: {choices(RESAMPLES)}")
     if cfg.op == "split":
         check_ratios(cfg.ratios)
     if cfg.workers < 0:
@@ -135,7 +147,14 @@ def save_png(im: Image.Image, path: Path) -> None:
 # ---------------------------------------------------------------------------- operations
 
 
-def resize(im: Image.Image, size: int, pad: bool = False) -> Image.Image:
+def is_label_map(im: Image.Image) -> bool:
+    """At most ``LABEL_MAP_COLOURS`` distinct colours: a label map, not a photo."""
+    return im.getcolors(LABEL_MAP_COLOURS) is not None
+
+
+def resize(im: Image.Image, size: int, pad: bool = False, resample: str = "bicubic") -> Image.Image:
+    """Square ``im`` (centre crop, or white padding) at ``size``; ``resample`` is bicubic or
+    nearest (``plan`` decides auto per image with ``is_label_map``)."""
     w, h = im.size
     if pad:
         # White, not black: the classic sets (facades, edges2*) have light backgrounds and a
@@ -148,7 +167,8 @@ def resize(im: Image.Image, size: int, pad: bool = False) -> Image.Image:
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
         im = im.crop((left, top, left + side, top + side))
-    return im if im.size == (size, size) else im.resize((size, size), Image.Resampling.BICUBIC)
+    how = Image.Resampling.NEAREST if resample == "nearest" else Image.Resampling.BICUBIC
+    return im if im.size == (size, size) else im.resize((size, size), how)
 
 
 def grayscale(im: Image.Image) -> Image.Image:
@@ -237,6 +257,18 @@ def split_assignment(rels: list[Path], ratios, seed: int) -> dict[str, list[Path
     return {SPLIT_NAMES[i]: names[cuts[i]:cuts[i + 1]] for i in range(len(ratios))}
 
 
+def save_halves(src: Path, out: Path, rel: Path) -> None:
+    """An A|B image (exactly 2:1, the rule of every command) as ``out/A/rel`` and
+    ``out/B/rel``; any other shape is a DataError naming it."""
+    im = load_rgb(src)
+    problem = images.ab_pair_problem(src, im.size)
+    if problem:
+        raise DataError(problem)
+    # B first: A/rel is what marks the job done, so a run killed in between redoes it.
+    for side, half in (("B", "right"), ("A", "left")):
+        save_png(images.crop_half(im, half), out / side / rel)
+
+
 def _copy_checked(src: Path, dst: Path) -> None:
     load_rgb(src)  # a file that does not decode would only fail later, inside training
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
@@ -268,19 +300,30 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
     rels = list_images(root, report)
     if not rels:
         raise DataError(f"{root}: no images ({SHOWN_EXTS})")
+    if cfg.op == "split" and cfg.halves:
+        return [(str(root / rel), out / "A" / rel.with_suffix(".png"),
+                 lambda src=root / rel, rel=rel: save_halves(src, out, rel.with_suffix(".png")))
+                for rel, _ in _png_targets(rels, root, out, report)]
     if cfg.op == "split":
         return [(str(root / rel), out / part / rel,
                  lambda src=root / rel, dst=out / part / rel: _copy_checked(src, dst))
                 for part, chosen in split_assignment(rels, cfg.ratios, cfg.seed).items()
                 for rel in chosen]
     if cfg.op == "resize":
-        fn = lambda im: resize(im, cfg.size, cfg.pad)  # noqa: E731
+        def fn(im: Image.Image, src: Path) -> Image.Image:
+            how = cfg.resample
+            if how == "auto":
+                how = "nearest" if is_label_map(im) else "bicubic"
+            if how == "nearest" and cfg.resample == "auto":
+                report.nearest.append(str(src))  # list.append: atomic under the GIL
+            return resize(im, cfg.size, cfg.pad, how)
     else:
-        fn = PER_IMAGE[cfg.op]
+        op = PER_IMAGE[cfg.op]
         if cfg.op == "edges":
             _cv2()  # fail once, up front, rather than once per image
-    return [(str(root / rel), dst, lambda src=root / rel, dst=dst: save_png(fn(load_rgb(src)), dst))
-            for rel, dst in _png_targets(rels, root, out, report)]
+        fn = lambda im, src: op(im)  # noqa: E731
+    return [(str(root / rel), dst, lambda src=root / rel, dst=dst: save_png(
+        fn(load_rgb(src), src), dst)) for rel, dst in _png_targets(rels, root, out, report)]
 
 
 # ---------------------------------------------------------------------------- run

@@ -64,3 +64,18 @@ def write_samples(G: nn.Module, samples: list, path: Path, lab: bool = False,
                                         _to_rgb(tgt, inp if lab else None)], axis=1))
     atomic_write(path, lambda tmp: Image.fromarray(np.concatenate(rows, 0)).save(tmp, "PNG"))
     return float(np.mean(l1))
+
+
+def sample_metric(sample_ds) -> str:
+    """The metrics.jsonl key of the samples' L1: val_L1 only when they are held out."""
+    return "train_L1" if sample_ds.source == "train" else "val_L1"
+
+
+def sample_line(t, samples: list, out: Path, log) -> None:
+    """Write ``samples/step_N.png`` for the trainer ``t`` and log the samples' L1 under
+    ``t.sample_metric``."""
+    l1 = write_samples(t.dist.sample_generator(t), samples,
+                       out / "samples" / f"step_{t.step:06d}.png",
+                       t.task["color_space"] == "lab", t.cfg.amp)
+    log.write({"step": t.step, "epoch": t.epoch, t.sample_metric: l1})
+

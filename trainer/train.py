@@ -36,8 +36,8 @@ from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.finite import FiniteGuard
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
 from p2p.trainer.rundata import recorded_task
-from p2p.trainer.rundir import NullLog, RunLog, prepare_output
-from p2p.trainer.samples import write_samples
+from p2p.trainer.rundir import NullLog, RunLog, lock_run, prepare_output
+from p2p.trainer.samples import sample_line, sample_metric
 
 LOSSES = ("loss_G_GAN", "loss_G_L1", "loss_D_real", "loss_D_fake")
 
@@ -123,6 +123,7 @@ class Trainer:
         # What train_step calls: G and D, or their DDP wrappers under torchrun (Job.wrap).
         self.G_train, self.D_train = self.G, self.D
         self.dist = distributed.SINGLE
+        self.sample_metric = "val_L1"  # train_L1 when the samples are training images
 
     def state_dict(self) -> dict:
         return {
@@ -200,29 +201,11 @@ def train_step(t: Trainer, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.
     return torch.stack([loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake]).detach().float()
 
 
-def _samples(t: Trainer, samples: list, path: Path) -> float:
-    return write_samples(t.dist.sample_generator(t), samples, path,
-                         t.task["color_space"] == "lab", t.cfg.amp)
-
-
-def _batches(loader):
-    """Iterate a DataLoader; an error raised in a worker comes back as its own one line."""
-    it = iter(loader)
-    while True:
-        try:
-            yield next(it)
-        except StopIteration:
-            return
-        except P2PError as e:  # DataLoader re-raises with the worker's whole traceback
-            last = str(e).strip().splitlines()[-1]
-            raise type(e)(last.split(f"{type(e).__name__}: ", 1)[-1]) from None
-
-
 def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: Path,
                     samples: list, log: RunLog, bar, guard: FiniteGuard) -> None:
     cfg = t.cfg
     latest = out / "checkpoints" / "latest.pt"
-    for real_a, real_b in _batches(loader):
+    for real_a, real_b in data.batches(loader):
         losses = train_step(t, real_a.to(t.device, non_blocking=True),
                             real_b.to(t.device, non_blocking=True))
         t.step += 1
@@ -231,13 +214,18 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
         guard.record(losses, t.step)
         t.stop = t.dist.any(t.stop_requested) or t.stop  # every rank stops after this step
         bar.update(1)
-        log_due = t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs
-        done = t.step >= total or t.stop
+        last = t.step >= total
+        log_due = (t.step % cfg.log_every == 0 or last
+                   or t.step == steps_per_epoch * t.schedule_epochs)
+        done = last or t.stop
         snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
         save_due = done or snapshot or t.step % cfg.save_every == 0
-        if log_due or save_due or (cfg.sample_every and t.step % cfg.sample_every == 0):
+        sample_due = cfg.sample_every and (t.step % cfg.sample_every == 0 or last)
+        if log_due or save_due or sample_due:
             guard.check(t.step, {"generator": t.G, "discriminator": t.D}, latest, t.dist)
-        # A --max-steps stop leaves a partial window in the checkpoint for --resume to finish.
+        # The last step is logged even mid-window; a --max-steps stop keeps its partial
+        # window in the checkpoint, so a --resume's next line covers the same steps as an
+        # uninterrupted run's.
         if log_due:
             now = time.perf_counter()
             means = (t.dist.mean(t.window) / t.window_n).tolist()  # the one host sync per log
@@ -248,15 +236,15 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
             log.write(rec)
             bar.set_postfix(G_GAN=f"{means[0]:.3f}", G_L1=f"{means[1]:.3f}",
                             D_real=f"{means[2]:.3f}", D_fake=f"{means[3]:.3f}")
-            t.window.zero_()
-            t.window_n, t.tick = 0, now
+            if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
+                t.window.zero_()
+                t.window_n, t.tick = 0, now
         if t.step % steps_per_epoch == 0:  # end of epoch: the LR schedule moves per epoch
             t.sched_g.step()
             t.sched_d.step()
             t.epoch += 1
-        if cfg.sample_every and t.step % cfg.sample_every == 0 and t.dist.main:
-            val_l1 = _samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
-            log.write({"step": t.step, "epoch": t.epoch, "val_L1": val_l1})
+        if sample_due and t.dist.main:
+            sample_line(t, samples, out, log)
         if save_due:
             state = t.dist.checkpoint_state(t)  # under torchrun: every rank, rank 0 saves
             if state is not None:
@@ -282,10 +270,10 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     schedule_steps = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
     total = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps
     samples = [sample_ds[i] for i in range(min(cfg.num_samples, len(sample_ds)))]
+    t.sample_metric = sample_metric(sample_ds)
     log = RunLog(out, t.step) if t.dist.main else NullLog()  # only rank 0 writes
     if t.step == 0 and cfg.sample_every and t.dist.main:
-        val_l1 = _samples(t, samples, out / "samples" / f"step_{0:06d}.png")
-        log.write({"step": 0, "epoch": 0, "val_L1": val_l1})
+        sample_line(t, samples, out, log)
     if t.step >= total:
         if t.dist.main:
             print(f"{out}: " + nothing_left(t.step, total, cfg.epochs, cfg.epochs_decay,
@@ -355,7 +343,6 @@ def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
 def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
     """Set up and train. Under torchrun every step that may fail is agreed (``env.agree``):
     all ranks raise, rank 0 reports; rank 0 alone downloads and writes the run folder."""
-    device = env.device
     env.agree(_check_flags, cfg, env)
 
     def find_data():
@@ -366,14 +353,27 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
         root, Path(cfg.data_a) if cfg.data_a else None, Path(cfg.data_b) if cfg.data_b else None,
         cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed,
         check=False))
-    env.check_images(train_ds)
+    env.check_images(train_ds, sample_ds)
+    out = Path(cfg.output)
+    # Held from before the run folder is touched until the run ends; the kernel drops it
+    # when the process dies, so a killed run never blocks its --resume.
+    lock = env.main_first(lambda: lock_run(out), lambda: None)
+    try:
+        return _start(cfg, env, root, train_ds, sample_ds, out)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _start(cfg: TrainConfig, env: distributed.Job, root, train_ds, sample_ds,
+           out: Path) -> Trainer:
+    device = env.device
     lab = cfg.lab_colorization
     model_cfg = ModelConfig(in_channels=1 if lab else 3, out_channels=2 if lab else 3,
                             image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf,
                             norm=distributed.model_norm(cfg.norm))
     task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
             **recorded_task(root, cfg.data, cfg.data_a, cfg.data_b)}
-    out = Path(cfg.output)
     latest = out / "checkpoints" / "latest.pt"
     state = env.main_first(lambda: prepare_output(out, cfg.resume, cfg.overwrite),
                            lambda: checkpoint.load_checkpoint(latest) if cfg.resume else None)
@@ -399,11 +399,15 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
     run_info = {"train": asdict(cfg), "model": asdict(model_cfg), "task": task,
                 "data_path": str(root.resolve() if root else ""), "device": str(device),
                 "world_size": env.world,
-                "train_images": len(train_ds), "sample_images": len(sample_ds)}
+                "train_images": len(train_ds), "sample_images": len(sample_ds),
+                "sample_source": sample_ds.source, "sample_metric": sample_metric(sample_ds)}
     if env.main:
         checkpoint.atomic_write(out / "config.json",
                                 lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
         print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
+        if sample_ds.source == "train":
+            print("no val/ folder: samples and their L1 (train_L1 in metrics.jsonl) are on "
+                  "training images, not held-out ones")
     env.announce(cfg.batch_size)
     fit(t, train_ds, sample_ds, out)
     return t

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError, ProviderError, choices, one_line
+from ..errors import ModelError, ProviderError, choices, reason
 from ..host import physical_cores
 from ..metadata import ModelMetadata
 from ..modelfile import read_model_file
@@ -145,6 +145,7 @@ def subpixel_deconvolutions(model) -> int:
     return count
 
 
+
 class OpenVINOSession:
     """One OpenVINO model; also the ``Engine``'s backend interface (``p2p.runtime.backends``):
     ``provider``, ``fixed_batch``, ``describe()``, ``check_size(h, w)``, ``run(x)``, ``close()``.
@@ -185,7 +186,7 @@ class OpenVINOSession:
         try:
             self.model = self.core.read_model(str(self.path))
         except Exception as e:  # OpenVINO raises RuntimeError with multi-line text
-            raise ModelError(f"{self.path}: openvino cannot read it: {one_line(e)[:200]}") from None
+            raise ModelError(f"{self.path}: openvino cannot read it: {reason(e)}") from None
         self.metadata = metadata
         if len(self.model.inputs) != 1 or len(self.model.outputs) != 1:
             raise ModelError(f"{self.path}: expected one input and one output, got "
@@ -214,7 +215,7 @@ class OpenVINOSession:
             self.model.reshape({self.model.input(0).get_any_name(): shape})
             self.compiled = self.core.compile_model(self.model, device, config)
         except Exception as e:
-            raise ModelError(f"{self.path}: openvino cannot compile it: {one_line(e)[:200]}") from None
+            raise ModelError(f"{self.path}: openvino cannot compile it: {reason(e)}") from None
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if got != _OV_PRECISION[precision]:  # never run another precision than asked
             raise ProviderError(f"provider openvino: {self.path.name} compiled for {got}, not "
@@ -266,7 +267,7 @@ class OpenVINOSession:
                 for request, _, _ in pending:
                     request.wait()  # nothing may still read an input we are about to drop
                 raise ModelError(f"{self.path}: openvino failed on input {list(x.shape)}: "
-                                 f"{one_line(e)[:200]}") from None
+                                 f"{reason(e)}") from None
         if not outs:
             return np.zeros((0, self.metadata.out_channels, *x.shape[2:]), np.float32)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
