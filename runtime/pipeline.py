@@ -153,8 +153,7 @@ def _prepare(job: Job, meta, split: str):
 
 
 def _finish(job: Job, prep, y, meta, cfg: TranslateConfig) -> None:
-    img = images.to_image(y, prep, meta, cfg.model_size)
-    data = images.encode(img, cfg.fmt)
+    data = images.encode(images.to_array(y, prep, meta, cfg.model_size), cfg.fmt)
     try:
         # No fsync: a killed process loses nothing that was written; only a power cut could.
         # The folder's stale temps were removed once, before the run (not once per file).

@@ -88,7 +88,7 @@ def decode(data: bytes, meta, split: str) -> images.Prepared:
 
 
 def encode(y: np.ndarray, prep: images.Prepared, meta, fmt: str) -> bytes:
-    return images.encode(images.to_image(y, prep, meta), fmt)
+    return images.encode(images.to_array(y, prep, meta), fmt)
 
 
 def choose_format(request: Request) -> str:
