@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from p2p.runtime import color, images, listing
+from p2p.runtime import images, listing
 from p2p.runtime.errors import DataError, ImageError
+from p2p.runtime.metadata import DATA_DEPTHS, ModelMetadata
 
 MODES = ("side-by-side", "two-folders", "lab")
 
@@ -52,46 +52,79 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def _open(path: Path) -> Image.Image:
-    """Decode fully with p2p-translate's own decoder (EXIF orientation, alpha composited on
-    white, 16-bit scaled, the $P2P_MAX_IMAGE_PIXELS bomb limit, no FIFOs), so the model
-    trains on images exactly as it will see them at inference."""
+def _open(path: Path) -> np.ndarray:
+    """Decode fully with p2p-translate's own decoder (``images.decode``: full precision,
+    EXIF orientation, colour profile to sRGB, alpha composited on white, the
+    $P2P_MAX_IMAGE_PIXELS bomb limit, no FIFOs), so the model trains on images exactly as it
+    will see them at inference. (H, W, C) uint8 | uint16 | float32."""
     try:
-        return images.open_rgb(path)
+        return images.decode(path)
     except ImageError as e:
         why = str(e).removeprefix(f"{path}: ")
         raise DataError(f"{path}: unreadable image: {why[:160]}") from None
 
 
-def _problem(path: Path, side_by_side: bool) -> str | None:
-    """Why ``path`` cannot be a training image, or None."""
+def fits(bands: int, channels: int) -> bool:
+    """Whether an image of ``bands`` feeds a model side of ``channels`` (``images.
+    match_bands``: equal, or greyscale <-> RGB)."""
+    return bands == channels or {bands, channels} == {1, 3}
+
+
+def _problem(path: Path, side_by_side: bool, channels: tuple = ()
+             ) -> tuple[str | None, str | None]:
+    """(why ``path`` cannot be a training image or None, its depth); ``channels``: the
+    (flag, channels) of the model sides it feeds."""
     try:
-        w, _ = _open(path).size
+        a = _open(path)
     except DataError as e:
-        return str(e)
+        return str(e), None
+    bands, w = a.shape[2], a.shape[1]
     if side_by_side and w % 2:
-        return f"{path}: width {w} is odd, so it is not an A|B side-by-side pair"
-    return None
+        return f"{path}: width {w} is odd, so it is not an A|B side-by-side pair", None
+    for flag, n in channels:
+        if not fits(bands, n):
+            return (f"{path}: {bands} band{'s' if bands > 1 else ''}, but the model takes "
+                    f"{n} ({flag} {n}; greyscale and RGB convert into each other)"), None
+    return None, a.dtype.name
 
 
-def image_problems(paths: list[Path], side_by_side: bool) -> list[str | None]:
-    """Why each of ``paths`` cannot be a training image (None: fine), decoded in parallel."""
+def image_problems(paths: list[Path], side_by_side: bool, channels=None
+                   ) -> list[tuple[str | None, str | None]]:
+    """(problem or None, depth) of each of ``paths``, decoded in parallel; ``channels``: per
+    file, the (flag, channels) of the model sides it feeds (``image_paths``)."""
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS is one error, not one per file
+    channels = channels or [()] * len(paths)
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda p: _problem(p, side_by_side), paths))
+        return list(pool.map(lambda pc: _problem(pc[0], side_by_side, pc[1]),
+                             zip(paths, channels)))
 
 
-def raise_problems(problems: list[str | None], total: int) -> None:
-    """One DataError naming every bad file in ``problems`` (None entries are fine files)."""
+def raise_problems(problems: list, total: int) -> None:
+    """One DataError naming every bad file in ``problems`` ((problem, depth) pairs or
+    problems; None problems are fine files)."""
+    problems = [p[0] if isinstance(p, tuple) else p for p in problems]
     listing.raise_problems(problems, total, "training images")
 
 
-def check_images(paths: list[Path], side_by_side: bool) -> None:
+def check_images(paths: list[Path], side_by_side: bool, channels=None) -> list[str | None]:
     """Decode every training image once, up front, so a bad file fails now and not hours
     into training (a truncated file passes a header check). It costs about one epoch's
     decoding, in parallel (shared between the ranks of a torchrun job). Every bad file is
-    named, not just the first."""
-    raise_problems(image_problems(paths, side_by_side), len(paths))
+    named, not just the first. Returns each file's depth (uint8, uint16, float32)."""
+    found = image_problems(paths, side_by_side, channels)
+    raise_problems(found, len(paths))
+    return [depth for _, depth in found]
+
+
+def data_depths(depths: list[str | None], roles: list[str]) -> dict[str, str]:
+    """{'input_depth', 'output_depth'}: the deepest depth among the files of each role
+    ('input', 'target', or 'both' for A|B images; ``image_paths``): what the exported
+    model records and writes its outputs at."""
+    out = {}
+    for key, role in (("input_depth", "input"), ("output_depth", "target")):
+        found = [d for d, r in zip(depths, roles) if d and r in (role, "both")]
+        out[key] = max(found, key=DATA_DEPTHS.index) if found else "uint8"
+    return out
 
 
 def pair_files(dir_a: Path, dir_b: Path) -> list[tuple[Path, Path]]:
@@ -111,23 +144,18 @@ def jitter_params(seed: int, epoch: int, index: int, load_size: int, image_size:
     return x, y, bool(flip and rng.random() < 0.5)
 
 
-def _jitter(im: Image.Image, size: int, crop: tuple[int, int] | None, image_size: int,
-            flip: bool) -> Image.Image:
-    # Bicubic resize, as the reference's transforms.Resize(..., BICUBIC).
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BICUBIC)
+def _jitter(a: np.ndarray, size: int, crop: tuple[int, int] | None, image_size: int,
+            flip: bool) -> np.ndarray:
+    """(H, W, C) -> resized to ``size`` (bicubic, as the reference's transforms.Resize(...,
+    BICUBIC); ``images.resize``), cropped, flipped."""
+    if a.shape[:2] != (size, size):
+        a = images.resize(a, (size, size))
     if crop is not None:
         x, y = crop
-        im = im.crop((x, y, x + image_size, y + image_size))
+        a = a[y:y + image_size, x:x + image_size]
     if flip:
-        im = im.transpose(Image.FLIP_LEFT_RIGHT)
-    return im
-
-
-def to_tensor(im: Image.Image) -> torch.Tensor:
-    """uint8 HWC RGB -> float32 CHW in [-1, 1]."""
-    a = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+        a = a[:, ::-1]
+    return a
 
 
 class PairDataset(Dataset):
@@ -137,28 +165,36 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, items: list, mode: str, direction: str = "AtoB", image_size: int = 256,
-                 load_size: int = 286, flip: bool = True, seed: int = 0):
+                 load_size: int = 286, flip: bool = True, seed: int = 0, in_channels: int = 3,
+                 out_channels: int = 3):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}")
         if load_size < image_size:
             raise DataError(f"load size {load_size} is smaller than image size {image_size}")
         self.items, self.mode, self.direction = list(items), mode, direction
         self.image_size, self.load_size, self.flip, self.seed = image_size, load_size, flip, seed
+        lab = mode == "lab"
+        # What images.normalize needs: the value range and channels of the model's two
+        # sides. Each file is read by its own depth's range (images.data_range), so 8- and
+        # 16-bit files of one set mean the same brightness.
+        self.meta = ModelMetadata(direction, image_size, image_size, False,
+                                  "lab" if lab else "rgb", 1 if lab else in_channels,
+                                  2 if lab else out_channels, "per-image")
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _load(self, i: int) -> tuple[Image.Image, Image.Image | None]:
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         item = self.items[i]
         if self.mode == "two-folders":
             return _open(item[0]), _open(item[1])
         im = _open(item)
         if self.mode == "lab":
             return im, None
-        w, h = im.size
+        w = im.shape[1]
         if w % 2:
             raise DataError(f"{item}: width {w} is odd, so it is not an A|B side-by-side pair")
-        return im.crop((0, 0, w // 2, h)), im.crop((w // 2, 0, w, h))
+        return im[:, :w // 2], im[:, w // 2:]
 
     def __getitem__(self, key):
         if isinstance(key, tuple):  # (epoch, index): training sample with jitter
@@ -171,13 +207,20 @@ class PairDataset(Dataset):
         a, b = self._load(i)
         a = _jitter(a, size, crop, self.image_size, flip)
         if self.mode == "lab":
-            lab = color.rgb_to_lab(np.asarray(a, dtype=np.float64) / 255.0)
-            L, ab = color.lab_to_model(lab)
-            return (torch.from_numpy(L.transpose(2, 0, 1).astype(np.float32)),
-                    torch.from_numpy(ab.transpose(2, 0, 1).astype(np.float32)))
+            return self._tensor(a, "input", i), self._tensor(a, "output", i)
         b = _jitter(b, size, crop, self.image_size, flip)
-        a, b = to_tensor(a), to_tensor(b)
-        return (a, b) if self.direction == "AtoB" else (b, a)
+        inp, tgt = (a, b) if self.direction == "AtoB" else (b, a)
+        return self._tensor(inp, "input", i), self._tensor(tgt, "output", i)
+
+    def _tensor(self, a: np.ndarray, side: str, i: int) -> torch.Tensor:
+        """(H, W, C) -> (C, H, W) float32 in [-1, 1] by ``images.normalize``, the conversion
+        p2p-translate applies (the paper's x / 127.5 - 1 on 8-bit images)."""
+        try:
+            return torch.from_numpy(images.normalize(a, self.meta, side))
+        except ImageError as e:
+            item = self.items[i]
+            raise DataError(f"{item[0] if isinstance(item, tuple) else item}: "
+                            f"{str(e).removeprefix('image: ')}") from None
 
 
 def leave_stops_to_the_trainer(worker_id: int) -> None:
@@ -223,7 +266,8 @@ class EpochSampler(Sampler):
 
 def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
                    lab_colorization: bool, direction: str, image_size: int, load_size: int,
-                   flip: bool, seed: int, check: bool = True) -> tuple[PairDataset, PairDataset]:
+                   flip: bool, seed: int, check: bool = True, in_channels: int = 3,
+                   out_channels: int = 3) -> tuple[PairDataset, PairDataset]:
     """(train set, sample set). The sample set is ``val/`` (or ``test/``) when there is one,
     else the training images themselves, without jitter. ``check``: decode every training
     image now (``check_images``); torchrun ranks pass False and share the check instead."""
@@ -240,15 +284,26 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
         mode = "lab" if lab_colorization else "side-by-side"
         train_items = list_images(train_dir)
         val_items = list_images(val_dir) if val_dir else train_items
-    if check:
-        check_images(*image_paths(train_items, mode))
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
-              flip=flip, seed=seed)
-    return PairDataset(train_items, **kw), PairDataset(val_items, **kw)
+              flip=flip, seed=seed, in_channels=in_channels, out_channels=out_channels)
+    train = PairDataset(train_items, **kw)
+    if check:
+        paths, side_by_side, channels, _ = image_paths(train)
+        check_images(paths, side_by_side, channels)
+    return train, PairDataset(val_items, **kw)
 
 
-def image_paths(items: list, mode: str) -> tuple[list[Path], bool]:
-    """Every file behind a dataset's ``items``, and whether each must be an A|B pair."""
-    if mode == "two-folders":
-        return [p for pair in items for p in pair], False
-    return list(items), mode == "side-by-side"
+def image_paths(ds: PairDataset) -> tuple[list[Path], bool, list[tuple], list[str]]:
+    """Every file behind a dataset's items; whether each must be an A|B pair; per file the
+    (flag, channels) of the model sides it feeds, and its role: 'input', 'target' or 'both'
+    (A|B images; Lab colour photos, whose L is the input and ab the target)."""
+    ins, outs = ("--in-channels", ds.meta.in_channels), ("--out-channels", ds.meta.out_channels)
+    if ds.mode == "two-folders":
+        a_side, b_side = (ins, outs) if ds.direction == "AtoB" else (outs, ins)
+        a_role, b_role = ("input", "target") if ds.direction == "AtoB" else ("target", "input")
+        paths = [p for pair in ds.items for p in pair]
+        return (paths, False, [(a_side,), (b_side,)] * len(ds.items),
+                [a_role, b_role] * len(ds.items))
+    if ds.mode == "lab":
+        return list(ds.items), False, [()] * len(ds.items), ["both"] * len(ds.items)
+    return list(ds.items), True, [(ins, outs)] * len(ds.items), ["both"] * len(ds.items)

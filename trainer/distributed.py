@@ -129,15 +129,18 @@ class Job:
         rest = self.agree(_nothing if self.main else on_others)
         return first if self.main else rest
 
-    def check_images(self, ds: data.PairDataset) -> None:
-        """``data.check_images`` on the training set, each rank decoding its share."""
-        paths, side_by_side = data.image_paths(ds.items, ds.mode)
+    def check_images(self, ds: data.PairDataset) -> dict[str, str]:
+        """``data.check_images`` on the training set, each rank decoding its share; returns
+        the data's depths (``data.data_depths``)."""
+        paths, side_by_side, channels, roles = data.image_paths(ds)
         if not self.enabled:
-            return data.check_images(paths, side_by_side)
-        mine = self.agree(data.image_problems, paths[self.rank::self.world], side_by_side)
+            return data.data_depths(data.check_images(paths, side_by_side, channels), roles)
+        mine = self.agree(data.image_problems, paths[self.rank::self.world], side_by_side,
+                          channels[self.rank::self.world])
         shares = self.gather(mine)
-        problems = [shares[i % self.world][i // self.world] for i in range(len(paths))]
-        self.agree(data.raise_problems, problems, len(paths))
+        found = [shares[i % self.world][i // self.world] for i in range(len(paths))]
+        self.agree(data.raise_problems, found, len(paths))
+        return data.data_depths([depth for _, depth in found], roles)
 
     def check_flags(self, norm: str) -> None:
         # Under an initialised process group SyncBatchNorm refuses CPU input even for one rank.

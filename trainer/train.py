@@ -48,6 +48,8 @@ class TrainConfig:
     data_b: str | None = None
     lab_colorization: bool = False
     direction: str = "AtoB"
+    in_channels: int = 3  # bands of the input images (1 greyscale, 3 RGB, N multi-band)
+    out_channels: int = 3  # bands of the target images
     output: str = "runs/run"
     image_size: int = 256
     load_size: int = 286
@@ -81,9 +83,11 @@ class TrainConfig:
 
 
 # What defines the training trajectory: a resume must not change any of these.
-RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "image_size",
-          "load_size", "flip", "ngf", "ndf", "norm", "l1_weight", "lr", "beta1", "batch_size",
-          "seed")  # epochs/epochs_decay may grow: continuation.continue_schedule
+RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "in_channels",
+          "out_channels", "image_size", "load_size", "flip", "ngf", "ndf", "norm", "l1_weight",
+          "lr", "beta1", "batch_size", "seed")  # epochs(_decay) may grow: continuation
+# Recipe fields added later, with the value runs written before them had.
+RECIPE_DEFAULTS = {"in_channels": 3, "out_channels": 3}
 
 
 def lr_lambda(epochs: int, epochs_decay: int):
@@ -143,7 +147,8 @@ class Trainer:
                                   "(a weights-only file?)")
         saved = state.get("train", {})
         mine = asdict(self.cfg)
-        diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE if saved.get(k) != mine[k]]
+        diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE
+                if saved.get(k, RECIPE_DEFAULTS.get(k)) != mine[k]]
         if diff:
             raise CheckpointError(f"{path}: this run was trained with {'; '.join(diff)}; "
                                   "drop those flags or use another --output")
@@ -340,6 +345,8 @@ def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
         raise DataError("--direction has no meaning with --lab-colorization (L -> ab)")
     if cfg.lab_colorization and (cfg.data_a or cfg.data_b):
         raise DataError("--lab-colorization takes one folder of colour images (--data)")
+    if cfg.lab_colorization and (cfg.in_channels, cfg.out_channels) != (3, 3):
+        raise DataError("--in-channels/--out-channels: a --lab-colorization model takes L, gives ab")
     if not (cfg.data or cfg.data_a or cfg.data_b):
         raise DataError("no training data: give --data DIR|NAME or --data-a DIR --data-b DIR")
     env.check_flags(cfg.norm)
@@ -358,14 +365,17 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
     train_ds, sample_ds = env.agree(lambda: data.build_datasets(
         root, Path(cfg.data_a) if cfg.data_a else None, Path(cfg.data_b) if cfg.data_b else None,
         cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed,
-        check=False))
-    env.check_images(train_ds)
+        check=False, in_channels=cfg.in_channels, out_channels=cfg.out_channels))
+    depths = env.check_images(train_ds)  # every file decoded: its bands checked, depth seen
     lab = cfg.lab_colorization
-    model_cfg = ModelConfig(in_channels=1 if lab else 3, out_channels=2 if lab else 3,
+    model_cfg = ModelConfig(in_channels=1 if lab else cfg.in_channels,
+                            out_channels=2 if lab else cfg.out_channels,
                             image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf,
                             norm=distributed.model_norm(cfg.norm))
+    # The data's depths go into the checkpoint: p2p-export records them in the model's
+    # metadata, and p2p-translate writes outputs at output_depth (runtime.metadata).
     task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
-            "data": cfg.data or f"{cfg.data_a}|{cfg.data_b}"}
+            "data": cfg.data or f"{cfg.data_a}|{cfg.data_b}", **depths}
     out = Path(cfg.output)
     latest = out / "checkpoints" / "latest.pt"
     state = env.main_first(lambda: prepare_output(out, cfg.resume, cfg.overwrite),
