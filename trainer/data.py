@@ -64,6 +64,9 @@ def _open(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable image: {why[:160]}") from None
 
 
+_BANDS = ", but the model takes "
+
+
 def fits(bands: int, channels: int) -> bool:
     """Whether an image of ``bands`` feeds a model side of ``channels`` (``images.
     match_bands``: equal, or greyscale <-> RGB)."""
@@ -83,7 +86,7 @@ def _problem(path: Path, side_by_side: bool, channels: tuple = ()
         return f"{path}: width {w} is odd, so it is not an A|B side-by-side pair", None
     for flag, n in channels:
         if not fits(bands, n):
-            return (f"{path}: {bands} band{'s' if bands > 1 else ''}, but the model takes "
+            return (f"{path}: {bands} band{'s' if bands > 1 else ''}{_BANDS}"
                     f"{n} ({flag} {n}; greyscale and RGB convert into each other)"), None
     return None, a.dtype.name
 
@@ -103,6 +106,10 @@ def raise_problems(problems: list, total: int) -> None:
     """One DataError naming every bad file in ``problems`` ((problem, depth) pairs or
     problems; None problems are fine files)."""
     problems = [p[0] if isinstance(p, tuple) else p for p in problems]
+    bad = [p for p in problems if p]
+    if len(bad) > 1 and all(_BANDS in p for p in bad):  # the flags, not the files, are wrong
+        raise DataError(f"{bad[0]}; {len(bad) - 1} more of the {total} training images do "
+                        "not fit either")
     listing.raise_problems(problems, total, "training images")
 
 
