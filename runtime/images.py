@@ -129,20 +129,27 @@ def _is_tiff(path) -> bool:
     return pixels.is_tiff(head)
 
 
+def _select(a: np.ndarray, select) -> np.ndarray:
+    box = select(a.shape[1], a.shape[0]) if select else None
+    return a[box[1]:box[3], box[0]:box[2]] if box else a
+
+
 def _reopen(path):
     if hasattr(path, "seek"):
         path.seek(0)
     return Image.open(path)
 
 
-def decode(path) -> np.ndarray:
+def decode(path, select=None) -> np.ndarray:
     """Decode ``path`` (a file name or a binary file object) at full precision: (H, W, C)
     uint8, uint16 or float32 (values 0..1), C = 1 (greyscale), 3 (RGB) or a multi-band
     TIFF's band count. Upright by the EXIF/TIFF orientation, the first frame, an embedded
     colour profile converted to sRGB, alpha composited on white. Raises ImageError naming
     the file: unreadable, over the decompression-bomb limit, float values outside 0..1 or
     NaN/Inf, unsupported sample types. TIFFs Pillow would truncate (16-bit or float colour,
-    extra bands) need tifffile (``p2p[tiff]``)."""
+    extra bands) need tifffile (``p2p[tiff]``). ``select(width, height)``, when given, returns
+    the (left, top, right, bottom) box to keep of the upright image, or None: cropping before
+    the conversion to an array copies only what is kept (``prepare``'s A|B half)."""
     if isinstance(path, (str, os.PathLike)):
         check_regular_file(path)
     limit = max_pixels()
@@ -153,7 +160,7 @@ def decode(path) -> np.ndarray:
             im = Image.open(path)
         except UnidentifiedImageError:
             if _is_tiff(path):  # float colour or 5+ bands: Pillow has no mode for them
-                return pixels.tiff(path, path, limit)
+                return _select(pixels.tiff(path, path, limit), select)
             raise
         with im:
             w, h = im.size
@@ -161,13 +168,15 @@ def decode(path) -> np.ndarray:
                 raise ImageError(f"{path}: {w}x{h} = {w * h} pixels is over the decompression-"
                                  f"bomb limit {limit} (raise P2P_MAX_IMAGE_PIXELS to allow it)")
             if pixels.needs_tifffile(im):
-                return pixels.tiff(path, path, limit)
+                return _select(pixels.tiff(path, path, limit), select)
             im.seek(0)
             if pixels.png16_rawmode(im):
-                return pixels.orient(pixels.png16(lambda: _reopen(path), im, path),
-                                     orientation(im))
+                return _select(pixels.orient(pixels.png16(lambda: _reopen(path), im, path),
+                                             orientation(im)), select)
             im.load()
-            return pixels.from_pillow(upright(im), path)
+            im = upright(im)
+            box = select(*im.size) if select else None
+            return pixels.from_pillow(im.crop(box) if box else im, path)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice its limit
@@ -217,15 +226,19 @@ def split_note(prep: "Prepared", keep_whole: str = "--split none") -> str:
             f"{keep_whole} to keep the whole image")
 
 
+def half_box(w: int, h: int, half: str) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of one half of a w x h side-by-side image."""
+    return (0, 0, w // 2, h) if half == "left" else (w - w // 2, 0, w, h)
+
+
 def crop_half(img, half: str | None):
     """The ``half`` of a side-by-side image: an (H, W, C) array (a view) or a Pillow image."""
     if half is None:
         return img
     if isinstance(img, Image.Image):
-        w, h = img.size
-        return img.crop((0, 0, w // 2, h) if half == "left" else (w - w // 2, 0, w, h))
-    w = img.shape[1]
-    return img[:, :w // 2] if half == "left" else img[:, w - w // 2:]
+        return img.crop(half_box(*img.size, half))
+    left, _, right, _ = half_box(img.shape[1], img.shape[0], half)
+    return img[:, left:right]
 
 
 # --- the value conversion, written once ----------------------------------------------------
@@ -333,9 +346,14 @@ class Prepared:
 def prepare(path: Path, meta: ModelMetadata, split: str = "auto") -> Prepared:
     """A file -> what the model takes: decoded (``decode``), the A|B half chosen, resized to
     the model's size (fixed-size models), ``normalize``d, padded (dynamic models)."""
-    a = decode(path)
-    half = choose_half((a.shape[1], a.shape[0]), split, meta)
-    a = crop_half(a, half)
+    chosen = []
+
+    def select(w: int, h: int):
+        chosen.append(choose_half((w, h), split, meta))
+        return None if chosen[0] is None else half_box(w, h, chosen[0])
+
+    a = decode(path, select)
+    half = chosen[0]
     try:
         return _to_array(a, half, meta, path)
     except MemoryError:
