@@ -1,7 +1,7 @@
 """Image similarity numbers: L1, PSNR and SSIM, the one implementation of each in p2p.
 
-numpy only. ``p2p-eval`` scores images of any depth with them (peak by depth); the exporter and the benchmarks use
-``psnr`` on model outputs in [-1, 1] (``data_range=2``, no cap).
+numpy only. ``p2p-eval`` scores images of any depth with them (peak by depth); the exporter
+and the benchmarks use ``psnr`` on model outputs in [-1, 1] (``data_range=2``, no cap).
 
 - **L1**: mean absolute difference on the [0, 1] scale (pixel / data_range).
 - **PSNR**: 10 log10(data_range^2 / MSE) in dB, capped at ``cap`` (p2p-eval: 100 dB, so

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageCms
 
 from .errors import ImageError, one_line
-from .metadata import DATA_DEPTHS, NATURAL_RANGE  # noqa: F401 - the one table of depths
+from .metadata import NATURAL_RANGE  # the one table of depths and their ranges
 TIFF_EXTRA = "tiff"  # the pyproject extra that installs tifffile
 
 _SRGB = ImageCms.createProfile("sRGB")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import cv2
 import httpx
@@ -263,3 +262,34 @@ def test_16_bit_depth_maps_train_export_and_translate_at_16_bits(tmp_path):
                                       str(tmp_path / "s.json"), "--quiet"])
     assert r.exit_code == 0, r.output
     assert 0 < json.loads((tmp_path / "s.json").read_text())["psnr"] < 100
+
+
+def test_process_keeps_each_images_depth(tmp_path):
+    """p2p-process reads full depth too: a 16-bit RGB PNG resized stays 16-bit, a float
+    TIFF stays a float TIFF, and combine of an 8-bit A with a 16-bit B is 16-bit."""
+    from p2p.cli.process import main as process_cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    a16 = smooth16(40, 40, 3)
+    (src / "rgb16.png").write_bytes(images.png_bytes(a16))
+    f = rng().random((40, 40), dtype=np.float32)
+    tifffile.imwrite(src / "f.tif", f)
+    r = CliRunner().invoke(process_cli, ["resize", "--input", str(src), "--output",
+                                         str(tmp_path / "r"), "--size", "40", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(images.decode(tmp_path / "r" / "rgb16.png"), a16)
+    assert np.array_equal(tifffile.imread(tmp_path / "r" / "f.tif"), f)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    photo = rng().integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "a" / "x.png")
+    (tmp_path / "b" / "x.png").write_bytes(images.png_bytes(a16))
+    r = CliRunner().invoke(process_cli, ["combine", "--a", str(tmp_path / "a"), "--b",
+                                         str(tmp_path / "b"), "--output", str(tmp_path / "ab"),
+                                         "--quiet"])
+    assert r.exit_code == 0, r.output
+    ab = images.decode(tmp_path / "ab" / "x.png")
+    assert ab.dtype == np.uint16 and ab.shape == (40, 80, 3)
+    assert np.array_equal(ab[:, :40], photo.astype(np.uint16) * 257)
+    assert np.array_equal(ab[:, 40:], a16)

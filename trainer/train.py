@@ -346,7 +346,8 @@ def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
     if cfg.lab_colorization and (cfg.data_a or cfg.data_b):
         raise DataError("--lab-colorization takes one folder of colour images (--data)")
     if cfg.lab_colorization and (cfg.in_channels, cfg.out_channels) != (3, 3):
-        raise DataError("--in-channels/--out-channels: a --lab-colorization model takes L, gives ab")
+        raise DataError("--in-channels/--out-channels: a --lab-colorization model takes L, "
+                        "gives ab")
     if not (cfg.data or cfg.data_a or cfg.data_b):
         raise DataError("no training data: give --data DIR|NAME or --data-a DIR --data-b DIR")
     env.check_flags(cfg.norm)
