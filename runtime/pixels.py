@@ -139,13 +139,22 @@ def png16_rawmode(im: Image.Image) -> str | None:
 
 
 def png16(open_again, im: Image.Image, where) -> np.ndarray:
-    """A 16-bit RGB(A) PNG as uint16. Pillow's PNG decoder unfilters the bytes and then keeps
+    """A 16-bit RGB(A) or grey + alpha PNG as uint16. Pillow's PNG decoder unfilters the bytes and then keeps
     one byte of each 16-bit sample: the high one for 'RGB;16B' (big-endian, what PNG
     stores), the low one when told the samples are little-endian ('RGB;16L'). Decoding
     twice and joining the bytes gives every sample exactly (PNG spec section 7.2)."""
     raw = png16_rawmode(im)
     tile = im.tile[0]
     refuse_profile(im.info.get("icc_profile"), "uint16", where)
+    if raw == "LA;16B":
+        # 16-bit grey + alpha (Pillow: RGBA of the high bytes). Its 4 bytes per pixel are
+        # unfiltered alike when read as 8-bit RGBA: L high, L low, A high, A low.
+        im._mode = "RGBA"  # noqa: SLF001 - the rawmode must describe 4 bytes per pixel
+        im.tile = [tile._replace(args="RGBA" if isinstance(tile.args, str)
+                                 else ("RGBA",) + tuple(tile.args[1:]))]
+        im.load()
+        b = np.asarray(im).astype(np.uint16)
+        return on_white((b[..., :1] << 8) | b[..., 1:2], (b[..., 2:3] << 8) | b[..., 3:])
     im.load()
     high = np.asarray(im).astype(np.uint16)
     with open_again() as low_im:

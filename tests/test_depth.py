@@ -293,3 +293,27 @@ def test_process_keeps_each_images_depth(tmp_path):
     assert ab.dtype == np.uint16 and ab.shape == (40, 80, 3)
     assert np.array_equal(ab[:, :40], photo.astype(np.uint16) * 257)
     assert np.array_equal(ab[:, 40:], a16)
+
+
+def test_16_bit_grey_alpha_png_is_read_at_16_bits(tmp_path):
+    """Pillow opens it as 8-bit RGBA; the decoder reads both bytes of each sample."""
+    from badfiles import png_bytes
+
+    a = smooth16(6, 9, 2)
+    a[..., 1] = 65535
+    a[0, 0, 1] = 0  # one transparent pixel: white
+    rows = a.astype(">u2")
+    (tmp_path / "la.png").write_bytes(png_bytes(9, 6, 16, 4, (r.tobytes() for r in rows)))
+    got = images.decode(tmp_path / "la.png")
+    assert got.dtype == np.uint16 and got.shape == (6, 9, 1)
+    assert got[0, 0, 0] == 65535 and np.array_equal(got[1:, :, 0], a[1:, :, 0])
+
+
+def test_auto_precision_keeps_fp32_for_deep_outputs():
+    from p2p.runtime.precision import choose
+
+    flags = frozenset({"avx512_bf16"})
+    assert choose("auto", "fp32", "openvino", flags).precision == "bf16"
+    deep = choose("auto", "fp32", "openvino", flags, output_depth="uint16")
+    assert deep.precision == "fp32" and "uint16" in deep.why
+    assert choose("bf16", "fp32", "openvino", flags, output_depth="uint16").precision == "bf16"
