@@ -1,9 +1,13 @@
 """Images in and out of a model: decode, normalise, split, resize or pad; and the way back.
 
-Pillow + numpy only. ``prepare`` turns a file into the array the model takes (C, H, W in the
-metadata's value range) plus what is needed to undo it; ``to_image`` turns the model's output
-back into a uint8 image at the input's size (after the split), or at the model's with
-``model_size``. Every decoding problem is an ``ImageError`` naming the file and the reason.
+Pillow + numpy (tifffile for the TIFFs Pillow cannot read, extra ``tiff``). ``decode`` reads
+any file at full precision ((H, W, C) uint8 | uint16 | float32); ``normalize`` /
+``denormalize`` are the one conversion between such arrays and the model's (C, H, W) value
+range; ``prepare`` turns a file into the array the model takes plus what is needed to undo
+it; ``to_array`` turns the model's output back into an image array at the model's output
+depth, at the input's size (after the split), or at the model's with ``model_size``;
+``encode`` (``encoding``) writes it. Every decoding problem is an ``ImageError`` naming the
+file and the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from . import color, pixels
 from .errors import ImageError, one_line
 from .metadata import ModelMetadata
+from .pixels import match_bands, resize  # noqa: F401 - part of this module's interface
 from .encoding import (FORMATS, _deflate, _zlib_rle, default_format, encode,  # noqa: F401
                        format_problem, output_kind, png_bytes, tiff_bytes)  # re-exported
 
@@ -254,34 +259,16 @@ def data_range(depth: str, meta: ModelMetadata, side: str = "input") -> tuple[fl
     return pixels.NATURAL_RANGE[depth]
 
 
-def match_bands(a: np.ndarray, bands: int, where="image") -> np.ndarray:
-    """(H, W, C) -> (H, W, ``bands``): as is when C matches; greyscale repeated into 3
-    bands; RGB to greyscale by Pillow's ITU-R 601-2 luma (L = R 299/1000 + G 587/1000 +
-    B 114/1000, bit-exact with Pillow's convert('L') on 8-bit images). Any other mismatch
-    is an ImageError naming ``where``."""
-    c = a.shape[2]
-    if c == bands:
-        return a
-    if c == 1 and bands == 3:
-        return np.repeat(a, 3, axis=2)
-    if c == 3 and bands == 1:
-        if a.dtype == np.uint8:
-            return np.asarray(Image.fromarray(a).convert("L"))[..., None]
-        luma = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        if a.dtype == np.uint16:
-            luma = np.clip(np.rint(luma), 0, 65535).astype(np.uint16)
-        return luma[..., None]
-    raise ImageError(f"{where}: {c} band{'s' if c > 1 else ''}, the model takes {bands}")
-
-
 def normalize(a: np.ndarray, meta: ModelMetadata, side: str = "input",
               where="image") -> np.ndarray:
-    """(H, W, C) uint8 | uint16 | float32 data -> (C', H, W) float32 in ``meta.value_range``:
+    """(H, W, C) (or (H, W): one band) uint8 | uint16 | float32 data -> (C', H, W) float32 in ``meta.value_range``:
     the data range ``data_range`` gives maps linearly onto the value range (8-bit RGB into
     [-1, 1]: x / 127.5 - 1, the paper's transforms.Normalize((0.5,)*3, (0.5,)*3)). Bands
     are matched to the model's (``match_bands``; ``side`` 'input': in_channels, 'output':
     out_channels, for training targets). Lab models: 'input' gives L, 'output' ab, by
     ``color``'s convention. Raises ImageError (naming ``where``) on a band mismatch."""
+    if a.ndim == 2:  # one band given as (H, W)
+        a = a[:, :, None]
     if meta.color_space == "lab":
         lab = color.rgb_to_lab(pixels.to_unit(match_bands(a, 3, where)))
         L, ab = color.lab_to_model(lab)
@@ -319,20 +306,6 @@ def denormalize(y: np.ndarray, meta: ModelMetadata) -> np.ndarray:
     np.rint(v, out=v)
     np.clip(v, 0, pixels.NATURAL_RANGE[meta.output_depth][1], out=v)
     return v.astype(meta.output_depth)
-
-
-def resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, C) -> (size[1], size[0], C) bicubic, same dtype: 8-bit through Pillow (as the
-    reference's transforms.Resize), deeper data per band in float (Pillow's mode F), then
-    rounded (uint16) or clipped to 0..1 (float: bicubic overshoots)."""
-    if a.dtype == np.uint8:
-        if a.shape[2] == 3:
-            return np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC))
-        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., i]))
-                                    .resize(size, Image.BICUBIC)) for i in range(a.shape[2])], -1)
-    f = _resize_float(a.astype(np.float32, copy=False), size)
-    return pixels.from_unit(f / np.float32(pixels.NATURAL_RANGE[a.dtype.name][1]), a.dtype.name) \
-        if a.dtype == np.uint16 else np.clip(f, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -390,12 +363,6 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode=mode)
 
 
-def _resize_float(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, C) float -> (size[1], size[0], C), bicubic per channel (Pillow's mode F)."""
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., i], np.float32))
-                                .resize(size, Image.BICUBIC)) for i in range(a.shape[-1])], -1)
-
-
 def to_array(y: np.ndarray, prep: Prepared, meta: ModelMetadata,
              model_size: bool = False) -> np.ndarray:
     """The model's (C, H, W) output -> (H, W, C) at the model's output depth
@@ -410,7 +377,7 @@ def to_array(y: np.ndarray, prep: Prepared, meta: ModelMetadata,
     if meta.color_space == "lab":
         ab = y.transpose(1, 2, 0)
         if ab.shape[1::-1] != target:
-            ab = _resize_float(ab, target)
+            ab = pixels.resize_float(ab, target)
         L = prep.lightness if target == prep.size else prep.array[0]
         rgb = color.lab_to_rgb(color.model_to_lab(L[..., None], ab))
         return pixels.from_unit(rgb, meta.output_depth)

@@ -12,7 +12,9 @@ source, on (H, W, C) numpy arrays of dtype uint8, uint16 or float32 (values 0..1
 - TIFFs Pillow cannot read or would truncate (16-bit or float colour, more than 4 bands,
   extra samples that are bands, not alpha) through tifffile (the ``p2p[tiff]`` extra).
 
-Every problem is an ``ImageError`` naming the file (``where``).
+Beside them, the array helpers ``images`` re-exports: ``match_bands`` (grey <-> RGB) and
+``resize`` (bicubic at any depth). Every problem is an ``ImageError`` naming the file
+(``where``).
 """
 
 from __future__ import annotations
@@ -272,3 +274,43 @@ def from_unit(u: np.ndarray, depth: str) -> np.ndarray:
     if depth == "float32":
         return np.clip(u, 0, 1).astype(np.float32)
     return np.clip(np.rint(np.asarray(u, np.float32) * top), 0, top).astype(depth)
+
+
+def match_bands(a: np.ndarray, bands: int, where="image") -> np.ndarray:
+    """(H, W, C) -> (H, W, ``bands``): as is when C matches; greyscale repeated into 3
+    bands; RGB to greyscale by Pillow's ITU-R 601-2 luma (L = R 299/1000 + G 587/1000 +
+    B 114/1000, bit-exact with Pillow's convert('L') on 8-bit images). Any other mismatch
+    is an ImageError naming ``where``."""
+    c = a.shape[2]
+    if c == bands:
+        return a
+    if c == 1 and bands == 3:
+        return np.repeat(a, 3, axis=2)
+    if c == 3 and bands == 1:
+        if a.dtype == np.uint8:
+            return np.asarray(Image.fromarray(a).convert("L"))[..., None]
+        luma = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        if a.dtype == np.uint16:
+            luma = np.clip(np.rint(luma), 0, 65535).astype(np.uint16)
+        return luma[..., None]
+    raise ImageError(f"{where}: {c} band{'s' if c > 1 else ''}, the model takes {bands}")
+
+
+def resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) -> (size[1], size[0], C) bicubic, same dtype: 8-bit through Pillow (as the
+    reference's transforms.Resize), deeper data per band in float (Pillow's mode F), then
+    rounded (uint16) or clipped to 0..1 (float: bicubic overshoots)."""
+    if a.dtype == np.uint8:
+        if a.shape[2] == 3:
+            return np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC))
+        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., i]))
+                                    .resize(size, Image.BICUBIC)) for i in range(a.shape[2])], -1)
+    f = resize_float(a.astype(np.float32, copy=False), size)
+    return from_unit(f / np.float32(NATURAL_RANGE[a.dtype.name][1]), a.dtype.name) \
+        if a.dtype == np.uint16 else np.clip(f, 0, 1)
+
+
+def resize_float(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) float -> (size[1], size[0], C), bicubic per channel (Pillow's mode F)."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., i], np.float32))
+                                .resize(size, Image.BICUBIC)) for i in range(a.shape[-1])], -1)

@@ -143,6 +143,8 @@ def test_normalize_and_denormalize_are_inverse_at_every_depth(depth, top):
         assert np.abs(back - a).max() < 1e-6
     else:
         assert np.array_equal(back, a)
+    grey = metadata(in_channels=1, input_depth=depth, input_range=(0.0, float(top)))
+    assert np.array_equal(images.normalize(a[..., 0], grey), images.normalize(a[..., :1], grey))
     # 8-bit data keeps the paper's x / 127.5 - 1 bit for bit
     if depth == "uint8":
         assert np.array_equal(x, a.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1)
