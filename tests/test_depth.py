@@ -319,3 +319,16 @@ def test_auto_precision_keeps_fp32_for_deep_outputs():
     deep = choose("auto", "fp32", "openvino", flags, output_depth="uint16")
     assert deep.precision == "fp32" and "uint16" in deep.why
     assert choose("bf16", "fp32", "openvino", flags, output_depth="uint16").precision == "bf16"
+
+
+def test_without_tifffile_a_deep_tiff_names_the_extra(tmp_path, monkeypatch):
+    tifffile.imwrite(tmp_path / "rgb16.tif", smooth16(8, 8, 3), photometric="rgb")
+    tifffile.imwrite(tmp_path / "f.tif", rng().random((8, 8, 3), dtype=np.float32),
+                     photometric="rgb")
+    Image.fromarray(rng().integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "8.tif")
+    monkeypatch.setitem(__import__("sys").modules, "tifffile", None)  # import fails
+    for name in ("rgb16.tif", "f.tif"):  # Pillow would truncate one, cannot open the other
+        with pytest.raises(ImageError, match=rf"{name}: this TIFF .* needs tifffile, which is "
+                                             r"not installed: pip install 'p2p\[tiff\]'"):
+            images.decode(tmp_path / name)
+    assert images.decode(tmp_path / "8.tif").shape == (8, 8, 3)  # Pillow reads 8-bit RGB
