@@ -37,6 +37,12 @@ def _power_of_two(ctx, param, value):
               help="--data is one folder of colour images; learn L -> ab in Lab space.")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="AtoB",
               show_default=True, help="Which half is the input (facades labels->photo: BtoA).")
+@click.option("--in-channels", type=POS, default=3, show_default=True,
+              help="Bands of the input images: 1 greyscale, 3 RGB, N a multi-band TIFF "
+                   "(e.g. 4: RGB + near infrared). 8-bit, 16-bit and float (0..1) images.")
+@click.option("--out-channels", type=POS, default=3, show_default=True,
+              help="Bands of the target images; the exported model writes them at the "
+                   "targets' bit depth.")
 @click.option("--output", "-o", help="Run folder [default: runs/<data name>].")
 @click.option("--image-size", type=int, default=256, show_default=True, callback=_power_of_two,
               help="Training crop, a power of two >= 32; sets the U-Net depth.")

@@ -27,7 +27,9 @@ from p2p.runtime.pipeline import TranslateConfig, translate
                    "the input files; <name>-translated beside a file given alone].")
 @engine_options
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Output format [default: png (8- or 16-bit, as the model's data); tif "
+                   "for float or N-band models]. tif holds any depth and band count.")
 @click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True,
               help="Half of side-by-side images to translate; auto: the model's input half "
                    "of exactly 2:1 (pix2pix dataset) images, else the whole image.")

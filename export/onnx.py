@@ -33,7 +33,7 @@ from torch import nn
 
 from p2p.runtime import files
 from p2p.runtime.errors import ExportError, choices, one_line
-from p2p.runtime.metadata import NORM_MODES, ModelMetadata
+from p2p.runtime.metadata import NATURAL_RANGE, NORM_MODES, ModelMetadata
 
 from .fp16 import to_fp16
 from .load import Loaded, Overrides, load
@@ -187,7 +187,9 @@ def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool,
         checkpoint_sha256=loaded.sha256, source=loaded.source, source_url=source_url,
         p2p_version=p2p_version, precision="int8" if int8 else "fp16" if fp16 else "fp32",
         calibration_images=int8.count if int8 else 0,
-        calibration_sha256=int8.sha256 if int8 else "", verified=verified)
+        calibration_sha256=int8.sha256 if int8 else "", verified=verified,
+        input_depth=loaded.input_depth, input_range=NATURAL_RANGE[loaded.input_depth],
+        output_depth=loaded.output_depth, output_range=NATURAL_RANGE[loaded.output_depth])
 
 
 def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProto:

@@ -2,10 +2,14 @@
 
 Conventions (also written into the JSON so a number never travels without its meaning):
 
-- Images are decoded by ``images.open_rgb``, the decoder of every command (EXIF orientation,
-  alpha on white, 16-bit scaled to 8 bits), and compared as 8-bit RGB.
+- Images are decoded by ``images.decode``, the decoder of every command (EXIF orientation,
+  colour profile to sRGB, alpha on white), at full precision: 8-bit, 16-bit or float (0..1),
+  1, 3 or N bands. Two 8-bit images are compared as they are; any other pair on one scale,
+  each image divided by its depth's peak (255, 65535, 1), which gives the same numbers for
+  8-bit images. Greyscale against RGB compares the grey repeated in 3 bands.
 - **L1** on [0, 1] (pix2pix's training L1 is on [-1, 1], i.e. twice this number), **PSNR**
-  (peak 255, capped at 100 dB) and **SSIM** as defined in ``p2p.runtime.metrics``.
+  (peak: the depth's, 255 for 8-bit, 65535 for 16-bit, 1 for float; capped at 100 dB) and
+  **SSIM** as defined in ``p2p.runtime.metrics``.
 - SSIM is undefined for an image under its 11x11 window: that pair's SSIM is left empty,
   said in one line naming the file, and left out of the SSIM mean (``ssim_count``).
 - Means are plain averages of the per-image values.
@@ -29,12 +33,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .errors import DataError, P2PError, choices, one_line
 from .files import atomic_write
-from .images import SHOWN_EXTS, ab_pair_problem, crop_half, open_rgb
+from .images import SHOWN_EXTS, ab_pair_problem, crop_half, decode, match_bands, resize
 from .listing import list_images, listed, matches, pair_by_name, raise_problems
 from .locate import pick_model
 from .modelfile import read_metadata
@@ -82,28 +85,46 @@ def pair_files(pred_dir: Path, target_dir: Path,
     return m.pairs
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 by the decoder of every command; ImageError naming the file."""
-    return np.asarray(open_rgb(path))
+def load(path: Path) -> np.ndarray:
+    """(H, W, C) uint8 | uint16 | float32 by the decoder of every command; ImageError
+    naming the file."""
+    return decode(path)
+
+
+def comparable(p: np.ndarray, t: np.ndarray, pred_path: Path) -> tuple[np.ndarray, np.ndarray,
+                                                                         float]:
+    """(pred, target, data_range) on one scale: 8-bit pairs as they are (range 255), others
+    divided by their depth's peak (range 1); grey repeated to match RGB. DataError when the
+    band counts cannot be compared."""
+    if p.shape[2] != t.shape[2]:
+        if {p.shape[2], t.shape[2]} != {1, 3}:
+            raise DataError(f"{pred_path}: {p.shape[2]} bands, its target {t.shape[2]}")
+        p, t = match_bands(p, 3), match_bands(t, 3)
+    if p.dtype == t.dtype == np.uint8:
+        return p, t, 255.0
+    unit = [a.astype(np.float64) / (1.0 if a.dtype == np.float32 else np.iinfo(a.dtype).max)
+            for a in (p, t)]
+    return unit[0], unit[1], 1.0
 
 
 def load_target(path: Path, half: str | None) -> np.ndarray:
-    """(H, W, 3) uint8: the image, or its ``half`` of an A|B pair (``images.crop_half``);
-    a target that is not exactly 2:1 is a DataError (p2p-translate splits only those)."""
-    img = open_rgb(path)
+    """(H, W, C) array at the file's depth: the image, or its ``half`` of an A|B pair
+    (``images.crop_half``); a target that is not exactly 2:1 is a DataError (p2p-translate
+    splits only those)."""
+    img = load(path)
     if half is None:
-        return np.asarray(img)
-    problem = ab_pair_problem(path, img.size)
+        return img
+    problem = ab_pair_problem(path, (img.shape[1], img.shape[0]))
     if problem:
         raise DataError(problem)
-    return np.asarray(crop_half(img, half))
+    return crop_half(img, half)
 
 
 def _measure(job) -> dict:
     pred_path, target_path, half, resize_pred = job
     unusable = []  # ImageError, or an A|B target of odd width: named with the others
     try:
-        p = load_rgb(pred_path)
+        p = load(pred_path)
     except P2PError as e:
         unusable.append(str(e))
     try:
@@ -112,19 +133,22 @@ def _measure(job) -> dict:
         unusable.append(str(e))
     if unusable:
         return {"unusable": unusable}
-    if p.shape != t.shape:
+    if p.shape[:2] != t.shape[:2]:
         if not resize_pred:
             return {"mismatch": (pred_path, p.shape[1], p.shape[0], t.shape[1], t.shape[0])}
-        p = np.asarray(Image.fromarray(p).resize((t.shape[1], t.shape[0]),
-                                                 Image.Resampling.BICUBIC))
+        p = resize(p, (t.shape[1], t.shape[0]))
     try:
-        s = ssim(p, t)
+        p, t, peak = comparable(p, t, pred_path)
+    except DataError as e:
+        return {"unusable": [str(e)]}
+    try:
+        s = ssim(p, t, data_range=peak)
     except SSIMUndefined as e:
         s, note = None, f"{pred_path}: {e} for this pair (left out of the SSIM mean)"
     else:
         note = None
     return {"width": t.shape[1], "height": t.shape[0],
-            "l1": l1(p, t), "psnr": psnr(p, t), "ssim": s, "note": note}
+            "l1": l1(p, t, peak), "psnr": psnr(p, t, peak), "ssim": s, "note": note}
 
 
 # ---------------------------------------------------------------------------- run
@@ -231,10 +255,13 @@ def evaluate(cfg: EvalConfig) -> tuple[dict, list[dict]]:
         "glob": cfg.glob,
         "resized_predictions": cfg.resize_pred,
         "conventions": {
-            "l1": "mean |pred - target| on [0, 1] (pixel / 255), RGB, all pixels",
-            "psnr": f"dB, peak 255, MSE over RGB, capped at {PSNR_CAP:g}",
+            "l1": "mean |pred - target| on [0, 1] (pixel / peak), all bands, all pixels",
+            "psnr": f"dB, peak of the depth (255 8-bit, 65535 16-bit, 1 float), MSE over "
+                    f"all bands, capped at {PSNR_CAP:g}",
             "ssim": f"Wang et al. gaussian window {SSIM_WINDOW} sigma {SSIM_SIGMA}, K1 {SSIM_K1} "
-                    f"K2 {SSIM_K2}, range 255, per RGB channel then averaged",
+                    f"K2 {SSIM_K2}, range the depth's peak, per band then averaged",
+            "depth": "images at full precision; pairs of other than two 8-bit images "
+                     "compared on [0, 1] (each divided by its depth's peak)",
             "mean": "average of per-image values (SSIM: of the pairs where it is defined)",
         },
     }

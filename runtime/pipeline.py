@@ -15,7 +15,7 @@ import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ class TranslateConfig:
     batch_size: int = 8
     threads: int | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | int8 (p2p.runtime.precision)
-    fmt: str = "png"
+    fmt: str | None = None  # None: images.default_format (png, tif for float/N-band models)
     split: str = "auto"
     model_size: bool = False
     glob: str | None = None
@@ -158,8 +158,7 @@ def _prepare(job: Job, meta, split: str):
 
 
 def _finish(job: Job, prep, y, meta, cfg: TranslateConfig) -> None:
-    img = images.to_image(y, prep, meta, cfg.model_size)
-    data = images.encode(img, cfg.fmt)
+    data = images.encode(images.to_array(y, prep, meta, cfg.model_size), cfg.fmt)
     try:
         # No fsync: a killed process loses nothing that was written; only a power cut could.
         # The folder's stale temps were removed once, before the run (not once per file).
@@ -252,6 +251,17 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
     return results
 
 
+def output_format(fmt: str | None, meta, model: Path) -> str:
+    """The format outputs are written in: ``fmt``, or the model's default; a format that
+    cannot hold the model's outputs (a 16-bit model and --format jpg) fails before the run."""
+    fmt = fmt or images.default_format(meta)
+    why = images.format_problem(fmt, *images.output_kind(meta))
+    if why:
+        depth, bands = images.output_kind(meta)
+        raise P2PError(f"{model}: the model writes {bands}-band {depth} images; {why}")
+    return fmt
+
+
 def translate(cfg: TranslateConfig, log=None) -> Summary:
     """The whole command: engine first (a provider that cannot run fails before anything is
     written), then plan, skip what exists, run, gallery."""
@@ -266,6 +276,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
+    cfg = replace(cfg, fmt=output_format(cfg.fmt, engine.metadata, model))
     outputs: list[Path] = []
     jobs, refused = plan(cfg, outputs)
     if outputs:

@@ -1,7 +1,8 @@
 """``p2p-serve``: an exported model behind HTTP, with micro-batching and a drawing page.
 
-    POST /translate   image bytes in (any format Pillow reads) -> PNG/JPEG/WebP out
-                      (?format=png|jpg|webp, else the Accept header, else PNG; ?split=...)
+    POST /translate   image bytes in (any format Pillow reads) -> PNG/JPEG/WebP/TIFF out
+                      (?format=png|jpg|webp|tif, else the Accept header, else PNG (TIFF for
+                      float or N-band models); ?split=...)
     GET  /healthz     JSON: model, provider, precision (what runs), sizes
     GET  /metrics     Prometheus text: requests by status, errors by reason, latency and
                       batch-size histograms, queue depth, model/provider info
@@ -46,8 +47,10 @@ from .errors import ImageError, ModelError, NonFiniteOutput, P2PError
 
 log = logging.getLogger("p2p.serve")
 STATIC = Path(__file__).resolve().parent / "static"
-MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
-FORMAT_ALIASES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp",
+               "tif": "image/tiff"}
+FORMAT_ALIASES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "tif": "tif",
+                  "tiff": "tif"}
 
 
 @dataclass(frozen=True)
@@ -91,16 +94,23 @@ def decode(data: bytes, meta, split: str) -> images.Prepared:
 
 
 def encode(y: np.ndarray, prep: images.Prepared, meta, fmt: str) -> bytes:
-    return images.encode(images.to_image(y, prep, meta), fmt)
+    return images.encode(images.to_array(y, prep, meta), fmt)
 
 
-def choose_format(request: Request) -> str:
-    """?format= wins; then the Accept type with the highest q we can write; then PNG."""
+def choose_format(request: Request, meta=None) -> str:
+    """?format= wins; then the Accept type with the highest q we can write and that holds
+    the model's outputs; then the model's default (PNG; TIFF for float or N-band models)."""
     asked = request.query_params.get("format")
+    kind = images.output_kind(meta) if meta is not None else ("uint8", 3)
     if asked is not None:
         fmt = FORMAT_ALIASES.get(asked.lower())
         if fmt is None:
-            raise HTTPError(400, f"format {asked!r} is not one of png|jpg|webp", "bad_request")
+            raise HTTPError(400, f"format {asked!r} is not one of {'|'.join(images.FORMATS)}",
+                            "bad_request")
+        why = images.format_problem(fmt, *kind)
+        if why:
+            raise HTTPError(400, f"the model writes {kind[1]}-band {kind[0]} images; {why}",
+                            "bad_request")
         return fmt
     offers = []
     for i, part in enumerate(request.headers.get("accept", "").split(",")):
@@ -115,9 +125,9 @@ def choose_format(request: Request) -> str:
         offers.append((-q, i, media.lower()))
     for _, _, media in sorted(offers):
         for fmt, mt in MEDIA_TYPES.items():
-            if media == mt:
+            if media == mt and images.format_problem(fmt, *kind) is None:
                 return fmt
-    return "png"
+    return images.default_format(meta) if meta is not None else "png"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -190,7 +200,7 @@ class Service:
         return response
 
     async def _translate(self, request: Request) -> Response:
-        fmt = choose_format(request)
+        fmt = choose_format(request, self.meta)
         split = request.query_params.get("split", "auto")
         if split not in images.SPLITS:
             raise HTTPError(400, f"split {split!r} is not one of {'|'.join(images.SPLITS)}",

@@ -91,7 +91,7 @@ def test_every_command_decodes_it_upright(tmp_path):
     train, _ = build_datasets(src, None, None, True, "AtoB", 32, 36, False, 0)
     L, ab = train[0]
     assert tuple(L.shape) == (1, 32, 32) and tuple(ab.shape) == (2, 32, 32)
-    assert train._load(0)[0].size == (200, 300)
+    assert train._load(0)[0].shape[1::-1] == (200, 300)  # (H, W, C) arrays
     engine_meta = __import__("p2p.runtime.engine", fromlist=["Engine"]).Engine(
         model, "cpu", cache_dir=tmp_path / "c").metadata
     assert decode(exif_photo(), engine_meta, "auto").size == (200, 300)

@@ -165,9 +165,13 @@ def test_process_handles_every_file_of_the_corpus(corpus, tmp_path):
         assert len(line) == 1 and case.reason in line[0], (name, failed)
     for name in good:
         assert Image.open((out / name).with_suffix(".png")).size == (16, 16), name
-    # 16-bit grey is scaled like p2p-translate does, not clipped to white.
-    grey = np.asarray(Image.open(out / "grey16.png").convert("L"))
-    assert grey.min() < 50 and grey.max() > 200
+    # 16-bit grey is read like p2p-translate does, not clipped to white; and (issue 18) it
+    # stays 16-bit.
+    from p2p.runtime.images import decode
+
+    grey = decode(out / "grey16.png")
+    assert grey.dtype == np.uint16 and grey.shape[2] == 1
+    assert grey.min() < 50 * 257 and grey.max() > 200 * 257
     assert not leftovers(out)
 
 

@@ -92,7 +92,8 @@ def test_run_folder_and_lr_schedule(pairs, tmp_path):
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert state["step"] == 12 and state["epoch"] == 2
     assert state["task"] == {"direction": "AtoB", "color_space": "rgb", "data": str(pairs),
-                             "data_root": str(pairs.resolve())}  # exports find it from anywhere
+                             "data_root": str(pairs.resolve()),  # exports find it from anywhere
+                             "input_depth": "uint8", "output_depth": "uint8"}
     assert state["model"]["ngf"] == 4 and state["train"]["l1_weight"] == 100.0
     for k in ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng"):
         assert k in state

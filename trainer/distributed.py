@@ -129,16 +129,17 @@ class Job:
         rest = self.agree(_nothing if self.main else on_others)
         return first if self.main else rest
 
-    def check_images(self, ds: data.PairDataset, samples: data.PairDataset) -> None:
+    def check_images(self, ds: data.PairDataset, samples: data.PairDataset) -> dict[str, str]:
         """``data.check_images`` on the training and sample sets, each rank decoding its
-        share."""
-        items, mode = data.all_items(ds.items, samples.items, ds.mode)
+        share; returns the data's depths (``data.data_depths``)."""
         if not self.enabled:
-            return data.check_images(items, mode)
-        mine = self.agree(data.image_problems, items[self.rank::self.world], mode)
+            return data.check_images(ds, samples)
+        items = data.all_items(ds, samples)
+        mine = self.agree(data.image_problems, items[self.rank::self.world], ds)
         shares = self.gather(mine)
-        problems = [shares[i % self.world][i // self.world] for i in range(len(items))]
-        self.agree(data.raise_problems, problems, len(items))
+        found = [shares[i % self.world][i // self.world] for i in range(len(items))]
+        self.agree(data.raise_problems, found, len(items))
+        return data.data_depths(found)
 
     def check_flags(self, norm: str) -> None:
         # Under an initialised process group SyncBatchNorm refuses CPU input even for one rank.

@@ -46,8 +46,8 @@ def _to_rgb(x: torch.Tensor, L: torch.Tensor | None = None) -> np.ndarray:
     if L is not None:
         rgb = color.lab_to_rgb(color.model_to_lab(L.float().cpu().numpy().transpose(1, 2, 0), x))
         return (rgb * 255.0 + 0.5).astype(np.uint8)
-    if x.shape[2] == 1:  # the L input of a colorization model, shown as grey
-        x = np.repeat(x, 3, axis=2)
+    if x.shape[2] != 3:  # greyscale, Lab's L input, or N bands: the first 3, else the first
+        x = x[..., :3] if x.shape[2] > 3 else np.repeat(x[..., :1], 3, axis=2)
     return ((x + 1.0) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
 
 

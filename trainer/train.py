@@ -49,6 +49,8 @@ class TrainConfig:
     data_b: str | None = None
     lab_colorization: bool = False
     direction: str = "AtoB"
+    in_channels: int = 3  # bands of the input images (1 greyscale, 3 RGB, N multi-band)
+    out_channels: int = 3  # bands of the target images
     output: str = "runs/run"
     image_size: int = 256
     load_size: int = 286
@@ -82,9 +84,11 @@ class TrainConfig:
 
 
 # What defines the training trajectory: a resume must not change any of these.
-RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "image_size",
-          "load_size", "flip", "ngf", "ndf", "norm", "l1_weight", "lr", "beta1", "batch_size",
-          "seed")  # epochs/epochs_decay may grow: continuation.continue_schedule
+RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "in_channels",
+          "out_channels", "image_size", "load_size", "flip", "ngf", "ndf", "norm", "l1_weight",
+          "lr", "beta1", "batch_size", "seed")  # epochs(_decay) may grow: continuation
+# Recipe fields added later, with the value runs written before them had.
+RECIPE_DEFAULTS = {"in_channels": 3, "out_channels": 3}
 
 
 def lr_lambda(epochs: int, epochs_decay: int):
@@ -145,7 +149,8 @@ class Trainer:
                                   "(a weights-only file?)")
         saved = state.get("train", {})
         mine = asdict(self.cfg)
-        diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE if saved.get(k) != mine[k]]
+        diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE
+                if saved.get(k, RECIPE_DEFAULTS.get(k)) != mine[k]]
         if diff:
             raise CheckpointError(f"{path}: this run was trained with {'; '.join(diff)}; "
                                   "drop those flags or use another --output")
@@ -335,6 +340,9 @@ def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
         raise DataError("--direction has no meaning with --lab-colorization (L -> ab)")
     if cfg.lab_colorization and (cfg.data_a or cfg.data_b):
         raise DataError("--lab-colorization takes one folder of colour images (--data)")
+    if cfg.lab_colorization and (cfg.in_channels, cfg.out_channels) != (3, 3):
+        raise DataError("--in-channels/--out-channels: a --lab-colorization model takes L, "
+                        "gives ab")
     if not (cfg.data or cfg.data_a or cfg.data_b):
         raise DataError("no training data: give --data DIR|NAME or --data-a DIR --data-b DIR")
     env.check_flags(cfg.norm)
@@ -352,28 +360,32 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
     train_ds, sample_ds = env.agree(lambda: data.build_datasets(
         root, Path(cfg.data_a) if cfg.data_a else None, Path(cfg.data_b) if cfg.data_b else None,
         cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed,
-        check=False))
-    env.check_images(train_ds, sample_ds)
+        check=False, in_channels=cfg.in_channels, out_channels=cfg.out_channels))
+    # Every file decoded: its bands checked, its depth seen.
+    depths = env.check_images(train_ds, sample_ds)
     out = Path(cfg.output)
     # Held from before the run folder is touched until the run ends; the kernel drops it
     # when the process dies, so a killed run never blocks its --resume.
     lock = env.main_first(lambda: lock_run(out), lambda: None)
     try:
-        return _start(cfg, env, root, train_ds, sample_ds, out)
+        return _start(cfg, env, root, train_ds, sample_ds, out, depths)
     finally:
         if lock is not None:
             lock.close()
 
 
 def _start(cfg: TrainConfig, env: distributed.Job, root, train_ds, sample_ds,
-           out: Path) -> Trainer:
+           out: Path, depths: dict) -> Trainer:
     device = env.device
     lab = cfg.lab_colorization
-    model_cfg = ModelConfig(in_channels=1 if lab else 3, out_channels=2 if lab else 3,
+    model_cfg = ModelConfig(in_channels=1 if lab else cfg.in_channels,
+                            out_channels=2 if lab else cfg.out_channels,
                             image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf,
                             norm=distributed.model_norm(cfg.norm))
+    # The data's depths go into the checkpoint: p2p-export records them in the model's
+    # metadata, and p2p-translate writes outputs at output_depth (runtime.metadata).
     task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
-            **recorded_task(root, cfg.data, cfg.data_a, cfg.data_b)}
+            **recorded_task(root, cfg.data, cfg.data_a, cfg.data_b), **depths}
     latest = out / "checkpoints" / "latest.pt"
     state = env.main_first(lambda: prepare_output(out, cfg.resume, cfg.overwrite),
                            lambda: checkpoint.load_checkpoint(latest) if cfg.resume else None)
