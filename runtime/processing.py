@@ -16,8 +16,10 @@ and checks them against ``images``, and checks the page against ``p2p-translate`
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
+from PIL import Image
 
 from . import color
 from .metadata import ModelMetadata
@@ -26,6 +28,20 @@ RULES_VERSION = 1
 # Pillow's convert("L") for RGB: ITU-R 601-2 luma in 16-bit fixed point,
 # (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 (Pillow src/libImaging/Convert.c, L24).
 LUMA_FIXED16 = (19595, 38470, 7471)
+
+
+@functools.cache
+def pillow_vertical_first() -> bool:
+    """Whether this Pillow runs the vertical pass of a resize first when the height shrinks
+    by more than twice as many pixels as the width (Pillow 13's ImagingResampleInner,
+    src/libImaging/Resample.c; earlier versions always run the horizontal pass first). The
+    two orders round to uint8 between the passes at different points, so the page must take
+    the order ``images`` takes here: probed on a 37x45 -> 32x32 resize, not guessed from a
+    version number."""
+    a = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 37), dtype=np.uint8))
+    once = np.asarray(a.resize((32, 32), Image.BICUBIC))
+    across_then_down = a.resize((32, 45), Image.BICUBIC).resize((32, 32), Image.BICUBIC)
+    return not np.array_equal(once, np.asarray(across_then_down))
 
 
 def rules(meta: ModelMetadata) -> dict:
@@ -38,8 +54,11 @@ def rules(meta: ModelMetadata) -> dict:
         # model's direction names its input half; a Lab (colorization) model never splits.
         "split": {"aspect": 2, "input_half": meta.input_half, "never": lab},
         # images._to_array: a fixed-size model sees every image resized to its size.
+        # Pillow's bicubic (a = -0.5, support scaled when shrinking; 22-bit fixed point and
+        # a uint8 between the passes for 8-bit images, float for mode F), horizontal pass
+        # first unless vertical_first and (h - oh) > 2 * (w - ow) with h - oh > 0.
         "resize": {"size": None if meta.dynamic_size else [meta.image_size] * 2,
-                   "filter": "pillow-bicubic"},
+                   "filter": "pillow-bicubic", "vertical_first": pillow_vertical_first()},
         # images.pad_to_multiple: bottom/right, reflect, edge when the image is too small.
         "pad": {"multiple": meta.size_multiple if meta.dynamic_size else 1,
                 "mode": "reflect-else-edge"},

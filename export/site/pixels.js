@@ -84,12 +84,18 @@ function pass(src, w, h, c, outLen, axis, u8) {
   return dst;
 }
 
-// Image.resize((ow, oh), BICUBIC) of an interleaved uint8 (u8) or float32 (mode F) image.
-export function resize(src, w, h, c, ow, oh, u8 = true) {
+// Image.resize((ow, oh), BICUBIC) of an interleaved uint8 (u8) or float32 (mode F) image;
+// the pass order is the Python side's Pillow's (rules.resize.vertical_first, see processing.py).
+export function resize(src, w, h, c, ow, oh, u8, verticalFirst) {
   if (w === ow && h === oh) return src;
   let img = src;
-  if (ow !== w) img = pass(img, w, h, c, ow, 0, u8);
-  if (oh !== h) img = pass(img, ow, h, c, oh, 1, u8);
+  if (verticalFirst && h - oh > 0 && h - oh > (w - ow) * 2) {
+    if (oh !== h) img = pass(img, w, h, c, oh, 1, u8);
+    if (ow !== w) img = pass(img, w, oh, c, ow, 0, u8);
+  } else {
+    if (ow !== w) img = pass(img, w, h, c, ow, 0, u8);
+    if (oh !== h) img = pass(img, ow, h, c, oh, 1, u8);
+  }
   return img;
 }
 
@@ -189,7 +195,8 @@ export function prepare(image, rules) {
   }
   const size = rules.resize.size;
   const [w, h] = size ? size : [w0, h0];
-  const img = resize(rgb, w0, h0, 3, w, h, true);
+  const vfirst = rules.resize.vertical_first;
+  const img = resize(rgb, w0, h0, 3, w, h, true, vfirst);
   const inp = rules.input;
   let planes;  // (C, h, w) float32
   let lightness = null;
@@ -244,7 +251,7 @@ export function finish(y, prep, rules) {
         for (let ch = 0; ch < 2; ch++) ab[(yy * w + x) * 2 + ch] = y[(ch * ph + yy) * pw + x];
       }
     }
-    ab = resize(ab, w, h, 2, W, H, false);
+    ab = resize(ab, w, h, 2, W, H, false, rules.resize.vertical_first);
     const lab = rules.lab;
     for (let p = 0; p < W * H; p++) {
       const L = f32(f32(prep.lightness[p] + 1) * lab.L_scale);
@@ -265,7 +272,7 @@ export function finish(y, prep, rules) {
       }
     }
   }
-  u8 = resize(u8, w, h, c, W, H, true);
+  u8 = resize(u8, w, h, c, W, H, true, rules.resize.vertical_first);
   for (let p = 0; p < W * H; p++) {
     for (let ch = 0; ch < 3; ch++) rgba[4 * p + ch] = u8[p * c + (c === 1 ? 0 : ch)];
     rgba[4 * p + 3] = 255;
