@@ -192,6 +192,31 @@ def test_no_network_no_cache_is_one_line(run, tmp_path, monkeypatch, closed_port
     assert webruntime.INTEGRITY in line and not (tmp_path / "site").exists()
 
 
+@pytest.mark.slow
+def test_pretrained_get_web(tmp_path, monkeypatch, cache):
+    """p2p-pretrained get NAME --web DIR --web-precision fp16: exported for the page."""
+    from p2p.cli.pretrained import main as pretrained_cli
+    from test_pretrained import NAME, Server, reference_bytes
+
+    server = Server()
+    server.files[f"{NAME}.pth"] = reference_bytes(tmp_path, 1)
+    monkeypatch.setenv("P2P_MODELS_URL", server.url)
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path / "cache"))
+    seed_cache(tmp_path / "cache", webruntime.cached_tarball(cache))
+    try:
+        r = cli(pretrained_cli, ["get", NAME, "--web", tmp_path / "site", "--web-precision",
+                                 "fp16", "--web-no-webgpu", "--quiet"])
+    finally:
+        server.close()
+    assert r.exit_code == 0, r.output
+    fp16 = tmp_path / "cache" / "models" / NAME / "generator.fp16.onnx"
+    assert (tmp_path / "site" / "model.onnx").read_bytes() == fp16.read_bytes()
+    assert f"model.onnx FP16" in r.output and "(WASM only)" in r.output
+    meta = json.loads((tmp_path / "site" / "model.json").read_text())["metadata"]
+    assert meta["source"] == "junyanz" and meta["input_dtype"] == "float16"
+    assert not (tmp_path / "site" / "ort" / "ort.webgpu.min.mjs").exists()
+
+
 # --- p2p-serve --web ---------------------------------------------------------------------------
 
 def test_serve_web_headers_and_usage(run, tmp_path):
