@@ -109,7 +109,8 @@ def index_html() -> str:
               'JavaScript.</noscript>'),
              ('<span id="model">loading model info…</span>',
               '<span id="model">loading the model…</span> <span id="backend"></span>'),
-             ("<title>p2p: draw and translate</title>", "<title>p2p: pix2pix in your browser</title>"))
+             ("<title>p2p: draw and translate</title>", "<title>p2p: pix2pix in your browser</title>"
+              '\n<link rel="icon" href="data:,">'))  # no favicon request (a 404 on static hosts)
     for old, new in edits:
         if old not in html:  # the serve page changed: this rewrite must follow it
             raise P2PError(f"{STATIC / 'index.html'}: no {old!r} to rewrite for the static page")

@@ -338,3 +338,21 @@ def test_fp16_and_int8_pages_within_40_db_of_fp32(run, tmp_path):
         print(f"{precision} page vs FP32 page: {db:.1f} dB")
         assert db >= 40.0, (precision, db)
     assert not np.array_equal(outputs["int8"], outputs["fp32"])  # really the INT8 file
+
+
+@pytest.mark.slow
+def test_page_runs_webgpu_where_an_adapter_exists(run, tmp_path):
+    """SwiftShader's software WebGPU adapter: the page takes WebGPU, says so, and its output
+    is p2p-translate's (FP32) within 1 level on >= 99.9% of pixels."""
+    expected = p2p_translate(run["export"] / "generator.onnx", run["pair"], tmp_path / "ref")
+    with served(run["sites"]["fp32"]) as url, browser(tmp_path, webgpu=True) as context:
+        page = open_page(context, url, timeout_ms=300_000)
+        info = page.evaluate("window.p2p.info")
+        if info["backend"] != "webgpu":
+            pytest.skip(f"no WebGPU adapter in this chromium, even SwiftShader's: {info['note']}")
+        assert "WebGPU" in page.text_content("#model") and info["note"] == ""
+        got = translate_in_page(page, run["pair"])
+        assert (np.abs(got.astype(int) - expected.astype(int)) <= 1).mean() >= 0.999
+        # ?backend=wasm: WASM even where WebGPU exists
+        wasm = open_page(context, url + "?backend=wasm")
+        assert wasm.evaluate("window.p2p.info.backend") == "wasm"

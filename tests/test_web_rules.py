@@ -147,3 +147,20 @@ def test_page_resize_is_pillows(models, tmp_path, monkeypatch):
                                           err_msg=str((w, h, ow, oh)))
             np.testing.assert_allclose(np.array(gotf, np.float32).reshape(oh, ow), wantf,
                                        atol=1e-6, err_msg=str((w, h, ow, oh)))
+
+
+@pytest.mark.slow
+def test_page_refuses_a_nan_output(tmp_path, monkeypatch):
+    """No wrong picture: a model that outputs NaN fails the translation with that reason."""
+    from onnx_models import constant_model
+
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path / "cache"))
+    seed_cache(tmp_path / "cache", real_tarball())
+    model = constant_model(tmp_path / "nan.onnx", [float("nan"), 0.0, 0.0], verified=True)
+    write_site([model], WebConfig(tmp_path / "site", webgpu=False, progress=False),
+               lambda s: None)
+    with served(tmp_path / "site") as url, browser(tmp_path) as context:
+        page = open_page(context, url)
+        error = page.evaluate("""() => window.p2p.translate(new ImageData(32, 32))
+            .then(() => "no error", (e) => e.message)""")
+    assert error == "the model's output holds NaN or Inf"

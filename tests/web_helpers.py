@@ -55,16 +55,24 @@ def served(site: Path, isolation: bool = True):
         server.server_close()
 
 
+# WebGPU in headless chromium: only through SwiftShader, the software Vulkan adapter.
+WEBGPU_FLAGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader",
+                "--enable-features=Vulkan", "--use-angle=swiftshader"]
+
+
 @contextlib.contextmanager
-def browser(tmp: Path):
-    """A headless chromium context (Debian's binary), or a skip saying what is missing."""
+def browser(tmp: Path, webgpu: bool = False):
+    """A headless chromium context (Debian's binary), or a skip saying what is missing;
+    ``webgpu``: with SwiftShader's WebGPU adapter instead of --disable-gpu."""
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="playwright not installed: pip install 'p2p[dev]'")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
     with sync_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            tempfile.mkdtemp(dir=tmp), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            tempfile.mkdtemp(dir=tmp), executable_path=CHROMIUM, headless=True,
+            args=[f for f in FLAGS if not (webgpu and f == "--disable-gpu")]
+            + (WEBGPU_FLAGS if webgpu else []),
             viewport={"width": 1280, "height": 900})
         try:
             yield context

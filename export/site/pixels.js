@@ -103,10 +103,9 @@ export function resize(src, w, h, c, ow, oh, u8, verticalFirst) {
 
 const f32 = Math.fround;
 
-function rintEven(v) {  // np.rint: round half to even
-  const r = Math.round(v);
-  return (r - v === 0.5 && r % 2 !== 0) ? r - 1 : r;
-}
+// np.rint + clip to 0..255 + astype(uint8) in one step: storing a number into a
+// Uint8ClampedArray rounds half to even and clamps (ECMAScript ToUint8Clamp). NaN would
+// store as 0, so callers check finiteness first.
 
 const F16 = new Float32Array(1), U32 = new Uint32Array(F16.buffer);
 
@@ -240,6 +239,9 @@ function pad(planes, c, w, h, pw, ph) {
 
 // The model's (C, H, W) output -> RGBA ImageData at the input's size (images.to_image).
 export function finish(y, prep, rules) {
+  for (let i = 0; i < y.length; i++) {  // no wrong picture from a broken model
+    if (!Number.isFinite(y[i])) throw new Error("the model's output holds NaN or Inf");
+  }
   const [, , ph, pw] = prep.dims;
   const [w, h] = prep.model, [W, H] = prep.size;
   const out = rules.output;
@@ -256,7 +258,7 @@ export function finish(y, prep, rules) {
     for (let p = 0; p < W * H; p++) {
       const L = f32(f32(prep.lightness[p] + 1) * lab.L_scale);
       const rgb = labToRgb(L, f32(ab[2 * p] * lab.ab_scale), f32(ab[2 * p + 1] * lab.ab_scale), lab);
-      for (let ch = 0; ch < 3; ch++) rgba[4 * p + ch] = rintEven(rgb[ch] * 255);
+      for (let ch = 0; ch < 3; ch++) rgba[4 * p + ch] = rgb[ch] * 255;  // rint, clipped
       rgba[4 * p + 3] = 255;
     }
     return new ImageData(rgba, W, H);
@@ -267,8 +269,7 @@ export function finish(y, prep, rules) {
   for (let yy = 0; yy < h; yy++) {
     for (let x = 0; x < w; x++) {
       for (let ch = 0; ch < c; ch++) {
-        const v = rintEven(f32(f32(y[(ch * ph + yy) * pw + x] - offset) * scale));
-        u8[(yy * w + x) * c + ch] = Math.min(255, Math.max(0, v));
+        u8[(yy * w + x) * c + ch] = f32(f32(y[(ch * ph + yy) * pw + x] - offset) * scale);
       }
     }
   }
