@@ -144,6 +144,10 @@ def write_site(models: list[Path], cfg: WebConfig, say=print) -> Path:
     doc["ort"] = {"package": webruntime.PACKAGE, "version": webruntime.VERSION,
                   "integrity": webruntime.INTEGRITY}
     doc["webgpu"] = cfg.webgpu
+    # The drawing palette: black on white for the edges2* models (edges2shoes, edges2cats),
+    # the facade labels otherwise (what p2p-serve's page starts with).
+    sketch = "edges2" in meta.source_url or "edges2" in model.parent.name
+    doc["page"] = {"palette": "sketch" if sketch else "facades"}
     texts = {"index.html": index_html(), "_headers": headers_file(),
              "model.json": json.dumps(doc, indent=1) + "\n"}
     for name, text in texts.items():

@@ -99,7 +99,7 @@ def test_site_files_metadata_and_headers(run):
     assert f"model.onnx {precision.upper()} {sizes[smallest] / 1e6:.1f} MB" in run["log"]
     doc = json.loads((site / "model.json").read_text())
     assert doc == {**page_metadata(read_metadata(smallest), "model.onnx", sizes[smallest]),
-                   "ort": doc["ort"], "webgpu": True}
+                   "ort": doc["ort"], "webgpu": True, "page": {"palette": "facades"}}
     assert doc["ort"] == {"package": "onnxruntime-web", "version": webruntime.VERSION,
                           "integrity": webruntime.INTEGRITY}
     assert doc["metadata"]["direction"] == "BtoA" and doc["rules"]["split"]["input_half"] == "right"
@@ -130,7 +130,15 @@ def test_precision_choice_and_refusals(run, tmp_path):
     assert any(s.startswith("warning: model.onnx is") and "--web-precision int8" in s
                for s in said), said
     assert not (tmp_path / "s" / "ort" / "ort.webgpu.min.mjs").exists()
-    assert json.loads((tmp_path / "s" / "model.json").read_text())["webgpu"] is False
+    doc = json.loads((tmp_path / "s" / "model.json").read_text())
+    assert doc["webgpu"] is False and doc["page"] == {"palette": "facades"}
+    # an edges2* model draws black on white (p2p-pretrained keeps each model in its name)
+    edges = tmp_path / "edges2shoes" / "generator.onnx"
+    edges.parent.mkdir()
+    edges.write_bytes((export / "generator.onnx").read_bytes())
+    web.write_site([edges], web.WebConfig(tmp_path / "e", progress=False, webgpu=False),
+                   said.append)
+    assert json.loads((tmp_path / "e" / "model.json").read_text())["page"] == {"palette": "sketch"}
 
 
 # --- the runtime download --------------------------------------------------------------------

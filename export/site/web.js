@@ -94,16 +94,19 @@ async function translateShown(source) {
 }
 P2PDraw.translate = translateShown;
 
+// The canvas is ready from model.json (a few kB) while the model itself still loads: a
+// visitor may draw at once; the first translation waits for the worker.
 async function init() {
   $("model").textContent = "loading the model…";
   worker.postMessage({ type: "init", backend: params.get("backend") || "auto",
                        threads: Number(params.get("threads")) || 0 });
   try {
-    const info = await p2p.ready;
-    const m = info.metadata;
+    const doc = await (await fetch("model.json")).json();
+    const m = doc.metadata;
     state.info = m;
-    const size = m.dynamic_size ? Math.max(256, m.size_multiple) : m.image_size;
-    P2PDraw.ready(size);
+    P2PDraw.ready(m.dynamic_size ? Math.max(256, m.size_multiple) : m.image_size,
+                  doc.page && doc.page.palette);
+    const info = await p2p.ready;
     const where = info.backend === "wasm"
       ? `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}` : "WebGPU";
     $("model").textContent = `${m.direction} · ${m.image_size}px · ${m.model_precision} · ` +
@@ -111,7 +114,7 @@ async function init() {
     $("backend").textContent = info.note || (info.isolated ? "cross-origin isolated" : "");
     document.body.dataset.backend = info.backend;
   } catch (err) {
-    P2PDraw.ready();
+    if (document.body.dataset.ready !== "1") P2PDraw.ready();
     $("model").textContent = "the model did not load";
     setStatus(err.message, true);
   }

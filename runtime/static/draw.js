@@ -251,8 +251,15 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "r") selectTool("rect");
 });
 
-// The canvas at the model's size (fixed-size models: nothing is resampled; dynamic: `size`).
-function ready(size) {
+// The canvas at the model's size (fixed-size models: nothing is resampled; dynamic: `size`),
+// drawn with `palette` (a PALETTES name: the model's labels) when the page knows it.
+function ready(size, palette) {
+  if (palette && PALETTES[palette] && palette !== state.palette) {
+    state.palette = palette;
+    $("palette-name").value = palette;
+    const colours = PALETTES[palette].colours.map(([n]) => n);
+    state.colour = colours.find((n) => n !== PALETTES[palette].fill) || colours[0];
+  }
   buildPalette();
   if (size && size !== canvas.width) canvas.width = canvas.height = size;
   fill();
