@@ -26,6 +26,7 @@ TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "applicat
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: a page loads ~12 files, two of them large
     isolation = True
     quiet = False
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **TYPES}
