@@ -16,6 +16,7 @@ and checks them against ``images``, and checks the page against ``p2p-translate`
 from __future__ import annotations
 
 import dataclasses
+import json
 import functools
 
 import numpy as np
@@ -24,7 +25,7 @@ from PIL import Image
 from . import color
 from .metadata import ModelMetadata
 
-RULES_VERSION = 1
+RULES_VERSION = 2  # 2: the input rule divides (images.normalize), was scale + offset
 # Pillow's convert("L") for RGB: ITU-R 601-2 luma in 16-bit fixed point,
 # (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 (Pillow src/libImaging/Convert.c, L24).
 LUMA_FIXED16 = (19595, 38470, 7471)
@@ -42,6 +43,12 @@ def pillow_vertical_first() -> bool:
     once = np.asarray(a.resize((32, 32), Image.BICUBIC))
     across_then_down = a.resize((32, 45), Image.BICUBIC).resize((32, 32), Image.BICUBIC)
     return not np.array_equal(once, np.asarray(across_then_down))
+
+
+def _divisor(meta: ModelMetadata) -> np.float32:
+    """images.normalize's divisor: data units per model unit (127.5 for 8-bit into [-1, 1])."""
+    (ilo, ihi), (lo, hi) = meta.input_range, meta.value_range
+    return np.float32((ihi - ilo) / (hi - lo))
 
 
 def rules(meta: ModelMetadata) -> dict:
@@ -66,9 +73,10 @@ def rules(meta: ModelMetadata) -> dict:
             "color_space": meta.color_space,
             "channels": meta.in_channels,
             "dtype": meta.input_dtype,
-            # x = float32(u8 * float32(scale)) + float32(offset), per channel, (C, H, W)
-            "scale": float(np.float32((hi - lo) / 255.0)),
-            "offset": float(np.float32(lo)),
+            # x = float32(float32(u8 / float32(divisor)) + float32(offset)), per channel,
+            # (C, H, W): images.normalize's arithmetic (8-bit into [-1, 1]: u8 / 127.5 - 1)
+            "divisor": float(_divisor(meta)),
+            "offset": float(np.float32(lo - meta.input_range[0] / float(_divisor(meta)))),
             "grey_fixed16": list(LUMA_FIXED16),
         },
         "output": {
@@ -97,8 +105,9 @@ def page_metadata(meta: ModelMetadata, model_file: str = "model.onnx",
                   model_bytes: int = 0) -> dict:
     """What a ``--web`` site's ``model.json`` holds: the schema's fields, the precision the
     file runs in, the processing rules, and the model file the page loads."""
-    fields = dataclasses.asdict(meta)
-    fields["value_range"] = list(meta.value_range)
+    # Through JSON and back: tuples (value_range, input_range, ...) become the lists that
+    # model.json holds, so the page and this dict compare equal.
+    fields = json.loads(json.dumps(dataclasses.asdict(meta)))
     fields["model_precision"] = meta.model_precision
     return {"metadata": fields, "rules": rules(meta),
             "model": {"file": model_file, "bytes": model_bytes}}

@@ -65,7 +65,7 @@ def by_rules(rgb: np.ndarray, r: dict) -> np.ndarray:
         if inp["channels"] == 1:
             k = inp["grey_fixed16"]
             a = ((a[..., 0] * k[0] + a[..., 1] * k[1] + a[..., 2] * k[2] + 0x8000) >> 16)[..., None]
-        x = (a.transpose(2, 0, 1).astype(np.float32) * np.float32(inp["scale"])
+        x = (a.transpose(2, 0, 1).astype(np.float32) / np.float32(inp["divisor"])
              + np.float32(inp["offset"]))
     m = r["pad"]["multiple"]
     ph, pw = -x.shape[1] % m, -x.shape[2] % m

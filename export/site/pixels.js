@@ -204,14 +204,14 @@ export function prepare(image, rules) {
     planes = img === rgb ? lightness.slice() : modelL(img, w, h, 3, rules.lab);
   } else {
     planes = new Float32Array(inp.channels * w * h);
-    const scale = f32(inp.scale), offset = f32(inp.offset);
+    const divisor = f32(inp.divisor), offset = f32(inp.offset);
     const [kr, kg, kb] = inp.grey_fixed16;
     for (let p = 0; p < w * h; p++) {
       if (inp.channels === 1) {
         const l = (img[3 * p] * kr + img[3 * p + 1] * kg + img[3 * p + 2] * kb + 0x8000) >>> 16;
-        planes[p] = f32(f32(l * scale) + offset);
+        planes[p] = f32(f32(l / divisor) + offset);
       } else {
-        for (let ch = 0; ch < 3; ch++) planes[ch * w * h + p] = f32(f32(img[3 * p + ch] * scale) + offset);
+        for (let ch = 0; ch < 3; ch++) planes[ch * w * h + p] = f32(f32(img[3 * p + ch] / divisor) + offset);
       }
     }
   }
