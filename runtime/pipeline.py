@@ -145,6 +145,21 @@ class FileSink:
 
     def close(self) -> None:
         img = images.to_image(self.y, self.prep, self.meta, self.cfg.model_size)
+        if self.cfg.fmt == "tif" and self.prep.half is None and img.size == self.prep.size:
+            from . import raster  # a georeferenced input keeps its CRS and transform
+
+            georef = raster.georef_of(self.job.src)
+            if georef.present:
+                a = np.asarray(img)
+                sink = raster.RasterSink(self.job.dst, self.job.src, a.shape[0], a.shape[1],
+                                         1 if a.ndim == 2 else a.shape[2], georef)
+                try:
+                    sink.write_rows(0, a if a.ndim == 3 else a[:, :, None])
+                    sink.close()
+                except BaseException:
+                    sink.abort()
+                    raise
+                return
         write_bytes(self.job, images.encode(img, self.cfg.fmt))
 
     def abort(self) -> None:
@@ -167,6 +182,8 @@ def file_opener(meta, cfg: TranslateConfig, log=None) -> Opener:
     said = threading.Event()
 
     def open_job(job: Job):
+        if meta.dynamic_size:
+            check_whole_size(job.src, meta, cfg.split)
         prep = images.prepare(job.src, meta, cfg.split)
         if prep.half and cfg.split == "auto" and log and not said.is_set():
             said.set()
@@ -174,6 +191,45 @@ def file_opener(meta, cfg: TranslateConfig, log=None) -> Opener:
         return FileSource(prep), FileSink(job, prep, meta, cfg)
 
     return open_job
+
+
+WHOLE_PIXELS = 4_194_304  # 2048 x 2048: ~2.6 GB for the default U-Net (BENCHMARKS.md)
+
+
+def max_whole_pixels() -> int:
+    """The largest image a dynamic-size model runs whole (one tensor, memory growing with
+    its area): $P2P_MAX_WHOLE_PIXELS, default ``WHOLE_PIXELS``. Larger ones need --tile."""
+    env = os.environ.get("P2P_MAX_WHOLE_PIXELS")
+    try:
+        limit = int(env) if env else WHOLE_PIXELS
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ImageError(f"P2P_MAX_WHOLE_PIXELS={env!r} is not a positive integer")
+    return limit
+
+
+def check_whole_size(src: Path, meta, split: str) -> None:
+    """An ImageError naming --tile when ``src`` (its split half) is too large to run whole
+    on a dynamic-size model: refused from the header, before decoding, never an
+    out-of-memory crash. Files Pillow cannot open, or over the decompression-bomb limit, are
+    left to the decoder, which names their problem."""
+    from PIL import Image
+
+    try:
+        with Image.open(src) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - the decoder says what is wrong with it
+        return
+    if w * h > images.max_pixels():
+        return
+    if images.choose_half((w, h), split, meta):
+        w //= 2
+    limit = max_whole_pixels()
+    if w * h > limit:
+        raise ImageError(f"{src}: {w}x{h} is too large to run whole on this dynamic-size "
+                         f"model (over {limit} pixels, P2P_MAX_WHOLE_PIXELS); --tile runs it "
+                         f"in {meta.image_size}px tiles at the model's own scale")
 
 
 # --- running ------------------------------------------------------------------------------
@@ -377,6 +433,11 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
+    opener = None
+    if cfg.tile:
+        from .tiles import tile_opener  # also refuses what cannot tile, before any work
+
+        opener = tile_opener(engine.metadata, cfg, log)
     jobs, refused = plan(cfg)
     summary = Summary(provider=engine.provider, failed=list(refused))
     todo = []
@@ -393,7 +454,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         bar = tqdm(total=len(todo), unit="img", desc="translate", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        results = run_jobs(engine, todo, cfg, bar, log)
+        results = run_jobs(engine, todo, cfg, bar, log, opener)
     finally:
         if bar:
             bar.close()
