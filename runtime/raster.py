@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,10 @@ def _rasterio():
     for key, value in _ENV.items():
         os.environ.setdefault(key, value)
     import rasterio  # ImportError: cli/common names the extra (geo)
+    from rasterio.errors import NotGeoreferencedWarning
 
+    # A plain TIFF has no georeferencing, and its output none either: nothing to warn about.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     return rasterio
 
 
