@@ -70,6 +70,14 @@ class Georef:
     transform: Any = None  # affine.Affine (pixel -> CRS coordinates)
     gcps: Any = None  # (list of GroundControlPoint, CRS) or None
 
+    def shifted(self, x0: int) -> "Georef":
+        """The georeferencing of the columns from ``x0`` on (one half of an A|B pair)."""
+        if self.transform is None or self.gcps:
+            return self
+        from affine import Affine
+
+        return Georef(self.crs, self.transform @ Affine.translation(x0, 0), None)
+
     @property
     def present(self) -> bool:
         return self.crs is not None or (self.transform is not None

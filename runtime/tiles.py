@@ -32,6 +32,7 @@ import numpy as np
 from . import images
 from .errors import ImageError
 from .metadata import ModelMetadata
+from .pieces import Piece, write_bytes
 
 
 def default_overlap(tile: int) -> int:
@@ -132,8 +133,6 @@ class TileSource:
         self.reads = 0
 
     def pieces(self) -> Iterator:
-        from .pipeline import Piece  # the pipeline imports this module lazily, and back
-
         g, t = self.grid, self.grid.tile
         for r, y in enumerate(g.ys):
             h = min(t, g.height - y)
@@ -228,8 +227,6 @@ class CanvasSink:
     def close(self) -> None:
         from PIL import Image
 
-        from .pipeline import write_bytes
-
         if self.blender.emitted != self.canvas.shape[0]:
             raise ImageError(f"{self.job.src}: only {self.blender.emitted} of "
                              f"{self.canvas.shape[0]} rows were translated")
@@ -311,8 +308,13 @@ def tile_opener(meta: ModelMetadata, cfg, log=None):
         if streams and raster.is_raster_name(job.src):
             images.check_regular_file(job.src)
             reader = raster.RasterReader(job.src)
-            h, w, read_rows, georef = reader.height, reader.width, reader.read_rows, \
-                reader.georef
+            h, w, georef = reader.height, reader.width, reader.georef
+            half = images.choose_half((w, h), cfg.split, meta)  # the rule of every image
+            x0 = 0 if half in (None, "left") else w - w // 2
+            w = w // 2 if half else w
+            if half:
+                georef = georef.shifted(x0)
+            read_rows = lambda y0, y1, r=reader.read_rows: r(y0, y1)[:, x0:x0 + w]  # noqa: E731
         else:
             img = images.open_rgb(job.src)
             img = images.crop_half(img, images.choose_half(img.size, cfg.split, meta))

@@ -46,6 +46,7 @@ def _cache(tmp_path_factory, monkeypatch):
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     return {"ident": identity_model(d / "ident.onnx", image_size=32),
+            "btoa": identity_model(d / "btoa.onnx", image_size=32, direction="BtoA"),
             "conv": conv_model(d / "conv.onnx", dynamic_size=True, size_multiple=8)}
 
 
@@ -93,6 +94,17 @@ def test_png_from_a_geotiff_matches_the_geotiff_output(models, tmp_path):
     png = np.asarray(Image.open(tmp_path / "s-translated" / "s.png"))
     with rasterio.open(tmp_path / "s-translated" / "s.tif") as ds:
         np.testing.assert_array_equal(ds.read().transpose(1, 2, 0), png)
+
+
+def test_an_a_b_pair_raster_is_split_by_the_rule_of_every_image(models, tmp_path):
+    a = geotiff(tmp_path / "pair.tif", 40, 80)
+    r = translate(tmp_path / "pair.tif", "-m", models["btoa"], "--tile", "--format", "tif")
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "pair-translated" / "pair.tif") as ds:
+        assert (ds.height, ds.width) == (40, 40)
+        # the right half's own georeferencing: 40 pixels of 10 m east of the input's origin
+        assert ds.transform == Affine(10.0, 0.0, 500400.0, 0.0, -10.0, 4600000.0)
+        np.testing.assert_array_equal(ds.read().transpose(1, 2, 0), a[:, 40:])
 
 
 def test_memory_is_bounded_strip_by_strip(models, tmp_path, monkeypatch):
