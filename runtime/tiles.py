@@ -40,7 +40,7 @@ def default_overlap(tile: int) -> int:
     Why (measured, docs/tiling.md): a tile's border pixels are its worst (zero padding in
     every convolution) and the blend must fade across more than that band. On a 512 px
     photo through a tiny per-image-normalised model at 32 px tiles, the seam measure read
-    7.0 hand-cut, 2.2 at an eighth, 1.13 at a quarter (whole image: 1.19), no lower at
+    7.0 hand-cut, 2.2 at an eighth, 1.21 at a quarter (whole image: 1.35), no lower at
     three eighths or a half; a quarter costs (T / (T - overlap))^2 = 1.78x the pixels."""
     return max(2, tile // 4)
 
@@ -244,8 +244,8 @@ def seam_score(img: np.ndarray, periods: range | None = None, edge: int = 16) ->
     end (the image's own border effects). For each candidate period P, g is folded modulo P
     (mean per phase) and scored as the largest phase mean over the median one: a tile grid
     puts every seam at one phase of its period, image content spreads over all phases. The
-    result is the largest over both axes and every P (default 16 .. (length - 2 edge) / 8,
-    so that at least eight periods are folded and one odd row cannot pass for a grid).
+    result is the largest over both axes and every P (default 16 .. (length - 2 edge) / 6,
+    so that at least six periods are folded and one odd row cannot pass for a grid).
     Source: this project (docs/tiling.md): a comb filter on the image gradient."""
     a = np.asarray(img, np.float64)
     if a.ndim == 2:
@@ -254,7 +254,7 @@ def seam_score(img: np.ndarray, periods: range | None = None, edge: int = 16) ->
     for g in (np.abs(np.diff(a, axis=1)).mean(axis=(0, 2)),
               np.abs(np.diff(a, axis=0)).mean(axis=(1, 2))):
         g = g[edge:len(g) - edge]
-        for p in periods or range(16, len(g) // 8 + 1):
+        for p in periods or range(16, len(g) // 6 + 1):
             if len(g) < 2 * p:
                 continue
             folded = g[:len(g) // p * p].reshape(-1, p).mean(axis=0)

@@ -128,8 +128,8 @@ def test_seam_measure_sees_a_hand_cut_grid_and_not_the_blended_one(models, photo
         r = translate(photo, "-m", models["norm"], "-o", tmp_path / name, *extra)
         assert r.exit_code == 0, r.output
         out[name] = seam_score(read(tmp_path / name / "astronaut.png"))
-    assert out["cut"] > 3 * out["whole"], out  # measured 7.0 vs 1.19
-    assert out["tiled"] <= 1.1 * out["whole"], out  # measured 1.13
+    assert out["cut"] > 3 * out["whole"], out  # measured 7.0 vs 1.35
+    assert out["tiled"] <= 1.1 * out["whole"], out  # measured 1.21
     assert seam_score(read(photo)) < 2.0  # the photo itself has no grid
 
 
