@@ -76,11 +76,15 @@ class Summary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     galleries: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    tiles: int = 0  # pieces run with --tile (0 otherwise)
 
     def lines(self) -> list[str]:
         rate = len(self.translated) / self.seconds if self.seconds else 0.0
+        # --tile: one image may be thousands of tiles; the tile rate is the one to read
+        tiles = (f"{rate:.2f} images/s, {self.tiles / self.seconds:.1f} tiles/s"
+                 if self.tiles and self.seconds else f"{rate:.1f} images/s")
         out = [f"translated {len(self.translated)}, skipped {len(self.skipped)}, "
-               f"failed {len(self.failed)} ({rate:.1f} images/s on {self.provider})"]
+               f"failed {len(self.failed)} ({tiles} on {self.provider})"]
         out += [f"failed: {reason}" for _, reason in self.failed]
         out += [f"gallery: {g}" for g in self.galleries]
         return out
@@ -100,13 +104,15 @@ class _State:  # one job in flight, seen only by the engine thread
 
 
 def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
-             log=None, opener: Opener | None = None) -> list[str | None]:
+             log=None, opener: Opener | None = None,
+             counts: dict | None = None) -> list[str | None]:
     """Translate ``jobs``; returns, in input order, None for success or the failure reason.
 
     Reader threads open jobs ahead (``opener``, default ``file_opener``); one feeder thread
     walks the opened jobs in order and queues their pieces; the calling thread batches
     pieces of one shape (across jobs), runs the engine and hands outputs to each job's sink;
-    writer threads close sinks. Every queue is bounded, so memory stays flat."""
+    writer threads close sinks. Every queue is bounded, so memory stays flat. ``counts``,
+    when given, gets ``pieces``: how many pieces ran through the engine."""
     meta, bs = engine.metadata, engine.batch_size
     opener = opener or file_opener(meta, cfg, log)
     workers = cfg.workers or min(4, os.cpu_count() or 1)
@@ -203,6 +209,8 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
         if items:
             try:
                 ys = engine.run(np.stack([p.array for _, p in items]))
+                if counts is not None:
+                    counts["pieces"] = counts.get("pieces", 0) + len(items)
             except Exception as e:
                 if len(items) > 1:  # find the input that fails; the rest still run
                     for item in items:
@@ -308,7 +316,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         bar = tqdm(total=len(todo), unit="img", desc="translate", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        results = run_jobs(engine, todo, cfg, bar, log, opener)
+        counts: dict = {}
+        results = run_jobs(engine, todo, cfg, bar, log, opener, counts)
+        summary.tiles = counts.get("pieces", 0) if cfg.tile else 0
     finally:
         if bar:
             bar.close()

@@ -3,6 +3,8 @@ dynamic models, batches across images, and the refusals (too large without --til
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -156,6 +158,8 @@ def test_batches_mix_tiles_across_images(models, tmp_path, monkeypatch):
     r = translate(src, "-m", models["ident"], "--tile", "-b", "5")
     assert r.exit_code == 0, r.output
     assert sizes == [5, 2]  # 7 tiles of three images in two batches
+    assert re.search(r"translated 3, skipped 0, failed 0 \([\d.]+ images/s, [\d.]+ tiles/s on",
+                     r.output), r.output
     for i in range(3):
         assert (read(tmp_path / "in-translated" / f"{i}.png") == 50 * i).all()
 
