@@ -156,6 +156,7 @@ def check_whole_size(src: Path, meta, split: str) -> None:
     left to the decoder, which names their problem."""
     from PIL import Image
 
+    images.check_regular_file(src)  # never open a FIFO (it would block) or a device
     try:
         with Image.open(src) as im:
             w, h = im.size

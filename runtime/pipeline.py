@@ -43,7 +43,7 @@ from . import files, gallery, images
 from .engine import Engine
 from .errors import ModelError, P2PError, one_line
 from .pieces import (FileSink, FileSource, Opener, Piece, Sink, Source,  # noqa: F401  (public here)
-                     file_opener, write_bytes)
+                     file_opener, max_whole_pixels, write_bytes)
 from .plan import Job, default_root, plan, scan  # noqa: F401  (scan: public here too)
 
 
@@ -286,6 +286,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     written), then plan, skip what exists, run, gallery."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
+    max_whole_pixels()  # ... and a bad $P2P_MAX_WHOLE_PIXELS
     if cfg.model is None:  # cli/ picks the default model, and says by which rule
         raise ModelError("no model given: pass --model PATH")
     model = Path(cfg.model)

@@ -231,3 +231,11 @@ def test_normalize_and_denormalize_round_trip():
     assert images.normalize(np.dstack([a, a[:, :, :1]]), meta).shape == (3, 16, 16)
     with pytest.raises(images.ImageError, match="uint16 pixels"):
         images.normalize(a.astype(np.uint16), meta)
+
+
+def test_a_bad_whole_pixel_limit_is_one_error_before_any_work(models, tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setenv("P2P_MAX_WHOLE_PIXELS", "lots")
+    r = translate(tmp_path / "a.png", "-m", models["conv"])
+    assert r.exit_code == 1 and "P2P_MAX_WHOLE_PIXELS='lots' is not a positive integer" in r.output
+    assert not (tmp_path / "a-translated").exists()
