@@ -26,7 +26,9 @@ from p2p.runtime.pipeline import TranslateConfig, translate
                    "[default: <input>-translated beside each input].")
 @engine_options
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True,
+              help="Output format; tif keeps a GeoTIFF's CRS and geotransform (p2p[geo]) "
+                   "and, with --tile, streams to disk.")
 @click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True,
               help="Half of side-by-side images to translate; auto: the model's input half "
                    "of exactly 2:1 (pix2pix dataset) images, else the whole image.")
