@@ -4,6 +4,8 @@ bounded number of rows in memory, and the refusals."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -165,3 +167,17 @@ def test_a_corrupt_raster_fails_alone(models, tmp_path):
                   "--format", "tif", "-o", tmp_path / "out")
     assert r.exit_code == 1 and "translated 1, skipped 0, failed 1" in r.output
     assert f"failed: {tmp_path / 'bad.tif'}: cannot read as a raster" in r.output
+
+
+def test_without_rasterio_tiffs_decode_whole_and_the_run_works(models, tmp_path):
+    """No p2p[geo]: --tile on a TIFF decodes it with Pillow (no georeferencing to keep),
+    and --format tif is a plain TIFF; nothing fails for want of rasterio."""
+    from blocking import cli_without
+
+    a = geotiff(tmp_path / "s.tif", 40, 56)
+    r = cli_without(["rasterio"], "translate", "p2p-translate", tmp_path / "s.tif", "-m",
+                    models["ident"], "--tile", "--format", "tif", "-q", "--precision", "fp32",
+                    env={**os.environ, "P2P_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert "no rasterio: pip install p2p[geo] to stream" in r.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "s-translated" / "s.tif")), a)
