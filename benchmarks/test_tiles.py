@@ -11,11 +11,13 @@
 The model is the default U-Net-256 (ngf 64, per-image normalisation), random weights,
 exported with dynamic H and W by p2p-export's own code (speed and seams need no training:
 the network is translation-invariant either way). The photo is scikit-image's astronaut,
-enlarged bicubically to 2048x2048 with noise of 2 levels (see ``photo``): 11x11 tiles. Target 3 runs a
-tiny 256 px model over the big raster (11 025 tiles of the U-Net would take an hour on two
-cores; memory is the pipeline's, not the model's) and then the U-Net on 2048 and 4096 px
-rasters, to show that the peak does not grow with the image.
-Environment: P2P_BENCH_TILE_BIG=<side> changes the 20000 px side (a quick run: 4000).
+enlarged bicubically to 2048x2048 with noise of 2 levels (see ``photo``): 11x11 tiles.
+Target 3 runs a tiny 256 px model over the big raster (11 025 tiles of the U-Net would take
+an hour on two cores; memory is the pipeline's, not the model's) and then the U-Net on 2048²
+and 4096² rasters and a full-width 512-row strip of the big one: the peak grows with the
+width (strips of rows), never the height, so the strip gives the U-Net's peak for the scene.
+Environment: P2P_BENCH_TILE_BIG=<side> changes the 20000 px side (a quick run: 4000);
+P2P_BENCH_TILE_MODEL=<dynamic-size .onnx> skips the export.
 """
 
 from __future__ import annotations
