@@ -29,10 +29,18 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Output format [default: png (8- or 16-bit, as the model's data); tif "
-                   "for float or N-band models]. tif holds any depth and band count.")
+                   "for float or N-band models]. tif holds any depth and band count, keeps a "
+                   "GeoTIFF's CRS and geotransform (p2p[geo]) and, with --tile, streams to disk.")
 @click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True,
               help="Half of side-by-side images to translate; auto: the model's input half "
                    "of exactly 2:1 (pix2pix dataset) images, else the whole image.")
+@click.option("--tile", is_flag=True,
+              help="Run at the model's own scale in overlapping tiles of its training size, "
+                   "blended back seamlessly: any image size (TIFFs stream window by window "
+                   "with p2p[geo]).")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=None, metavar="PX",
+              help="Pixels neighbouring tiles share [default: a quarter of the tile, "
+                   "64 at 256].")
 @click.option("--model-size", is_flag=True,
               help="Keep the model's output size instead of resizing to the input's.")
 @click.option("--glob", "pattern", default=None,
@@ -45,8 +53,13 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @handle_errors
 def main(inputs, model, output, provider, batch_size, threads, precision, fmt, split,
-         model_size, pattern, html, overwrite, workers, quiet):
+         tile, tile_overlap, model_size, pattern, html, overwrite, workers, quiet):
     """Translate INPUT images and folders (recursive) with a p2p model."""
+    if tile_overlap is not None and not tile:
+        raise click.UsageError("--tile-overlap needs --tile")
+    if tile and model_size:
+        raise click.UsageError("--model-size and --tile exclude each other (tiles keep the "
+                               "input's size)")
     if len(inputs) > 1 and output is None:
         click.echo("note: several inputs and no --output: each folder goes to "
                    "<folder>-translated, files to their folder's <folder>-translated, "
@@ -57,7 +70,8 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
     cfg = TranslateConfig(inputs=tuple(inputs), model=model, output=output, provider=provider,
                           batch_size=batch_size, threads=threads, precision=precision,
                           fmt=fmt, split=split, model_size=model_size, glob=pattern, html=html, overwrite=overwrite,
-                          workers=workers, progress=not quiet)
+                          workers=workers, progress=not quiet, tile=tile,
+                          tile_overlap=tile_overlap)
     summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
     for line in summary.lines():
         click.echo(line)
