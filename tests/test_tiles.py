@@ -221,6 +221,9 @@ def test_tif_format_for_a_plain_input(models, tmp_path):
 
 
 def test_normalize_and_denormalize_round_trip():
+    """Tiles and raster windows convert through images.normalize/denormalize: 8-bit exact
+    both ways, one band repeated for an RGB model, 16-bit read by its natural range, and a
+    band count the model cannot take refused (a raster's alpha band is dropped before)."""
     meta = metadata()
     a = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, 2)
     x = images.normalize(a, meta)
@@ -228,9 +231,9 @@ def test_normalize_and_denormalize_round_trip():
     assert x.min() == -1.0 and x.max() == 1.0
     np.testing.assert_array_equal(images.denormalize(x, meta), a)
     assert images.normalize(a[:, :, :1], meta).shape == (3, 16, 16)  # 1 band repeated
-    assert images.normalize(np.dstack([a, a[:, :, :1]]), meta).shape == (3, 16, 16)
-    with pytest.raises(images.ImageError, match="uint16 pixels"):
-        images.normalize(a.astype(np.uint16), meta)
+    np.testing.assert_allclose(images.normalize(a.astype(np.uint16) * 257, meta), x, atol=1e-6)
+    with pytest.raises(images.ImageError, match="4 bands"):
+        images.normalize(np.dstack([a, a[:, :, :1]]), meta)
 
 
 def test_a_bad_whole_pixel_limit_is_one_error_before_any_work(models, tmp_path, monkeypatch):
