@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import CONTEXT, engine_options, handle_errors, model_option
+from p2p.cli.common import CONTEXT, engine_options, handle_errors, model_option, requires
 from p2p.runtime.locate import pick_model
 from p2p.runtime.images import FORMATS, SPLITS
 from p2p.runtime.pipeline import TranslateConfig, translate
@@ -40,10 +40,19 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode and encode threads (each) [default: min(4, CPUs)].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--video-codec", default="auto", show_default=True,
+              help="Encoder of video outputs (an FFmpeg name: libx264, libvpx-vp9, ffv1, ...); "
+                   "auto: H.264 (VP9 for .webm).")
+@click.option("--crf", type=click.IntRange(min=0, max=63), default=None,
+              help="Constant quality of video outputs, lower is better [default: 18 for "
+                   "H.264, the codec's visually lossless setting].")
 @handle_errors
 def main(inputs, model, output, provider, batch_size, threads, precision, fmt, split,
-         model_size, pattern, html, overwrite, workers, quiet):
-    """Translate INPUT images and folders (recursive) with a p2p model."""
+         model_size, pattern, html, overwrite, workers, quiet, video_codec, crf):
+    """Translate INPUT images, videos and folders (recursive) with a p2p model.
+
+    Videos (.mp4 .mov .mkv .webm .avi, animated GIF/WebP) become videos of the same frame
+    rate, frame count and timestamps, their audio copied unchanged (needs p2p[video])."""
     if len(inputs) > 1 and output is None:
         click.echo("note: several inputs and no --output: each goes to its own "
                    "<input>-translated folder", err=True)
@@ -53,8 +62,10 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
     cfg = TranslateConfig(inputs=tuple(inputs), model=model, output=output, provider=provider,
                           batch_size=batch_size, threads=threads, precision=precision,
                           fmt=fmt, split=split, model_size=model_size, glob=pattern, html=html, overwrite=overwrite,
-                          workers=workers, progress=not quiet)
-    summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
+                          workers=workers, progress=not quiet, video_codec=video_codec,
+                          crf=crf)
+    with requires("p2p-translate"):  # PyAV, imported only when a video is among the inputs
+        summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
     for line in summary.lines():
         click.echo(line)
     sys.exit(1 if summary.failed else 0)

@@ -206,12 +206,23 @@ class Prepared:
 
 def prepare(path: Path, meta: ModelMetadata, split: str = "auto") -> Prepared:
     img = open_rgb(path)
-    half = choose_half(img.size, split, meta)
-    img = crop_half(img, half)
     try:
-        return _to_array(img, half, meta)
+        return prepare_image(img, meta, split)
     except MemoryError:
         raise ImageError(f"{path}: {img.size[0]}x{img.size[1]} does not fit in memory") from None
+
+
+def prepare_image(img: Image.Image, meta: ModelMetadata, split: str = "auto") -> Prepared:
+    """``prepare`` for an already decoded RGB image (a video frame): the same split, resize
+    and value range, so a frame translates exactly as the same picture in a file does."""
+    half = choose_half(img.size, split, meta)
+    return _to_array(crop_half(img, half), half, meta)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, transparency composited on white: what ``open_rgb`` does to
+    a file's first frame, for the other frames of an animation."""
+    return _flatten(img)
 
 
 def _to_array(orig: Image.Image, half: str | None, meta: ModelMetadata) -> Prepared:

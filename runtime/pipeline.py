@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, gallery, images
+from . import files, gallery, images, video
 from .engine import Engine
 from .errors import DataError, ImageError, ModelError, P2PError, one_line
 
@@ -43,6 +43,8 @@ class TranslateConfig:
     overwrite: bool = False
     workers: int | None = None  # decode and encode threads each; None: min(4, CPUs)
     progress: bool = True
+    video_codec: str = "auto"  # video outputs: an FFmpeg encoder name (p2p.runtime.video)
+    crf: int | None = None  # video outputs: constant quality; None: the codec's default
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Job:
     src: Path
     dst: Path
     root: Path  # the output folder this job's tree is mirrored into (gallery location)
+    video: bool = False  # a video or animation: frames in, a video out (p2p.runtime.videorun)
 
 
 @dataclass
@@ -60,12 +63,16 @@ class Summary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     galleries: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    frames: int = 0  # video frames translated (each counts as an image in the rate)
+    videos: list[str] = field(default_factory=list)  # one line per video written
 
     def lines(self) -> list[str]:
-        rate = len(self.translated) / self.seconds if self.seconds else 0.0
+        images_done = sum(1 for j in self.translated if not j.video) + self.frames
+        rate = images_done / self.seconds if self.seconds else 0.0
         out = [f"translated {len(self.translated)}, skipped {len(self.skipped)}, "
                f"failed {len(self.failed)} ({rate:.1f} images/s on {self.provider})"]
-        out += [f"failed: {reason}" for _, reason in self.failed]
+        out += [f"video: {v}" for v in self.videos]
+        out += [f"failed: {line}" for _, reason in self.failed for line in reason.splitlines()]
         out += [f"gallery: {g}" for g in self.galleries]
         return out
 
@@ -90,7 +97,7 @@ def scan(folder: Path, pattern: str | None, exclude: Path | None,
             if name.startswith("."):
                 continue
             if pattern is None:
-                ok = images.is_image_name(name)
+                ok = images.is_image_name(name) or video.is_video_name(name)
             else:
                 ok = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
             if ok:
@@ -121,12 +128,15 @@ def plan(cfg: TranslateConfig) -> tuple[list[Job], list[tuple[Path, str]]]:
                          f"{e.strerror or e}") for e in unlisted]
         else:
             pairs.append((given, Path(given.name), root))
-    # Outputs are named <stem>.<fmt>; inputs that would share one keep their suffix in it.
-    ext = "." + cfg.fmt
-    first = [(root / rel.parent / (rel.stem + ext)) for _, rel, root in pairs]
+    # Outputs are named <stem>.<fmt>, a video's <stem>.<its container> (an animation's .mp4);
+    # inputs that would share one keep their suffix in it.
+    moving = [video.is_video_name(src) or video.is_animation(src) for src, _, _ in pairs]
+    exts = [video.output_suffix(src) if v else "." + cfg.fmt
+            for (src, _, _), v in zip(pairs, moving)]
+    first = [(root / rel.parent / (rel.stem + ext)) for (_, rel, root), ext in zip(pairs, exts)]
     clash = {d for d, n in Counter(first).items() if n > 1}
     jobs, seen = [], set()
-    for (src, rel, root), dst in zip(pairs, first):
+    for (src, rel, root), dst, ext, is_video in zip(pairs, first, exts, moving):
         if dst in clash:
             dst = root / rel.parent / (rel.name + ext)
         try:
@@ -142,7 +152,7 @@ def plan(cfg: TranslateConfig) -> tuple[list[Job], list[tuple[Path, str]]]:
             refused.append((src, f"{src}: another input already writes {dst}"))
         else:
             seen.add(real)
-            jobs.append(Job(src, dst, root))
+            jobs.append(Job(src, dst, root, is_video))
     return jobs, refused
 
 
@@ -247,6 +257,22 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
     return results
 
 
+def _run_video(engine: Engine, job: Job, cfg: TranslateConfig, bar, log,
+               summary: Summary) -> str | None:
+    """One video job: None when every frame made it, else the reason(s), one line each.
+    Frames that could not be decoded leave a (shorter) output; other failures leave none."""
+    from .videorun import run_video
+
+    try:
+        r = run_video(engine, job.src, job.dst, cfg, bar, log)
+    except P2PError as e:
+        return str(e)
+    summary.frames += r.frames
+    summary.videos.append(f"{job.dst}: {r.frames} frames, {r.codec}"
+                          f"{', audio copied' if r.audio else ''}")
+    return "\n".join(r.problems) or None
+
+
 def translate(cfg: TranslateConfig, log=None) -> Summary:
     """The whole command: engine first (a provider that cannot run fails before anything is
     written), then plan, skip what exists, run, gallery."""
@@ -254,6 +280,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
     if cfg.model is None:  # cli/ picks the default model, and says by which rule
         raise ModelError("no model given: pass --model PATH")
+    if any(Path(p).is_file() and (video.is_video_name(p) or video.is_animation(p))
+           for p in cfg.inputs):
+        video.require_av()  # a missing p2p[video] is one line, before the model loads
     model = Path(cfg.model)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
@@ -270,26 +299,38 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         files.check_writable(root)
     for folder in {j.dst.parent for j in todo}:
         files.remove_stale_temps(folder)
+    stills = [j for j in todo if not j.video]
+    videos = [j for j in todo if j.video]
+    if videos:  # PyAV and the codec before any work: one line, not one per video
+        from . import videorun
+
+        for suffix in sorted({video.output_suffix(j.src) for j in videos}):
+            video.pick_codec(cfg.video_codec, suffix)
     bar = None
     if cfg.progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), unit="img", desc="translate", dynamic_ncols=True)
+        total = len(stills) + sum(videorun.estimate_frames(j.src) or 1 for j in videos)
+        bar = tqdm(total=total, unit="img" if not videos else "frame", desc="translate",
+                   dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        results = run_jobs(engine, todo, cfg, bar, log)
+        results = dict(zip(stills, run_jobs(engine, stills, cfg, bar, log)))
+        for job in videos:
+            results[job] = _run_video(engine, job, cfg, bar, log, summary)
     finally:
         if bar:
             bar.close()
         engine.close()
     summary.seconds = time.perf_counter() - t0
     reasons = {}
-    for job, reason in zip(todo, results):
+    for job in todo:
+        reason = results[job]
         if reason is None:
             summary.translated.append(job)
         else:
             summary.failed.append((job.src, reason))
             reasons[job.src] = reason
     if cfg.html:
-        summary.galleries += gallery.write(jobs, reasons, engine.metadata, cfg.split)
+        summary.galleries += gallery.write([j for j in jobs if not j.video], reasons, engine.metadata, cfg.split)
     return summary
