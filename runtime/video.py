@@ -153,6 +153,7 @@ class VideoReader:
         self.frames = s.frames or (int(s.duration * self.time_base * self.rate)
                                    if s.duration else 0)
         self.has_audio = bool(self._c.streams.audio)
+        self._index_counts = "mp4" in self._c.format.name
 
     def _open_animation(self) -> None:
         from PIL import Image
@@ -167,6 +168,7 @@ class VideoReader:
             self._im.seek(i)
             total += self._im.info.get("duration", 100) or 100
         self.rate = Fraction(self.frames * 1000, total).limit_denominator(1001)
+        self._index_counts = True
 
     def __iter__(self):
         yield from (self._frames_animation() if self._pil else self._frames_av())
@@ -195,7 +197,11 @@ class VideoReader:
                     pts = last + 1  # an encoder refuses non-increasing pts
                 last = pts
                 self.decoded.append(pts)
-                yield Frame(pts, f.to_ndarray(format="rgb24"))
+                rgb = f.to_ndarray(format="rgb24")
+                turn = round((f.rotation or 0) / 90) % 4
+                if turn:  # a phone's display matrix: upright, as images follow EXIF
+                    rgb = np.ascontiguousarray(np.rot90(rgb, turn))
+                yield Frame(pts, rgb)
 
     def _frames_animation(self):
         t = 0
@@ -224,7 +230,8 @@ class VideoReader:
                 at = float(pts * self.time_base)
                 lines.append(f"{self.path}: frame {rank[pts]} (at {at:.3f} s) cannot be "
                              f"decoded: {why}")
-        if self.frames > len(seen):
+        # Only an MP4/MOV index states the count exactly (AVI's header counts empty chunks).
+        if self.frames > len(seen) and self._index_counts:
             lines.append(f"{self.path}: frames {len(seen)}-{self.frames - 1} of {self.frames} "
                          "are missing: the file ends early (truncated?)")
         return lines
@@ -265,6 +272,8 @@ class VideoWriter:
             elif crf is not None:
                 raise DataError(f"--crf: {codec} has no constant-quality setting "
                                 f"(those that do: {', '.join(CRF_DEFAULT)})")
+            if suffix == ".avi":
+                options["bf"] = "0"  # AVI stores decode order only: B-frames garble the pts
             self._v.options = options
             self._audio = {}
             if reader.has_audio and not reader._pil:

@@ -22,7 +22,7 @@ from PIL import Image
 pytest.importorskip("av", reason="the video tests need PyAV: pip install 'p2p[video]'")
 
 from blocking import cli_without  # noqa: E402
-from onnx_models import conv_model, slow_model  # noqa: E402
+from onnx_models import conv_model, identity_model, slow_model  # noqa: E402
 from video_clips import audio_packets, decode, make_clip  # noqa: E402
 
 from p2p.cli.translate import main  # noqa: E402
@@ -201,3 +201,29 @@ def test_without_pyav_one_line_names_the_extra(model, clip, tmp_path):
                     "-o", tmp_path / "img", *CPU)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "img" / "x.png").is_file()
+
+
+def test_display_rotation_is_applied(tmp_path):
+    """A phone clip stored landscape with a 90 degree display matrix comes out upright
+    (the matrix turns it counterclockwise), as an image follows its EXIF orientation."""
+    import av
+
+    a = np.zeros((32, 64, 3), np.uint8)
+    a[:8, :8] = 255  # a white top-left corner
+    src = tmp_path / "phone.mp4"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 64, 32, "yuv420p"
+        v.set_display_rotation(90)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+    model = identity_model(tmp_path / "id.onnx", dynamic_size=True)
+    assert run(src, "--model", model, "-o", tmp_path / "out", *CPU).exit_code == 0
+    got, _, info = decode(tmp_path / "out" / "phone.mp4")
+    assert info["size"] == (32, 64) and len(got) == 3
+    assert got[0][-8:, :8].mean() > 200 and got[0][:8, :8].mean() < 50  # now bottom-left
