@@ -227,3 +227,19 @@ def test_display_rotation_is_applied(tmp_path):
     got, _, info = decode(tmp_path / "out" / "phone.mp4")
     assert info["size"] == (32, 64) and len(got) == 3
     assert got[0][-8:, :8].mean() > 200 and got[0][:8, :8].mean() < 50  # now bottom-left
+
+
+def test_pairs_follow_split_and_model_size_keeps_the_models(model, tmp_path):
+    """A 2:1 clip is A|B pairs: auto takes the model's input half (AtoB: left), as for
+    images; --split none keeps the whole frame; --model-size writes the model's 64x64."""
+    src = make_clip(tmp_path / "pair.mp4", frames=6, size=(256, 128), audio=False)
+    r = run(src, "--model", model, "-o", tmp_path / "auto", *CPU)
+    assert r.exit_code == 0 and "using the left half" in r.output, r.output
+    assert decode(tmp_path / "auto" / "pair.mp4")[2]["size"] == (128, 128)
+    assert run(src, "--model", model, "-o", tmp_path / "none", "--split", "none",
+               *CPU).exit_code == 0
+    assert decode(tmp_path / "none" / "pair.mp4")[2]["size"] == (256, 128)
+    assert run(src, "--model", model, "-o", tmp_path / "ms", "--model-size",
+               *CPU).exit_code == 0
+    got, _, info = decode(tmp_path / "ms" / "pair.mp4")
+    assert info["size"] == (64, 64) and len(got) == 6
