@@ -182,7 +182,8 @@ def run_video(engine: Engine, src, dst, cfg, bar=None, log=None) -> VideoResult:
     except BaseException as e:
         errors.append(e)
     finally:
-        stop.set() if errors else None
+        if errors:
+            stop.set()
         for t in threads:
             t.join()
         reader.close()
