@@ -206,8 +206,10 @@ class Prepared:
 
 def prepare(path: Path, meta: ModelMetadata, split: str = "auto") -> Prepared:
     img = open_rgb(path)
+    half = choose_half(img.size, split, meta)
+    img = crop_half(img, half)
     try:
-        return prepare_image(img, meta, split)
+        return _to_array(img, half, meta)
     except MemoryError:
         raise ImageError(f"{path}: {img.size[0]}x{img.size[1]} does not fit in memory") from None
 

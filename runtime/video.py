@@ -281,7 +281,7 @@ class VideoWriter:
                 options["bf"] = "0"  # AVI stores decode order only: B-frames garble the pts
             self._v.options = options
             self._audio = {}
-            if reader.has_audio and not reader._pil:
+            if reader.has_audio:  # (animations have none)
                 # A second handle on the source: its audio packets are muxed as the video
                 # reaches their time, so neither stream is read ahead in memory.
                 self._src = av.open(str(reader.path))

@@ -180,7 +180,7 @@ class VideoSink:
         except OSError as e:
             raise ImageError(f"{self.job.dst}: cannot write: {e.strerror or e}") from None
         self.published = True
-        audio = self.reader.has_audio and not self.reader._pil
+        audio = self.reader.has_audio
         with self.stats.lock:
             self.stats.frames += self.frames
             self.stats.lines.append(f"{self.job.dst}: {self.frames} frames, {self.codec}"
