@@ -109,7 +109,8 @@ class VideoSink:
         self.thread: threading.Thread | None = None
 
     def _finish(self, y, prep) -> np.ndarray:
-        return np.asarray(images.to_image(y, prep, self.meta, self.cfg.model_size).convert("RGB"))
+        img = images.to_image(y, prep, self.meta, self.cfg.model_size)
+        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # 1-channel models
 
     def _send(self, item) -> None:
         while not self.stop.is_set():
