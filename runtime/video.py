@@ -257,7 +257,8 @@ class VideoWriter:
     """Encode frames to ``tmp`` (a staged temp path; the container comes from ``suffix``)
     with ``codec`` at ``size`` (width, height), each at its source pts in ``reader``'s time
     base, and copy the source's audio packets as they are. ``crf`` None: ``CRF_DEFAULT``.
-    Raises DataError for a codec/container/size this FFmpeg refuses."""
+    Raises DataError (without a file name: the caller names the input) for a codec,
+    container, size or ``crf`` this FFmpeg refuses."""
 
     def __init__(self, tmp: Path, suffix: str, reader: VideoReader, size: tuple[int, int],
                  codec: str, crf: int | None = None):
@@ -298,8 +299,8 @@ class VideoWriter:
                 self._pending = None
         except av.error.FFmpegError as e:
             self.close(abort=True)
-            raise DataError(f"{tmp}: cannot encode {codec} at {size[0]}x{size[1]}: "
-                            f"{_ff(e)}") from None
+            raise DataError(f"cannot encode {codec} at {size[0]}x{size[1]}: {_ff(e)}"
+                            ) from None  # the sink names the input in front
         except Exception:
             self.close(abort=True)
             raise
