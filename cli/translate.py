@@ -30,6 +30,13 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 @click.option("--split", type=click.Choice(SPLITS), default="auto", show_default=True,
               help="Half of side-by-side images to translate; auto: the model's input half "
                    "of exactly 2:1 (pix2pix dataset) images, else the whole image.")
+@click.option("--tile", is_flag=True,
+              help="Run at the model's own scale in overlapping tiles of its training size, "
+                   "blended back seamlessly: any image size (TIFFs stream window by window "
+                   "with p2p[geo]).")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=None, metavar="PX",
+              help="Pixels neighbouring tiles share [default: a quarter of the tile, "
+                   "64 at 256].")
 @click.option("--model-size", is_flag=True,
               help="Keep the model's output size instead of resizing to the input's.")
 @click.option("--glob", "pattern", default=None,
@@ -48,11 +55,17 @@ from p2p.runtime.pipeline import TranslateConfig, translate
                    "H.264, the codec's visually lossless setting].")
 @handle_errors
 def main(inputs, model, output, provider, batch_size, threads, precision, fmt, split,
-         model_size, pattern, html, overwrite, workers, quiet, video_codec, crf):
+         tile, tile_overlap, model_size, pattern, html, overwrite, workers, quiet, video_codec,
+         crf):
     """Translate INPUT images, videos and folders (recursive) with a p2p model.
 
     Videos (.mp4 .mov .mkv .webm .avi, animated GIF/WebP) become videos of the same frame
     rate, frame count and timestamps, their audio copied unchanged (needs p2p[video])."""
+    if tile_overlap is not None and not tile:
+        raise click.UsageError("--tile-overlap needs --tile")
+    if tile and model_size:
+        raise click.UsageError("--model-size and --tile exclude each other (tiles keep the "
+                               "input's size)")
     if len(inputs) > 1 and output is None:
         click.echo("note: several inputs and no --output: each goes to its own "
                    "<input>-translated folder", err=True)
@@ -62,8 +75,8 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
     cfg = TranslateConfig(inputs=tuple(inputs), model=model, output=output, provider=provider,
                           batch_size=batch_size, threads=threads, precision=precision,
                           fmt=fmt, split=split, model_size=model_size, glob=pattern, html=html, overwrite=overwrite,
-                          workers=workers, progress=not quiet, video_codec=video_codec,
-                          crf=crf)
+                          workers=workers, progress=not quiet, tile=tile,
+                          tile_overlap=tile_overlap, video_codec=video_codec, crf=crf)
     with requires("p2p-translate"):  # PyAV, imported only when a video is among the inputs
         summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
     for line in summary.lines():

@@ -45,7 +45,7 @@ def _decodable_extensions() -> frozenset[str]:
 # name only selects the candidates.
 IMAGE_EXTS = _decodable_extensions()
 SHOWN_EXTS = ".png, .jpg, .jpeg, .webp, .bmp, .tif, ... (any format Pillow reads)"
-FORMATS = ("png", "jpg", "webp")
+FORMATS = ("png", "jpg", "webp", "tif")
 _DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Pillow warns between its limit and twice it; ``open_rgb`` turns anything over the limit into
 # an ImageError itself, so the warning would only repeat that, once per file.
@@ -319,6 +319,8 @@ def encode(img: Image.Image, fmt: str) -> bytes:
         img.save(buf, "JPEG", quality=95)
     elif fmt == "webp":
         img.save(buf, "WEBP", quality=90, method=2)
+    elif fmt == "tif":  # lossless; georeferenced outputs are written by runtime/raster.py
+        img.save(buf, "TIFF", compression="tiff_adobe_deflate")
     else:
         raise ValueError(f"format {fmt!r} is not one of {'|'.join(FORMATS)}")
     return buf.getvalue()
@@ -370,3 +372,49 @@ def png_bytes(a: np.ndarray) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0 if channels == 1 else 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
             + chunk(b"IEND", b""))
+
+
+# --- arrays in and out of the model (tiles, raster windows) -----------------------------------
+# Interim uint8-only versions (branch tiles); the bit-depth work replaces their bodies and
+# keeps these names and shapes. Every window or tile conversion goes through these two.
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, what Pillow's "L" uses
+
+
+def normalize(a: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """(H, W, C) uint8 pixels -> (meta.in_channels, H, W) float32 in ``meta.value_range``
+    (0 -> lo, 255 -> hi, linear). Bands: C == in_channels as they are; 1 band repeated into
+    3; 3 bands to 1 by BT.601 luma; more bands than the model takes: the first ones (a 4th
+    raster band is alpha or near-infrared, neither of which an RGB model reads).
+    Raises ImageError for any other dtype or band count."""
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.dtype != np.uint8:
+        raise ImageError(f"{a.dtype} pixels: only 8-bit images are read here")
+    c, want = a.shape[2], meta.in_channels
+    if c == 3 and want == 1:
+        a = np.rint(a.astype(np.float32) @ _LUMA)[:, :, None].astype(np.uint8)
+    elif c == 1 and want == 3:
+        a = np.broadcast_to(a, a.shape[:2] + (3,))
+    elif c > want:
+        a = a[:, :, :want]
+    elif c != want:
+        raise ImageError(f"{c} bands, and the model takes {want}")
+    lo, hi = meta.value_range
+    x = np.empty((want,) + a.shape[:2], np.float32)
+    np.multiply(a.transpose(2, 0, 1), np.float32((hi - lo) / 255.0), out=x)
+    x += np.float32(lo)
+    return x
+
+
+def denormalize(y: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """The model's (C, H, W) float output in ``meta.value_range`` -> (H, W, C) uint8:
+    the inverse of ``normalize`` (lo -> 0, hi -> 255), rounded and clipped."""
+    lo, hi = meta.value_range
+    v = np.subtract(np.asarray(y, np.float32).transpose(1, 2, 0), np.float32(lo),
+                    dtype=np.float32)
+    v *= np.float32(255.0 / (hi - lo))
+    np.rint(v, out=v)
+    np.clip(v, 0, 255, out=v)
+    return v.astype(np.uint8)
+

@@ -11,15 +11,17 @@ Every input (a ``Job``: src, dst) is opened into a **source** and a **sink**:
     sink.close()                        # a writer thread, once after the last put: publish
     sink.abort()                        # instead of close after any failure: leave nothing
 
-A plain image is one piece (``file_opener``: ``FileSource``, ``FileSink``); a tiled image
-is many pieces whose ``where`` is their window (``p2p.runtime.tiles``); a video would be
-one piece per frame. ``run_jobs(engine, jobs, cfg, opener=...)`` runs any of them: reader
-threads open jobs ahead, one feeder thread walks the opened jobs in input order and queues
-their pieces, the calling thread batches pieces of one shape (across jobs) through
-``Engine.run`` and hands each output to its job's sink, writer threads close the sinks.
-Every queue is bounded (about 2 x batch + workers items), so memory stays flat whatever the
-number of inputs; results come back in input order. A job that fails to open, read, run or
-write is recorded with its reason (its sink aborted); the run goes on.
+A plain image is one piece (``file_opener``: ``FileSource``, ``FileSink``); these and the
+types ``Piece``, ``Source``, ``Sink``, ``Opener`` live in ``p2p.runtime.pieces`` and are
+importable from here too. A tiled image is many pieces whose ``where`` is their window
+(``p2p.runtime.tiles``); a video would be one piece per frame. ``run_jobs(engine, jobs,
+cfg, opener=...)`` runs any of them: reader threads open jobs ahead, one feeder thread
+walks the opened jobs in input order and queues their pieces, the calling thread batches
+pieces of one shape (across jobs) through ``Engine.run`` and hands each output to its job's
+sink, writer threads close the sinks. Every queue is bounded (about 2 x batch + workers
+items), so memory stays flat whatever the number of inputs; results come back in input
+order. A job that fails to open, read, run or write is recorded with its reason (its sink
+aborted); the run goes on.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any
 
 import numpy as np
 
 from . import files, gallery, images, video
 from .engine import Engine
-from .errors import ImageError, ModelError, P2PError, one_line
+from .errors import ModelError, P2PError, one_line
+from .pieces import (FileSink, FileSource, Opener, Piece, Sink, Source,  # noqa: F401  (public here)
+                     file_opener, write_bytes)
 from .plan import Job, default_root, plan, scan  # noqa: F401  (scan: public here too)
 
 
@@ -74,112 +78,22 @@ class Summary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     galleries: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    tiles: int = 0  # pieces run with --tile (0 otherwise)
     frames: int = 0  # video frames translated (each counts as an image in the rate)
     videos: list[str] = field(default_factory=list)  # one line per video written
 
     def lines(self) -> list[str]:
         done = sum(1 for j in self.translated if not j.video) + self.frames
         rate = done / self.seconds if self.seconds else 0.0
+        # --tile: one image may be thousands of tiles; the tile rate is the one to read
+        tiles = (f"{rate:.2f} images/s, {self.tiles / self.seconds:.1f} tiles/s"
+                 if self.tiles and self.seconds else f"{rate:.1f} images/s")
         out = [f"translated {len(self.translated)}, skipped {len(self.skipped)}, "
-               f"failed {len(self.failed)} ({rate:.1f} images/s on {self.provider})"]
+               f"failed {len(self.failed)} ({tiles} on {self.provider})"]
         out += [f"video: {v}" for v in self.videos]
         out += [f"failed: {line}" for _, reason in self.failed for line in reason.splitlines()]
         out += [f"gallery: {g}" for g in self.galleries]
         return out
-
-
-# --- sources and sinks: what one job reads and writes -------------------------------------
-
-@dataclass(frozen=True)
-class Piece:
-    """One model-sized input and where its output belongs.
-
-    ``array``: (C, H, W) float32 in the model's value range, the shape the engine takes
-    (the model's size, or a multiple of its ``size_multiple`` for dynamic-size models).
-    ``where``: whatever the job's sink needs to put the output back (None for a whole
-    file, a tile's window, a frame index); the pipeline never looks at it."""
-
-    array: np.ndarray
-    where: Any = None
-
-
-class Source(Protocol):
-    """What a job reads: ``pieces()`` yields ``Piece``s in order. It runs in the feeder
-    thread, ahead of the engine; raise an ``ImageError`` naming the file on bad input."""
-
-    def pieces(self) -> Iterator[Piece]: ...
-
-
-class Sink(Protocol):
-    """What a job writes. ``put`` gets each piece's output, (C, H, W) float32 in the model's
-    value range, in the source's order, in the engine thread: keep it cheap (heavy work goes
-    to ``close`` or a thread of the sink's own). ``close`` runs once, in a writer thread,
-    after the last ``put``: finish and publish atomically. ``abort`` runs instead of
-    ``close`` after any failure of the job (possibly after some ``put``s): leave nothing."""
-
-    def put(self, where: Any, y: np.ndarray) -> None: ...
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-# ``open_job(job)`` runs in a reader thread (decoding may happen there) and gives the job's
-# source and sink; raising a P2PError there fails that job alone.
-Opener = Callable[[Job], "tuple[Source, Sink]"]
-
-
-class FileSource:
-    """One decoded file as one piece (the whole image, resized or padded for the model)."""
-
-    def __init__(self, prep: images.Prepared):
-        self.prep = prep
-
-    def pieces(self) -> Iterator[Piece]:
-        yield Piece(self.prep.array)
-
-
-class FileSink:
-    """The model's output for one file, encoded and written atomically on ``close``."""
-
-    def __init__(self, job: Job, prep: images.Prepared, meta, cfg: TranslateConfig):
-        self.job, self.prep, self.meta, self.cfg = job, prep, meta, cfg
-        self.y: np.ndarray | None = None
-
-    def put(self, where, y: np.ndarray) -> None:
-        self.y = y
-
-    def close(self) -> None:
-        img = images.to_image(self.y, self.prep, self.meta, self.cfg.model_size)
-        write_bytes(self.job, images.encode(img, self.cfg.fmt))
-
-    def abort(self) -> None:
-        self.y = None
-
-
-def write_bytes(job: Job, data: bytes) -> None:
-    """``data`` to ``job.dst`` atomically; a failure is an ImageError naming the input."""
-    try:
-        # No fsync: a killed process loses nothing that was written; only a power cut could.
-        # The folder's stale temps were removed once, before the run (not once per file).
-        files.atomic_write(job.dst, lambda tmp: tmp.write_bytes(data), fsync=False, clean=False)
-    except P2PError as e:
-        raise ImageError(f"{job.src}: {e}") from None
-
-
-def file_opener(meta, cfg: TranslateConfig, log=None) -> Opener:
-    """The opener of plain translation: decode, split, resize or pad; one piece per file.
-    The first automatic A|B split is said through ``log``, once."""
-    said = threading.Event()
-
-    def open_job(job: Job):
-        prep = images.prepare(job.src, meta, cfg.split)
-        if prep.half and cfg.split == "auto" and log and not said.is_set():
-            said.set()
-            log(images.split_note(prep))
-        return FileSource(prep), FileSink(job, prep, meta, cfg)
-
-    return open_job
 
 
 # --- running ------------------------------------------------------------------------------
@@ -196,13 +110,15 @@ class _State:  # one job in flight, seen only by the engine thread
 
 
 def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
-             log=None, opener: Opener | None = None) -> list[str | None]:
+             log=None, opener: Opener | None = None,
+             counts: dict | None = None) -> list[str | None]:
     """Translate ``jobs``; returns, in input order, None for success or the failure reason.
 
     Reader threads open jobs ahead (``opener``, default ``file_opener``); one feeder thread
     walks the opened jobs in order and queues their pieces; the calling thread batches
     pieces of one shape (across jobs), runs the engine and hands outputs to each job's sink;
-    writer threads close sinks. Every queue is bounded, so memory stays flat."""
+    writer threads close sinks. Every queue is bounded, so memory stays flat. ``counts``,
+    when given, gets ``pieces``: how many pieces ran through the engine."""
     meta, bs = engine.metadata, engine.batch_size
     opener = opener or file_opener(meta, cfg, log)
     workers = cfg.workers or min(4, os.cpu_count() or 1)
@@ -299,6 +215,8 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
         if items:
             try:
                 ys = engine.run(np.stack([p.array for _, p in items]))
+                if counts is not None:
+                    counts["pieces"] = counts.get("pieces", 0) + len(items)
             except Exception as e:
                 if len(items) > 1:  # find the input that fails; the rest still run
                     for item in items:
@@ -386,6 +304,11 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
+    opener = None
+    if cfg.tile:
+        from .tiles import tile_opener  # also refuses what cannot tile, before any work
+
+        opener = tile_opener(engine.metadata, cfg, log)
     jobs, refused = plan(cfg)
     summary = Summary(provider=engine.provider, failed=list(refused))
     todo = []
@@ -408,17 +331,18 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         frames = sum(videojob.estimate_frames(j.src) for j in videos)  # plus 1 a job
         bar = tqdm(total=len(todo) + frames, unit="frame" if videos else "img",
                    desc="translate", dynamic_ncols=True)
-    opener = None
     if videos:  # frames are pieces of one job, batched with the images' by the same loop
         stats = videojob.VideoStats()
-        files_open = file_opener(engine.metadata, cfg, log)
+        files_open = opener or file_opener(engine.metadata, cfg, log)
         videos_open = videojob.video_opener(engine.metadata, cfg, stats, bar, log)
 
         def opener(job):
             return (videos_open if job.video else files_open)(job)
     t0 = time.perf_counter()
     try:
-        results = run_jobs(engine, todo, cfg, bar, log, opener=opener)
+        counts: dict = {}
+        results = run_jobs(engine, todo, cfg, bar, log, opener, counts)
+        summary.tiles = counts.get("pieces", 0) if cfg.tile else 0
     finally:
         if bar:
             bar.close()
@@ -434,5 +358,6 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
             summary.failed.append((job.src, reason))
             reasons[job.src] = reason
     if cfg.html:
-        summary.galleries += gallery.write([j for j in jobs if not j.video], reasons, engine.metadata, cfg.split)
+        summary.galleries += gallery.write([j for j in jobs if not j.video], reasons,
+                                           engine.metadata, cfg.split)
     return summary

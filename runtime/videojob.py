@@ -31,6 +31,7 @@ from PIL import Image
 
 from . import files, images
 from .errors import ImageError, P2PError, one_line
+from .pieces import Piece
 from .plan import Job
 from .video import VideoReader, VideoWriter, output_suffix, pick_codec
 
@@ -70,8 +71,6 @@ class VideoSource:
                                                self.cfg.split)
 
     def _piece(self, fut):
-        from .pipeline import Piece  # the pipeline imports this module lazily
-
         pts, prep = fut.result()
         if prep.half and self.cfg.split == "auto" and self.log and not self.said.is_set():
             self.said.set()
