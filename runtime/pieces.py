@@ -156,6 +156,7 @@ def check_whole_size(src: Path, meta, split: str) -> None:
     left to the decoder, which names their problem."""
     from PIL import Image
 
+    images.check_regular_file(src)  # Image.open on a FIFO would wait forever
     try:
         with Image.open(src) as im:
             w, h = im.size
