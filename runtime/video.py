@@ -2,8 +2,8 @@
 
 PyAV (FFmpeg, the ``p2p[video]`` extra) decodes and encodes ``.mp4 .mov .mkv .webm .avi``;
 Pillow, the image decoder of every command, decodes animated GIF and WebP (FFmpeg's webp
-decoder reads stills only, and Pillow composites GIF transparency exactly as a still GIF's). ``av`` is
-imported inside the functions that need it, so ``p2p.runtime`` imports without it; its
+decoder reads stills only, and Pillow composites GIF transparency exactly as a still GIF's).
+``av`` is imported inside the functions that need it, so ``p2p.runtime`` imports without it; its
 absence is an ImportError naming ``av`` that ``p2p.cli.common`` turns into one line naming
 the extra.
 
