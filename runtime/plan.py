@@ -33,8 +33,8 @@ def _natural(s: str):
 def scan(folder: Path, pattern: str | None, exclude: Path | None,
          errors: list[OSError] | None = None) -> list[Path]:
     """Image and video files under ``folder`` (recursive, hidden entries and ``exclude``
-    skipped), as paths relative to it, in natural order (2.jpg before 10.jpg). Links to folders are not
-    followed (no cycles); folders that cannot be listed go into ``errors``."""
+    skipped), as paths relative to it, in natural order (2.jpg before 10.jpg). Links to
+    folders are not followed (no cycles); folders that cannot be listed go into ``errors``."""
     found = []
     onerror = None if errors is None else errors.append
     for dirpath, dirs, files in os.walk(folder, onerror=onerror):
