@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import CONTEXT, engine_options, handle_errors, model_option
+from p2p.cli.common import CONTEXT, engine_options, handle_errors, model_option, requires
 from p2p.runtime.locate import pick_model
 from p2p.runtime.images import FORMATS, SPLITS
 from p2p.runtime.pipeline import TranslateConfig, translate
@@ -51,10 +51,20 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode and encode threads (each) [default: min(4, CPUs)].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--video-codec", default="auto", show_default=True,
+              help="Encoder of video outputs (an FFmpeg name: libx264, libvpx-vp9, ffv1, ...); "
+                   "auto: H.264 (VP9 for .webm).")
+@click.option("--crf", type=click.IntRange(min=0, max=63), default=None,
+              help="Constant quality of video outputs, lower is better [default: 18 for "
+                   "H.264, the codec's visually lossless setting].")
 @handle_errors
 def main(inputs, model, output, provider, batch_size, threads, precision, fmt, split,
-         tile, tile_overlap, model_size, pattern, html, overwrite, workers, quiet):
-    """Translate INPUT images and folders (recursive) with a p2p model."""
+         tile, tile_overlap, model_size, pattern, html, overwrite, workers, quiet, video_codec,
+         crf):
+    """Translate INPUT images, videos and folders (recursive) with a p2p model.
+
+    Videos (.mp4 .mov .mkv .webm .avi, animated GIF/WebP) become videos of the same frame
+    rate, frame count and timestamps, their audio copied unchanged (needs p2p[video])."""
     if tile_overlap is not None and not tile:
         raise click.UsageError("--tile-overlap needs --tile")
     if tile and model_size:
@@ -71,8 +81,9 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
                           batch_size=batch_size, threads=threads, precision=precision,
                           fmt=fmt, split=split, model_size=model_size, glob=pattern, html=html, overwrite=overwrite,
                           workers=workers, progress=not quiet, tile=tile,
-                          tile_overlap=tile_overlap)
-    summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
+                          tile_overlap=tile_overlap, video_codec=video_codec, crf=crf)
+    with requires("p2p-translate"):  # PyAV, imported only when a video is among the inputs
+        summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
     for line in summary.lines():
         click.echo(line)
     sys.exit(1 if summary.failed else 0)

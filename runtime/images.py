@@ -351,6 +351,23 @@ def prepare(path: Path, meta: ModelMetadata, split: str = "auto") -> Prepared:
         raise ImageError(f"{path}: {a.shape[1]}x{a.shape[0]} does not fit in memory") from None
 
 
+def prepare_image(img, meta: ModelMetadata, split: str = "auto",
+                  where="frame") -> Prepared:
+    """``prepare`` for an already decoded frame (a video frame: an (H, W, C) array, or a
+    Pillow image read at full depth by ``pixels.from_pillow``): the same split, resize and
+    value range, so a frame translates exactly as the same picture in a file does."""
+    a = pixels.from_pillow(img, where) if isinstance(img, Image.Image) else img
+    half = choose_half((a.shape[1], a.shape[0]), split, meta)
+    return _to_array(crop_half(a, half), half, meta, where)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, transparency composited on white: what ``decode`` does
+    to a file's first frame, for the other frames of an animation."""
+    a = pixels.from_pillow(img, "frame")
+    return Image.fromarray(pixels.match_bands(pixels.to_uint8(a), 3))
+
+
 def _to_array(orig: np.ndarray, half: str | None, meta: ModelMetadata, where) -> Prepared:
     a = orig
     size = (orig.shape[1], orig.shape[0])

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import files, gallery, images
+from . import files, gallery, images, video
 from .engine import Engine
 from .errors import ModelError, P2PError, one_line
 from .pieces import (FileSink, FileSource, Opener, Piece, Sink, Source,  # noqa: F401  (public here)
@@ -66,6 +66,8 @@ class TranslateConfig:
     progress: bool = True
     tile: bool = False  # run in overlapping tiles at the model's own scale (runtime/tiles.py)
     tile_overlap: int | None = None  # pixels shared by neighbouring tiles; None: the default
+    video_codec: str = "auto"  # video outputs: an FFmpeg encoder name (p2p.runtime.video)
+    crf: int | None = None  # video outputs: constant quality; None: the codec's default
 
 
 @dataclass
@@ -77,15 +79,19 @@ class Summary:
     galleries: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     tiles: int = 0  # pieces run with --tile (0 otherwise)
+    frames: int = 0  # video frames translated (each counts as an image in the rate)
+    videos: list[str] = field(default_factory=list)  # one line per video written
 
     def lines(self) -> list[str]:
-        rate = len(self.translated) / self.seconds if self.seconds else 0.0
+        done = sum(1 for j in self.translated if not j.video) + self.frames
+        rate = done / self.seconds if self.seconds else 0.0
         # --tile: one image may be thousands of tiles; the tile rate is the one to read
         tiles = (f"{rate:.2f} images/s, {self.tiles / self.seconds:.1f} tiles/s"
                  if self.tiles and self.seconds else f"{rate:.1f} images/s")
         out = [f"translated {len(self.translated)}, skipped {len(self.skipped)}, "
                f"failed {len(self.failed)} ({tiles} on {self.provider})"]
-        out += [f"failed: {reason}" for _, reason in self.failed]
+        out += [f"video: {v}" for v in self.videos]
+        out += [f"failed: {line}" for _, reason in self.failed for line in reason.splitlines()]
         out += [f"gallery: {g}" for g in self.galleries]
         return out
 
@@ -300,6 +306,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     max_whole_pixels()  # ... and a bad $P2P_MAX_WHOLE_PIXELS
     if cfg.model is None:  # cli/ picks the default model, and says by which rule
         raise ModelError("no model given: pass --model PATH")
+    if any(Path(p).is_file() and (video.is_video_name(p) or video.is_animation(p))
+           for p in cfg.inputs):
+        video.require_av()  # a missing p2p[video] is one line, before the model loads
     model = Path(cfg.model)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
@@ -326,11 +335,26 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         files.check_writable(root)
     for folder in {j.dst.parent for j in todo}:
         files.remove_stale_temps(folder)
+    videos = [j for j in todo if j.video]
+    if videos:  # PyAV and the codec before any work: one line, not one per video
+        from . import videojob
+
+        for suffix in sorted({video.output_suffix(j.src) for j in videos}):
+            video.pick_codec(cfg.video_codec, suffix)
     bar = None
     if cfg.progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), unit="img", desc="translate", dynamic_ncols=True)
+        frames = sum(videojob.estimate_frames(j.src) for j in videos)  # plus 1 a job
+        bar = tqdm(total=len(todo) + frames, unit="frame" if videos else "img",
+                   desc="translate", dynamic_ncols=True)
+    if videos:  # frames are pieces of one job, batched with the images' by the same loop
+        stats = videojob.VideoStats()
+        files_open = opener or file_opener(engine.metadata, cfg, log)
+        videos_open = videojob.video_opener(engine.metadata, cfg, stats, bar, log)
+
+        def opener(job):
+            return (videos_open if job.video else files_open)(job)
     t0 = time.perf_counter()
     try:
         counts: dict = {}
@@ -341,6 +365,8 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
             bar.close()
         engine.close()
     summary.seconds = time.perf_counter() - t0
+    if videos:
+        summary.frames, summary.videos = stats.frames, stats.lines
     reasons = {}
     for job, reason in zip(todo, results):
         if reason is None:
@@ -349,5 +375,6 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
             summary.failed.append((job.src, reason))
             reasons[job.src] = reason
     if cfg.html:
-        summary.galleries += gallery.write(jobs, reasons, engine.metadata, cfg.split)
+        summary.galleries += gallery.write([j for j in jobs if not j.video], reasons,
+                                           engine.metadata, cfg.split)
     return summary

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import listing
+from . import images, listing, video
 from .errors import DataError
 from .listing import list_images
 
@@ -22,6 +22,7 @@ class Job:
     src: Path
     dst: Path
     root: Path  # the output folder this job's tree is mirrored into (gallery location)
+    video: bool = False  # a video or animation: frames in, a video out (p2p.runtime.videorun)
 
 
 def _natural(s: str):
@@ -39,13 +40,18 @@ def is_output_folder(name: str) -> bool:
 def scan(folder: Path, pattern: str | None, exclude: Path | None,
          errors: list[OSError] | None = None,
          outputs: list[Path] | None = None) -> list[Path]:
-    """Image files under ``folder`` (``listing.list_images``: recursive, hidden entries and
-    ``exclude`` skipped), or the names ``pattern`` matches (``listing.matches``), as paths
-    relative to it, in natural order (2.jpg before 10.jpg; a folder's files before its
-    subfolders'). Subfolders named ``*-translated`` are earlier outputs, never inputs again:
-    skipped, and listed in ``outputs``."""
-    found = list_images(folder, True, errors, lambda name, rel: listing.matches(rel, pattern),
-                        exclude, skip_dir=is_output_folder, skipped=outputs)
+    """Image and video files under ``folder`` (``listing.list_images``: recursive, hidden
+    entries and ``exclude`` skipped), or the names ``pattern`` matches (``listing.matches``),
+    as paths relative to it, in natural order (2.jpg before 10.jpg; a folder's files before
+    its subfolders'). Subfolders named ``*-translated`` are earlier outputs, never inputs
+    again: skipped, and listed in ``outputs``."""
+    def wanted(name: str, rel: Path) -> bool:
+        if pattern is None:
+            return images.is_image_name(name) or video.is_video_name(name)
+        return listing.matches(rel, pattern)
+
+    found = list_images(folder, True, errors, wanted, exclude, skip_dir=is_output_folder,
+                        skipped=outputs)
     return sorted(found, key=lambda r: ([_natural(p) for p in r.parts[:-1]], _natural(r.name)))
 
 
@@ -80,12 +86,15 @@ def plan(cfg,
                          f"{e.strerror or e}") for e in unlisted]
         else:
             pairs.append((given, Path(given.name), root))
-    # Outputs are named <stem>.<fmt>; inputs that would share one keep their suffix in it.
-    ext = "." + cfg.fmt
-    first = [(root / rel.parent / (rel.stem + ext)) for _, rel, root in pairs]
+    # Outputs are named <stem>.<fmt>, a video's <stem>.<its container> (an animation's .mp4);
+    # inputs that would share one keep their suffix in it.
+    moving = [video.is_video_name(src) or video.is_animation(src) for src, _, _ in pairs]
+    exts = [video.output_suffix(src) if v else "." + cfg.fmt
+            for (src, _, _), v in zip(pairs, moving)]
+    first = [(root / rel.parent / (rel.stem + ext)) for (_, rel, root), ext in zip(pairs, exts)]
     clash = {d for d, n in Counter(first).items() if n > 1}
     jobs, seen = [], set()
-    for (src, rel, root), dst in zip(pairs, first):
+    for (src, rel, root), dst, ext, is_video in zip(pairs, first, exts, moving):
         if dst in clash:
             dst = root / rel.parent / (rel.name + ext)
         try:
@@ -101,5 +110,5 @@ def plan(cfg,
             refused.append((src, f"{src}: another input already writes {dst}"))
         else:
             seen.add(real)
-            jobs.append(Job(src, dst, root))
+            jobs.append(Job(src, dst, root, is_video))
     return jobs, refused
