@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,cpu,dev,process,serve,openvino,int8,bench]'
+	$(PY) -m pip install -q -e '.[train,cpu,dev,process,serve,openvino,int8,tiff,video,geo,bench]'
 	touch $@
 
 # The browser test drives Debian's chromium (never a downloaded browser); install it when

@@ -24,7 +24,7 @@ from PIL import Image
 from benchlib import (BATCH_SIZES, FACADES, GFLOP_PER_IMAGE, _version, cpu_flags, cpu_model,
                       matrix_peak, measured_peak)
 from p2p.runtime.host import physical_cores
-from p2p.runtime.images import open_rgb
+from p2p.runtime.images import crop_half, open_rgb
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +114,7 @@ def images(facades_val) -> np.ndarray:
     batch = []
     for path in sorted(facades_val.glob("*.jpg"), key=lambda p: int(p.stem))[:max(BATCH_SIZES)]:
         im = open_rgb(path)  # the decoder of every command
-        w, h = im.size
-        half = im.crop((w // 2, 0, w, h)).resize((256, 256), Image.BICUBIC)
+        half = crop_half(im, "right").resize((256, 256), Image.BICUBIC)
         batch.append(np.asarray(half, np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
     return np.stack(batch)
 

@@ -19,7 +19,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 EXTRAS = {"torch": "train", "onnx": "train", "onnxscript": "train", "tensorboard": "train",
           "onnxruntime": "cpu", "openvino": "openvino", "cv2": "process",
           "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve",
-          "nncf": "int8"}
+          "nncf": "int8", "tifffile": "tiff", "av": "video", "rasterio": "geo"}
 
 
 def handle_errors(fn):

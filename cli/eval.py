@@ -21,6 +21,13 @@ FILE = click.Path(path_type=Path, dir_okay=False)
                    "the target is the half that was not the input.")
 @click.option("--direction", type=click.Choice(DIRECTIONS),
               help="With --targets-from: AtoB (target = right half) or BtoA (left half).")
+@click.option("--model", "-m", type=click.Path(path_type=Path),
+              help="With --targets-from: the model file, export or run folder, or pretrained "
+                   "name that made the predictions; the direction is the one it was trained "
+                   "for (instead of --direction).")
+@click.option("--glob", "pattern", default=None,
+              help="Score only the predictions matching this pattern (file name or relative "
+                   "path, e.g. 'sub/*' or '1*.png'); the other targets are not needed.")
 @click.option("--csv", "csv_path", type=FILE, help="Write per-image metrics here.")
 @click.option("--json", "json_path", type=FILE, help="Write the means (and conventions) here.")
 @click.option("--resize-pred", is_flag=True,
@@ -28,8 +35,8 @@ FILE = click.Path(path_type=Path, dir_okay=False)
 @click.option("--workers", default=0, show_default=True, help="Threads (0 = one per CPU).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @handle_errors
-def main(pred_dir, target_dir, targets_from, direction, csv_path, json_path, resize_pred,
-         workers, quiet):
+def main(pred_dir, target_dir, targets_from, direction, model, pattern, csv_path, json_path,
+         resize_pred, workers, quiet):
     """Compare PRED_DIR with TARGET_DIR (or --targets-from) image by image.
 
     Pairs match by relative path (x/1.png also matches x/1.jpg). L1 is on [0, 1], PSNR in
@@ -38,8 +45,11 @@ def main(pred_dir, target_dir, targets_from, direction, csv_path, json_path, res
     """
     cfg = EvalConfig(pred_dir=pred_dir, target_dir=target_dir, targets_from=targets_from,
                      direction=direction, csv_path=csv_path, json_path=json_path,
-                     resize_pred=resize_pred, workers=workers, progress=not quiet)
+                     resize_pred=resize_pred, workers=workers, progress=not quiet,
+                     glob=pattern, model=model)
     summary, _ = evaluate(cfg)
+    if model is not None and direction is None and targets_from is not None:
+        click.echo(f"direction {summary['direction']} (from --model {model})", err=True)
     for note in summary["notes"]:
         click.echo(f"note: {note}", err=True)
     cap = " (cap)" if summary["psnr"] >= PSNR_CAP else ""

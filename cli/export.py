@@ -9,12 +9,13 @@ from pathlib import Path
 import click
 
 from p2p.cli.common import CONTEXT, handle_errors, requires
-from p2p.runtime.metadata import COLOR_SPACES, DIRECTIONS, NORM_MODES
+from p2p.runtime.metadata import COLOR_SPACES, DIRECTIONS, MODEL_PRECISIONS, NORM_MODES
 
 with requires("p2p-export"):  # a deployment install has no torch: say which extra brings it
     from p2p.export.load import Overrides
     from p2p.export.onnx import MIN_OPSET, ExportConfig, main as export
     from p2p.trainer.models import NORMS
+    from p2p.export.web import WebConfig, exports_beside, write_site
 
 
 @click.command(context_settings=CONTEXT)
@@ -46,6 +47,15 @@ with requires("p2p-export"):  # a deployment install has no torch: say which ext
               help="Also write an NVIDIA Triton model repository into this folder.")
 @click.option("--triton-name", help="Triton model name.  [default: the run folder's name]")
 @click.option("--triton-max-batch", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--web", type=click.Path(path_type=Path, file_okay=False),
+              help="Also write a static page that runs the model in the browser "
+                   "(onnxruntime-web) into this folder; try it with p2p-serve --web DIR.")
+@click.option("--web-precision", type=click.Choice(MODEL_PRECISIONS),
+              help="--web: the export the page carries (fp16/int8 are exported for it) "
+                   "[default: the smallest verified export].")
+@click.option("--web-no-webgpu", is_flag=True,
+              help="--web: leave out the WebGPU runtime (28.7 MB, over Cloudflare Pages' "
+                   "25 MiB file limit); the page runs on WASM.")
 @click.option("--no-verify", is_flag=True, help="Skip the checks (not recommended).")
 @click.option("--quiet", "-q", is_flag=True,
               help="Print nothing but errors (the steps and checks are not shown).")
@@ -61,7 +71,8 @@ with requires("p2p-export"):  # a deployment install has no torch: say which ext
 @click.option("--color-space", type=click.Choice(COLOR_SPACES), help="junyanz files: [rgb].")
 @handle_errors
 def main(source, output, fp16, int8, calibration, calibration_images, opset, norm_mode,
-         dynamic_size, triton, triton_name, triton_max_batch, no_verify, quiet, runs_dir, ngf,
+         dynamic_size, triton, triton_name, triton_max_batch, web, web_precision, web_no_webgpu,
+         no_verify, quiet, runs_dir, ngf,
          norm, image_size, in_channels,
          out_channels, direction, color_space):
     """Export the generator of SOURCE (a p2p checkpoint, a run folder, or a
@@ -70,7 +81,17 @@ def main(source, output, fp16, int8, calibration, calibration_images, opset, nor
     Without SOURCE: the newest run under --runs-dir. Nothing is written unless every check
     passes. The architecture flags describe junyanz files, which do not record it; for a
     p2p checkpoint they may only repeat what it records.
+
+    With --web, SOURCE may also be an exported .onnx file: its page is written, nothing is
+    exported again.
     """
+    web_cfg = web and WebConfig(output=web, precision=web_precision, webgpu=not web_no_webgpu,
+                                progress=not quiet)
+    if web and source is not None and source.suffix == ".onnx":
+        write_site([source], web_cfg, say=lambda msg: None if quiet else click.echo(msg))
+        return
+    fp16 = fp16 or web_precision == "fp16"
+    int8 = int8 or web_precision == "int8"
     cfg = ExportConfig(
         source=source, runs_dir=runs_dir, output=output, fp16=fp16, int8=int8,
         calibration=calibration, calibration_images=calibration_images, opset=opset,
@@ -83,4 +104,7 @@ def main(source, output, fp16, int8, calibration, calibration_images, opset, nor
     # drop the stream whole without hiding a failure.
     quieted = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
     with requires("p2p-export"), quieted:  # onnxscript, onnxruntime: imported on the way
-        export(cfg)
+        written = export(cfg)
+    if web:
+        write_site(exports_beside(written[0]), web_cfg,
+                   say=lambda msg: None if quiet else click.echo(msg))

@@ -2,6 +2,7 @@
 
     p2p-pretrained list
     p2p-pretrained get facades_label2photo [--fp16] [--sha256 HEX] [--force]
+    p2p-pretrained get facades_label2photo --web site/facades   # a static in-browser page
     p2p-pretrained import latest_net_G.pth --name facades_label2photo
 
 Then ``p2p-translate DIR --model facades_label2photo`` and ``p2p-serve --model NAME``.
@@ -16,10 +17,11 @@ import click
 
 from p2p.cli.common import CONTEXT, handle_errors, missing_extra
 from p2p.runtime import pretrained as catalogue
-from p2p.runtime.metadata import DIRECTIONS
+from p2p.runtime.metadata import DIRECTIONS, MODEL_PRECISIONS
 
 try:  # the export needs torch; `list` and the name lookup do not
     from p2p.export.pretrained import PRECISIONS, PretrainedConfig, get as get_model, import_file
+    from p2p.export.web import WebConfig, write_site
     MISSING = None
 except ImportError as e:
     PRECISIONS, MISSING = {}, e
@@ -93,13 +95,27 @@ def _config(name, sha256, quiet, flags, force=False, direction=None):
 @main.command()
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Download and export again even when cached.")
+@click.option("--web", type=click.Path(path_type=Path, file_okay=False),
+              help="Also write a static page that runs the model in the browser into this "
+                   "folder (as p2p-export --web); try it with p2p-serve --web DIR.")
+@click.option("--web-precision", type=click.Choice(MODEL_PRECISIONS),
+              help="--web: the export the page carries (fp16/int8 are exported for it) "
+                   "[default: the smallest verified export].")
+@click.option("--web-no-webgpu", is_flag=True,
+              help="--web: leave out the WebGPU runtime (the page runs on WASM).")
 @_shared_options
 @handle_errors
-def get(name, force, sha256, quiet, **flags):
+def get(name, force, web, web_precision, web_no_webgpu, sha256, quiet, **flags):
     """Download the generator NAME (see `list`) and export it to a verified ONNX model."""
     _require_export("get")
-    for path in get_model(_config(name, sha256, quiet, flags, force=force)):
+    if web_precision in PRECISIONS:  # the page's precision is exported for it
+        flags[web_precision] = True
+    paths = get_model(_config(name, sha256, quiet, flags, force=force))
+    for path in paths:
         click.echo(path)
+    if web:
+        write_site(paths, WebConfig(output=web, precision=web_precision,
+                                    webgpu=not web_no_webgpu, progress=not quiet), click.echo)
 
 
 @main.command("import")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from p2p.cli.common import CONTEXT, handle_errors
-from p2p.trainer.process import ProcessConfig, run
+from p2p.trainer.process import LABEL_MAP_COLOURS, RESAMPLES, ProcessConfig, run
 
 DIR = click.Path(path_type=Path, file_okay=False)
 
@@ -38,6 +39,9 @@ def _run(ctx: click.Context, **fields) -> None:
     hint = " (already there; --overwrite redoes them)" if report.skipped else ""
     click.echo(f"{cfg.op}: {report.written} written, {report.skipped} skipped{hint}, "
                f"{len(report.failed)} failed -> {cfg.output}")
+    if report.nearest:
+        click.echo(f"  {len(report.nearest)} label map(s) resized nearest-neighbour (at most "
+                   f"{LABEL_MAP_COLOURS} colours; --resample bicubic to blend)", err=True)
     for name, reason in report.failed:
         click.echo(f"  failed: {name}: {reason}", err=True)
     if report.failed:
@@ -59,12 +63,15 @@ def main():
 @click.option("--size", default=256, show_default=True, help="Side of the square output.")
 @click.option("--pad", is_flag=True,
               help="Pad to square with white instead of centre-cropping.")
+@click.option("--resample", type=click.Choice(RESAMPLES), default="auto", show_default=True,
+              help=f"auto: nearest-neighbour for label maps (at most {LABEL_MAP_COLOURS} "
+                   "distinct colours: no blended classes), bicubic for photos.")
 @click.pass_context
 @handle_errors
-def resize(ctx, input_dir, output, workers, overwrite, quiet, size, pad):
+def resize(ctx, input_dir, output, workers, overwrite, quiet, size, pad, resample):
     """Make images square (centre crop, or white padding with --pad) and SIZE x SIZE."""
     _run(ctx, op="resize", input=input_dir, output=output, workers=workers,
-         overwrite=overwrite, quiet=quiet, size=size, pad=pad)
+         overwrite=overwrite, quiet=quiet, size=size, pad=pad, resample=resample)
 
 
 @main.command()
@@ -86,17 +93,25 @@ def combine(ctx, a_dir, b_dir, output, workers, overwrite, quiet):
 @click.option("--ratios", default="0.8,0.1,0.1", show_default=True,
               help="train,val[,test] fractions summing to 1.")
 @click.option("--seed", default=0, show_default=True, help="Shuffle seed (same seed, same split).")
+@click.option("--halves", is_flag=True,
+              help="Instead: cut each A|B image (exactly 2:1) into OUTPUT/A/ and OUTPUT/B/ "
+                   "(PNG, same relative paths; the inverse of combine).")
 @click.pass_context
 @handle_errors
-def split(ctx, input_dir, output, workers, overwrite, quiet, ratios, seed):
-    """Copy images into train/ val/ [test/] subfolders, deterministically."""
+def split(ctx, input_dir, output, workers, overwrite, quiet, ratios, seed, halves):
+    """Copy images into train/ val/ [test/] subfolders, deterministically; or, with
+    --halves, cut A|B images into A/ and B/."""
+    if halves and any(ctx.get_parameter_source(p) != ParameterSource.DEFAULT
+                      for p in ("ratios", "seed")):
+        raise click.UsageError("--halves cuts every image into A/ and B/; --ratios and --seed "
+                               "only apply to a train/val/test split (run split twice)")
     try:
         parsed = tuple(float(x) for x in ratios.split(","))
     except ValueError:
         raise click.BadParameter(f"{ratios!r}: expected numbers like 0.8,0.1,0.1",
                                  param_hint="--ratios") from None
     _run(ctx, op="split", input=input_dir, output=output, workers=workers,
-         overwrite=overwrite, quiet=quiet, ratios=parsed, seed=seed)
+         overwrite=overwrite, quiet=quiet, ratios=parsed, seed=seed, halves=halves)
 
 
 def _simple(op: str, doc: str):

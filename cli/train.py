@@ -11,6 +11,7 @@ from p2p.runtime.errors import P2PError
 with requires("p2p-train"):  # a deployment install has no torch: say which extra brings it
     from p2p.trainer.datasets import NAMES
     from p2p.trainer.distributed import TRAIN_NORMS, JobError
+    from p2p.trainer.continuation import recorded_flags
     from p2p.trainer.rundir import default_output, load_run_config
     from p2p.trainer.device import DEVICES
     from p2p.trainer.train import TrainConfig, main as train_main
@@ -36,6 +37,12 @@ def _power_of_two(ctx, param, value):
               help="--data is one folder of colour images; learn L -> ab in Lab space.")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), default="AtoB",
               show_default=True, help="Which half is the input (facades labels->photo: BtoA).")
+@click.option("--in-channels", type=POS, default=3, show_default=True,
+              help="Bands of the input images: 1 greyscale, 3 RGB, N a multi-band TIFF "
+                   "(e.g. 4: RGB + near infrared). 8-bit, 16-bit and float (0..1) images.")
+@click.option("--out-channels", type=POS, default=3, show_default=True,
+              help="Bands of the target images; the exported model writes them at the "
+                   "targets' bit depth.")
 @click.option("--output", "-o", help="Run folder [default: runs/<data name>].")
 @click.option("--image-size", type=int, default=256, show_default=True, callback=_power_of_two,
               help="Training crop, a power of two >= 32; sets the U-Net depth.")
@@ -118,6 +125,16 @@ def main(ctx, quiet, **opts):
         opts["output"] = out
     if opts["init_from_d"] and not opts["init_from"]:
         raise P2PError("--init-from-d needs --init-from (the generator to start from)")
+    if opts["init_from"] and not opts["resume"]:
+        # The architecture the starting weights have, for every flag the user did not type.
+        taken = {name: value for name, value in
+                 recorded_flags(opts["init_from"], opts["init_from_d"]).items()
+                 if ctx.get_parameter_source(name) == ParameterSource.DEFAULT
+                 and value != opts[name]}
+        opts.update(taken)
+        if taken:
+            click.echo(f"--init-from {opts['init_from']}: " + ", ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in taken.items()) + " (as it records)")
     opts["output"] = opts["output"] or default_output(opts["data"], opts["data_a"])
     try:
         with requires("p2p-train"):  # tensorboard, onnx...: imported on the way

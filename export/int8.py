@@ -44,8 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from p2p.runtime import images
-from p2p.runtime.errors import ExportError, P2PError
+from p2p.runtime.errors import DataError, ExportError, P2PError, one_line
+from p2p.runtime.listing import list_images
 from p2p.runtime.metadata import ModelMetadata
+from p2p.trainer.rundata import RunData, find, records_data
 
 MAX_CALIBRATION = 300  # NNCF's default subset size; a few hundred images at most (issue 11)
 DEFAULT_CALIBRATION = 100  # enough for stable ranges on facades, ~1 min on 2 cores
@@ -129,35 +131,24 @@ class Calibration:
         return len(self.arrays)
 
 
-def train_folder(data: str | None) -> Path | None:
-    """The train/ split of the run's data (a folder or a dataset name, found where
-    ``export.verify.val_folder`` looks); None when it cannot be found here."""
-    from .verify import val_folder
-
-    val = val_folder(data)
-    if val is not None and (val.parent / "train").is_dir():
-        return val.parent / "train"
-    return None
-
-
-def load_calibration(folder: Path, meta: ModelMetadata, limit: int) -> Calibration:
-    """Up to ``limit`` images from ``folder`` (sorted, recursive), prepared as the engine's
-    callers prepare them (``images.prepare`` with split auto: the model's input half of a
-    pix2pix A|B pair). Unreadable files are skipped and counted; none usable is an error."""
-    from p2p.runtime.pipeline import scan
-
+def load_calibration(folder: Path, meta: ModelMetadata, limit: int,
+                     split: str = "auto") -> Calibration:
+    """Up to ``limit`` images from ``folder`` (sorted, recursive: ``listing.list_images``),
+    prepared as the engine's callers prepare them (``images.prepare``; ``split``: the run's
+    own input half or 'none' for its training folder, auto for a ``--calibration`` folder).
+    Unreadable files are skipped and named; none usable is an error."""
     if not folder.is_dir():
         raise ExportError(f"--calibration {folder}: not a folder")
     if limit < 1:
         raise ExportError(f"calibration needs at least one image, asked for {limit}")
     arrays, h, skipped = [], hashlib.sha256(), []  # skipped: one line per file, with why
     shape = None
-    for rel in scan(folder, None, exclude=None):
+    for rel in list_images(folder):
         if len(arrays) == limit:
             break
         path = folder / rel
         try:
-            prep = images.prepare(path, meta, "auto")
+            prep = images.prepare(path, meta, split)
             data = path.read_bytes()
         except (P2PError, OSError) as e:
             skipped.append(f"{path}: {e}" if str(path) not in str(e) else str(e))
@@ -202,8 +193,7 @@ def quantize(model: onnx.ModelProto, calib: Calibration, input_name: str) -> onn
                           preset=nncf.QuantizationPreset.PERFORMANCE,
                           ignored_scope=nncf.IgnoredScope(types=list(FLOAT_OPS), validate=False))
     except Exception as e:  # nncf raises many untyped errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"--int8: nncf quantization failed: {first[:300]}") from None
+        raise ExportError(f"--int8: nncf quantization failed: {one_line(e)[:300]}") from None
     check_quantized(q)
     return q
 
@@ -231,14 +221,14 @@ def int8_path(output: Path) -> Path:
     return export_path(output, "int8")
 
 
-def default_calibration(loaded) -> Path:
-    """The run's own training inputs; an ExportError naming the fix when they are not here."""
-    if not loaded.data:  # a reference-format file or a pretrained download: no run
-        raise ExportError(f"--int8: {loaded.path} records no training data to calibrate on; "
-                          "pass --calibration DIR (images like the model's inputs)")
-    folder = train_folder(loaded.data)
-    if folder is None:
-        raise ExportError(f"--int8: cannot find the run's training images (data "
-                          f"{loaded.data!r}; set P2P_DATA or pass --calibration DIR)")
-    return folder
-
+def default_calibration(loaded) -> RunData:
+    """The run's own training inputs (``trainer.rundata``: where the trainer read them, from
+    any working folder); an ExportError naming the fix when they are not here."""
+    if not records_data(loaded.task):
+        raise ExportError(f"--int8: {loaded.path.name} records no training data to calibrate "
+                          "on; pass --calibration DIR (images like the model's inputs)")
+    try:
+        return find(loaded.task)
+    except DataError as e:
+        raise ExportError(f"--int8: cannot calibrate on the run's training images: {e}; "
+                          "set P2P_DATA or pass --calibration DIR") from None

@@ -20,7 +20,7 @@ from torch import nn
 
 from p2p.runtime.errors import CheckpointError, choices
 from p2p.runtime.host import file_sha256
-from p2p.runtime.metadata import COLOR_SPACES, DIRECTIONS
+from p2p.runtime.metadata import COLOR_SPACES, DATA_DEPTHS, DIRECTIONS
 from p2p.trainer.checkpoint import check_checkpoint, load_state
 from p2p.trainer.models import ModelConfig
 from p2p.trainer.reference import JUNYANZ_KEY, build_generator, is_junyanz
@@ -54,7 +54,11 @@ class Loaded:
     source: str  # "p2p" or "junyanz"
     path: Path  # the checkpoint file
     run_dir: Path  # where the default export folder goes
-    data: str | None  # the training data folder or dataset name (val images for checks)
+    task: dict  # the checkpoint's task: where its data is (``trainer.rundata.find``); {} if none
+    # The training data's bit depths (runtime.metadata.DATA_DEPTHS); checkpoints written
+    # before p2p recorded them, and junyanz files, were trained on 8-bit images.
+    input_depth: str = "uint8"
+    output_depth: str = "uint8"
 
 
 def resolve(source: Path | None, runs_dir: Path = Path("runs")) -> Path:
@@ -114,8 +118,11 @@ def _load_p2p(path: Path, state: dict, o: Overrides) -> Loaded:
             raise CheckpointError(f"{path}: {flag} {want} contradicts the checkpoint, which "
                                   f"records {name}={have}; drop the flag")
     generator = build_generator(path, cfg, state["generator"])
+    depths = {k: task.get(k, "uint8") for k in ("input_depth", "output_depth")}
+    if any(d not in DATA_DEPTHS for d in depths.values()):
+        raise CheckpointError(f"{path}: bad data depths in checkpoint: {depths}")
     return Loaded(generator, cfg, facts["direction"], facts["color_space"], int(state["step"]),
-                  file_sha256(path), "p2p", path, run_dir_of(path), task.get("data"))
+                  file_sha256(path), "p2p", path, run_dir_of(path), task, **depths)
 
 
 def _load_junyanz(path: Path, state: dict, o: Overrides) -> Loaded:
@@ -134,7 +141,7 @@ def _load_junyanz(path: Path, state: dict, o: Overrides) -> Loaded:
                               "--out-channels 2 (L in, ab out)")
     generator = build_generator(path, cfg, state, junyanz=True)
     return Loaded(generator, cfg, direction, color_space, 0, file_sha256(path), "junyanz",
-                  path, run_dir_of(path), None)
+                  path, run_dir_of(path), {})
 
 
 def _some_keys(state: dict, n: int = 4) -> str:

@@ -32,8 +32,8 @@ from onnx import helper
 from torch import nn
 
 from p2p.runtime import files
-from p2p.runtime.errors import ExportError, choices
-from p2p.runtime.metadata import NORM_MODES, ModelMetadata
+from p2p.runtime.errors import ExportError, choices, one_line
+from p2p.runtime.metadata import NATURAL_RANGE, NORM_MODES, ModelMetadata
 
 from .fp16 import to_fp16
 from .load import Loaded, Overrides, load
@@ -159,8 +159,7 @@ def export_graph(graph: nn.Module, loaded: Loaded, opset: int,
                                         optimize=True, verbose=False)
         model = program.model_proto
     except Exception as e:  # the exporter raises many untyped errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"torch.onnx export failed: {first[:300]}") from None
+        raise ExportError(f"torch.onnx export failed: {one_line(e)[:300]}") from None
     got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
         raise ExportError(f"asked for opset {opset} but the exporter produced opset {got}; "
@@ -188,7 +187,9 @@ def metadata(loaded: Loaded, norm_mode: str, dynamic_size: bool, fp16: bool,
         checkpoint_sha256=loaded.sha256, source=loaded.source, source_url=source_url,
         p2p_version=p2p_version, precision="int8" if int8 else "fp16" if fp16 else "fp32",
         calibration_images=int8.count if int8 else 0,
-        calibration_sha256=int8.sha256 if int8 else "", verified=verified)
+        calibration_sha256=int8.sha256 if int8 else "", verified=verified,
+        input_depth=loaded.input_depth, input_range=NATURAL_RANGE[loaded.input_depth],
+        output_depth=loaded.output_depth, output_range=NATURAL_RANGE[loaded.output_depth])
 
 
 def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProto:
@@ -223,11 +224,15 @@ def int8_model(cfg: ExportConfig, loaded: Loaded, graph: nn.Module, fp32: onnx.M
     if not 1 <= cfg.calibration_images <= int8.MAX_CALIBRATION:
         raise ExportError(f"--calibration-images {cfg.calibration_images} is outside "
                           f"1..{int8.MAX_CALIBRATION}")
-    folder = cfg.calibration or int8.default_calibration(loaded)
+    if cfg.calibration:  # the user's images: split as p2p-translate would split them
+        folder, split = cfg.calibration, "auto"
+    else:  # the run's training inputs, their input half exactly as the trainer took it
+        run = int8.default_calibration(loaded)
+        folder, split = run.train, run.split
     path = int8.int8_path(out)
     base = metas[out]
     t = time.perf_counter()
-    calib = int8.load_calibration(folder, base, cfg.calibration_images)
+    calib = int8.load_calibration(folder, base, cfg.calibration_images, split)
     source = fp32
     if int8.SUBPIXEL:  # the other graph form, kept measurable (see export/int8.py)
         sub = copy.deepcopy(graph)
@@ -246,7 +251,9 @@ def int8_model(cfg: ExportConfig, loaded: Loaded, graph: nn.Module, fp32: onnx.M
 # --- the stage ---------------------------------------------------------------------------
 
 def main(cfg: ExportConfig) -> list[Path]:
-    """Export, verify, then publish every file at once; a failure leaves no new file."""
+    """Export, verify, then publish every file that passed; ExportError (after publishing
+    those) naming each file that did not and why. A failure before the checks, or of every
+    file, leaves no new file."""
     from . import triton, verify  # verify imports onnxruntime: only when needed
 
     if not MIN_OPSET <= cfg.opset <= onnx.defs.onnx_opset_version():
@@ -266,18 +273,25 @@ def main(cfg: ExportConfig) -> list[Path]:
     metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False,
                            source_url=cfg.source_url, verified=cfg.verify)}
     models = {out: with_metadata(fp32, metas[out])}
+    failed: dict[Path, str] = {}  # what was asked for and is not written, with why
     if cfg.fp16:
         metas[fp16_path(out)] = metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=True,
                                          source_url=cfg.source_url, verified=cfg.verify)
         models[fp16_path(out)] = with_metadata(to_fp16(fp32), metas[fp16_path(out)])
     if cfg.int8:
-        models.update(int8_model(cfg, loaded, graph, fp32, out, metas))
+        try:
+            models.update(int8_model(cfg, loaded, graph, fp32, out, metas))
+        except ExportError as e:  # the float files are still worth writing
+            from .int8 import int8_path
+
+            failed[int8_path(out)] = f"{int8_path(out).name}: {e}"
+            print(f"{int8_path(out).name}: not made: {e}")
     print(f"exported opset {cfg.opset} with torch.onnx (dynamo) in "
           f"{time.perf_counter() - t0:.1f} s")
 
     temps: dict[Path, Path] = {}
     new_dirs = [d for d in {p.parent for p in models} if not d.exists()]
-    published = False
+    published: list[Path] = []
     try:
         for final, model in models.items():
             # The runtime's one atomic writer: umask's mode (not mkstemp's 0600), pid in the
@@ -289,26 +303,32 @@ def main(cfg: ExportConfig) -> list[Path]:
                 raise ExportError(f"{final}: cannot write: {e.strerror or e}; nothing was "
                                   "written") from None
         if cfg.verify:
-            inputs = verify.Inputs.build(loaded, cfg.val_images, cfg.dynamic_size)
+            inputs = verify.Inputs.build(loaded, metas[out], cfg.val_images)
             refs = verify.References(loaded.generator, cfg.norm_mode, inputs)
             for final, tmp in temps.items():
-                verify.verify(tmp, final.name, refs, metas[final], cfg.int8_min_psnr)
+                try:
+                    verify.verify(tmp, final.name, refs, metas[final], cfg.int8_min_psnr)
+                except ExportError as e:  # each file stands on its own checks
+                    failed[final] = str(e)
+                    print(f"{final.name}: NOT verified: {e}")
         else:
             print("verification skipped (--no-verify): the files are unchecked")
         for final, tmp in temps.items():
-            files.publish(tmp, final)
+            if final in failed:
+                continue
+            files.publish(tmp, final)  # each file atomically: whole or absent
+            published.append(final)
             print(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB)")
-        published = True
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
         for d in new_dirs if not published else []:
             with contextlib.suppress(OSError):  # only if empty: ours, and nothing else there
                 d.rmdir()
-    written = list(models)
-    if cfg.triton:
+    written = list(published)
+    if cfg.triton and published:
         name = triton_name(cfg, loaded)
-        for final in list(models):
+        for final in published:
             precision = metas[final].model_precision
             if precision == "int8":  # the repository is for GPUs (KIND_GPU + TensorRT)
                 print(f"Triton: {final.name} not added (an INT8 export for CPUs)")
@@ -317,5 +337,8 @@ def main(cfg: ExportConfig) -> list[Path]:
             written += triton.write_model(cfg.triton, model_name, final, metas[final],
                                           cfg.triton_max_batch)
         print(f"Triton model repository: {cfg.triton}")
+    if failed:  # asked for and not written: the command has not done what it was asked
+        wrote = ", ".join(p.name for p in published) or "nothing"
+        raise ExportError(f"not written: {'; '.join(failed.values())} (wrote {wrote})")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return written

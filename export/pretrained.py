@@ -105,32 +105,37 @@ def get(cfg: PretrainedConfig) -> list[Path]:
 
 
 def import_file(source: Path, cfg: PretrainedConfig) -> list[Path]:
-    """Place a ``*_net_G.pth`` fetched by hand into the cache under ``cfg.name`` and export
-    it; its SHA-256 is checked like a download's (pinned, ``--sha256``, or recorded)."""
+    """Export a ``*_net_G.pth`` fetched by hand and place it in the cache under ``cfg.name``;
+    its SHA-256 is checked like a download's (pinned, ``--sha256``, or recorded).
+
+    The file is exported first and copied into the cache only once it exported, so a
+    failed re-import leaves the cached weights (and their exports) as they were. An import
+    never writes the hash record of a published name: only a real download (``get``) says
+    what the published file is, and a user's file (another ngf, a fine-tune) must not make
+    the real one look corrupt later. Its metadata names the published URL only when the
+    file matched a known digest of it, else the file it came from."""
     item = entry(cfg.name, cfg.direction)
     source = Path(source)
     if not source.is_file():
         raise CheckpointError(f"{source}: no such file")
     book = download.HashBook(catalogue.models_dir() / "sha256.json")
-    digest = _check(source, download.expected(item.name, item.sha256, cfg.sha256, book),
-                    str(source))
+    want = download.expected(item.name, item.sha256, cfg.sha256, book)
+    digest = _check(source, want, str(source))
+    published = item.name in catalogue.CATALOGUE
+    origin = f"file://{source.resolve()}"
     pth = catalogue.weights_path(item.name)
-    placed = source.resolve() != pth.resolve()
-    if placed:
+    try:
+        outputs = _export(item, source, digest, item.url if published and want else origin,
+                          cfg)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a first import leaves no empty model folder
+            pth.parent.rmdir()
+        raise
+    if source.resolve() != pth.resolve():
         atomic_write(pth, lambda tmp: shutil.copyfile(source, tmp))
     print(f"imported {source} -> {pth} (sha256 {digest})")
-    # A listed model's metadata names where it is published; one of the user's own, its file.
-    origin = f"file://{source.resolve()}"
-    url = item.url if item.name in catalogue.CATALOGUE else origin
-    try:
-        outputs = _export(item, pth, digest, url, cfg)
-    except BaseException:
-        if placed:  # a file that does not export is not left in the cache as that name
-            pth.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                pth.parent.rmdir()  # only when empty
-        raise
-    book.record(item.name, digest, origin)
+    if not published:  # a name of the user's own: its first file is the one to expect
+        book.record(item.name, digest, origin)
     return outputs
 
 

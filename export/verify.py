@@ -3,7 +3,8 @@
 1. ``onnx.checker`` (full) and strict shape inference: the output shape must come out as
    (batch, out_channels, H, W).
 2. onnxruntime, through the same ``Engine`` users run, against PyTorch on real-looking
-   inputs (the run's val images when they can be found, else smooth generated images):
+   inputs (the run's val images, else its training images, found by ``trainer.rundata``;
+   generated smooth images only where those are not here, and then said in a note):
    batch 1 and batch >= 4, max abs error and PSNR printed for each.
 3. Batch invariance: image k alone gives the same output as image k inside the batch.
 4. The metadata reads back (through ``Engine``) exactly as written.
@@ -16,8 +17,8 @@ with dropout off (the paper's test-time behaviour, minus the noise); running = e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +28,17 @@ import onnx
 import torch
 from torch import nn
 
-from p2p.runtime.color import lab_to_model, rgb_to_lab
+from p2p.runtime import images, metrics
 from p2p.runtime.engine import Engine
-from p2p.runtime import metrics
-from p2p.runtime.errors import ExportError, ImageError, P2PError
-from p2p.runtime.images import open_rgb
-from p2p.runtime.listing import list_images
+from p2p.runtime.errors import (DataError, ExportError, ImageError, NonFiniteOutput, P2PError,
+                                one_line)
 from p2p.runtime.metadata import ModelMetadata
 from p2p.runtime.precision import REGISTRY
+from p2p.trainer.data import list_images
+from p2p.trainer.rundata import find
 
 from .fp16 import emulate
+from .int8 import check_quantized
 from .load import Loaded
 
 FP32_MAX_ABS = 1e-4  # onnxruntime vs PyTorch, FP32 model, values in [-1, 1]
@@ -54,50 +56,33 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- inputs --------------------------------------------------------------------------------
 
-def val_folder(data: str | None) -> Path | None:
-    """The val/ split of the training data: a folder path, or a dataset name looked up where
-    the trainer keeps named datasets ($P2P_DATA, then ~/.cache/p2p/datasets)."""
-    if not data:
-        return None
-    roots = [Path(data)]
-    if os.environ.get("P2P_DATA"):
-        roots.append(Path(os.environ["P2P_DATA"]) / data)
-    roots.append(Path.home() / ".cache" / "p2p" / "datasets" / data)
-    for root in roots:
-        for val in (root / "val", root.parent / "val"):
-            if val.is_dir():
-                return val
-    return None
-
-
-def load_val_images(folder: Path, loaded: Loaded, n: int, hw: tuple[int, int]) -> list:
-    """Up to n model inputs (C, H, W) in [-1, 1] from A|B val pairs, the paper's way."""
-    from PIL import Image
-
-    cfg, out = loaded.model, []
-    for rel in list_images(folder, recursive=False):
-        try:  # the decoder of every command: the model is checked on what users will feed it
-            im = open_rgb(folder / rel)
+def run_images(loaded: Loaded, meta: ModelMetadata, n: int) -> tuple[list, str]:
+    """Up to n model inputs (C, S, S) float32 from the run's own held-out images (else its
+    training images), prepared by ``images.prepare``, the code that feeds the engine in
+    p2p-translate and p2p-serve, at the model's size; and what they are. ([], why) when the
+    run's data is not here."""
+    try:
+        run = find(loaded.task)
+    except DataError as e:
+        return [], str(e)
+    folder, what = run.check_images()
+    fixed = dataclasses.replace(meta, dynamic_size=False)  # the checks run at S x S
+    out = []
+    try:
+        paths = list_images(folder)  # the trainer's own listing of its folders
+    except DataError as e:
+        return [], str(e)
+    for path in paths:
+        try:
+            x = images.prepare(path, fixed, run.split).array
         except ImageError:
-            continue  # an unreadable val image is not the model's problem
-        if loaded.color_space == "rgb":  # A|B side by side: take the input half
-            w = im.width // 2
-            im = im.crop((0, 0, w, im.height) if loaded.direction == "AtoB"
-                         else (w, 0, 2 * w, im.height))
-        im = im.resize((hw[1], hw[0]), Image.BICUBIC)
-        rgb = np.asarray(im, dtype=np.float32) / 255.0
-        if loaded.color_space == "lab":  # colorization: the whole photo's L channel
-            x = lab_to_model(rgb_to_lab(rgb))[0].astype(np.float32)
-        elif cfg.in_channels == 1:
-            x = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None] * 2 - 1
-        elif cfg.in_channels == 3:
-            x = rgb * 2 - 1
-        else:
-            return []
-        out.append(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
+            continue  # an unreadable image is not the model's problem (training names it)
+        if x.shape[0] != meta.in_channels:
+            return [], f"{path}: {x.shape[0]} channels, the model takes {meta.in_channels}"
+        out.append(x)
         if len(out) == n:
             break
-    return out
+    return out, (f"{len(out)} {what}" if out else f"{folder}: no readable images")
 
 
 def smooth_images(n: int, channels: int, hw: tuple[int, int], seed: int = 0) -> list:
@@ -122,20 +107,28 @@ class Inputs:
     x_dynamic: np.ndarray | None  # (2, C, 2m, m) when H and W are dynamic
 
     @classmethod
-    def build(cls, loaded: Loaded, n: int, dynamic_size: bool) -> "Inputs":
+    def build(cls, loaded: Loaded, meta: ModelMetadata, n: int) -> "Inputs":
+        """The run's images (``run_images``); generated ones only where those are missing
+        or too few, and then said in a ``note:`` line (never a quiet fallback)."""
         cfg, m, n = loaded.model, 2 ** loaded.model.num_downs, max(n, 4)
-        size, folder = (cfg.image_size, cfg.image_size), val_folder(loaded.data)
-        images = load_val_images(folder, loaded, n, size) if folder else []
-        source = f"{len(images)} val images from {folder}" if images else ""
-        if len(images) < n:  # top up with generated ones
-            images += smooth_images(n - len(images), cfg.in_channels, size)
+        size = (cfg.image_size, cfg.image_size)
+        xs, source = run_images(loaded, meta, n)
+        if not xs:
+            print(f"note: the checks run on generated smooth images, not on the run's data: "
+                  f"{source}")
+            source = ""
+        if len(xs) < n:  # top up with generated ones
+            if xs:
+                print(f"note: only {source}; topped up with {n - len(xs)} generated "
+                      "smooth images")
+            xs += smooth_images(n - len(xs), cfg.in_channels, size)
             source = (source + " + " if source else "") + "generated smooth images"
         x_dyn = None
-        if dynamic_size:  # a taller-than-wide size the model was not traced at
+        if meta.dynamic_size:  # a taller-than-wide size the model was not traced at
             x_dyn = np.stack([np.asarray(torch.nn.functional.interpolate(
-                torch.from_numpy(images[k][None]), size=(2 * m, m), mode="bilinear",
+                torch.from_numpy(xs[k][None]), size=(2 * m, m), mode="bilinear",
                 align_corners=False)[0]) for k in range(2)])
-        return cls(np.stack(images), source, x_dyn)
+        return cls(np.stack(xs), source, x_dyn)
 
 
 # --- the PyTorch reference ------------------------------------------------------------------
@@ -148,6 +141,10 @@ class References:
         self.y = reference(generator, inputs.x, norm_mode)
         self.y_dynamic = (reference(generator, inputs.x_dynamic, norm_mode)
                           if inputs.x_dynamic is not None else None)
+        if not all(np.isfinite(y).all() for y in (self.y, self.y_dynamic) if y is not None):
+            # Nothing can be verified against NaN: every file would "match" or none would.
+            raise ExportError("the checkpoint's generator gives NaN or Inf in PyTorch (its "
+                              "weights are not finite?); no file can be verified")
 
 
 @torch.no_grad()
@@ -173,8 +170,7 @@ def check_graph(path: Path, meta: ModelMetadata) -> tuple[str, onnx.ModelProto]:
         model = onnx.load(str(path))
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:  # onnx raises ValidationError / InferenceError / others
-        raise ExportError(f"{path.name}: onnx checker: {str(e).strip().splitlines()[0]}") \
-            from None
+        raise ExportError(f"{path.name}: onnx checker: {one_line(e)}") from None
     dims = [d.dim_param or d.dim_value
             for d in inferred.graph.output[0].type.tensor_type.shape.dim]
     hw = [] if meta.dynamic_size else [meta.image_size, meta.image_size]
@@ -187,7 +183,8 @@ def check_graph(path: Path, meta: ModelMetadata) -> tuple[str, onnx.ModelProto]:
 
 def verify(path: Path, label: str, refs: References, meta: ModelMetadata,
            int8_min_psnr: float = INT8_MIN_PSNR) -> dict:
-    """Run every check on ``path``; print the numbers; raise ExportError on any failure.
+    """Run every check on ``path``; print the numbers; raise ExportError on any failure
+    (a NaN or Inf anywhere, in an output or a number, is a failure: ``metrics.psnr``).
 
     An INT8 file is also run on OpenVINO (when installed: the backend that runs it fast, and
     what ``--precision auto`` picks) with the same PSNR bound and batch-invariance check, and
@@ -203,6 +200,16 @@ def verify(path: Path, label: str, refs: References, meta: ModelMetadata,
         raise ExportError(f"{label}: {e}") from None
     if engine.metadata != meta:
         raise ExportError(f"{label}: metadata reads back as {engine.metadata}, wrote {meta}")
+    try:
+        with engine:
+            return _verify_outputs(path, label, refs, meta, model, engine, int8_min_psnr, t0)
+    except NonFiniteOutput as e:
+        raise ExportError(f"{label}: verification failed: {e}") from None
+
+
+def _verify_outputs(path: Path, label: str, refs: References, meta: ModelMetadata,
+                    model: onnx.ModelProto, engine: Engine, int8_min_psnr: float,
+                    t0: float) -> dict:
     x, y = refs.inputs.x, refs.y
     t = time.perf_counter()
     alone = np.concatenate([engine.run(x[k:k + 1]) for k in range(len(x))])
@@ -243,8 +250,7 @@ def verify(path: Path, label: str, refs: References, meta: ModelMetadata,
         r.update(_verify_int8_openvino(path, model, x, y))
     failures = _failures(r, meta.model_precision, int8_min_psnr)
     if failures:
-        raise ExportError(f"{label}: verification failed: {'; '.join(failures)}; "
-                          "nothing was written")
+        raise ExportError(f"{label}: verification failed: {'; '.join(failures)}")
     print(f"  {label} verified in {time.perf_counter() - t0:.1f} s")
     return r
 
@@ -253,8 +259,6 @@ def _verify_int8_openvino(path: Path, model: onnx.ModelProto, x: np.ndarray,
                           y: np.ndarray) -> dict:
     """The INT8 file's own checks: every convolution quantized and no normalisation, and the
     OpenVINO run (INT8 convolutions, read back from the compiled model) against PyTorch."""
-    from .int8 import check_quantized
-
     n, total = check_quantized(model)
     print(f"    graph: {n} of {total} convolutions INT8 (QDQ), normalisation float32")
     try:
@@ -282,6 +286,9 @@ def _failures(r: dict, precision: str, int8_min_psnr: float = INT8_MIN_PSNR) -> 
                       ("dynamic", "dynamic size"), ("gpu", "FP16 emulated"),
                       ("ov", "openvino")):
         if f"psnr_{key}" not in r:
+            continue
+        if math.isnan(r[f"psnr_{key}"]) or not math.isfinite(r[f"max_abs_{key}"]):
+            bad.append(f"{name}: output not finite (NaN or Inf)")  # no bound passes on it
             continue
         if min_psnr is not None and not r[f"psnr_{key}"] >= min_psnr:
             bad.append(f"{name} PSNR {r[f'psnr_{key}']:.1f} dB < {min_psnr} dB")

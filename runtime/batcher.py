@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import one_line
+
 log = logging.getLogger("p2p.serve")
 
 
@@ -172,7 +174,7 @@ class MicroBatcher:
                 for it in group:
                     await self._run([it])
                 return
-            reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            reason = one_line(e)[:300]
             if not group[0].future.done():
                 group[0].future.set_exception(InferenceError(f"inference failed: {reason}"))
             return

@@ -8,7 +8,8 @@ The public surface is the contract that ``p2p.export`` (validation), ``p2p-trans
     engine.provider   # the provider that actually runs ("cpu", "cuda", ...), never a wish
     engine.precision  # what runs ("fp32", "bf16", "int8", "fp16"); engine.choice.why says why
                       # (the rule: p2p.runtime.precision)
-    engine.run(x)     # NCHW float32 in [-1, 1], any batch size -> NCHW float32 in [-1, 1]
+    engine.run(x)     # NCHW float32 in [-1, 1], any batch size -> NCHW float32 in [-1, 1];
+                      # NonFiniteOutput when any output value is NaN or Inf
 
 Everything about the model (names, sizes, dtype, colour space) comes from its metadata. The
 session itself lives in a backend (``p2p.runtime.backends.Backend``): onnxruntime for cpu,
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ProviderError, choices
+from .errors import NonFiniteOutput, ProviderError, choices
 from .modelfile import read_model_file
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt", "openvino")
@@ -115,7 +116,17 @@ class Engine:
         for i in range(0, n, self.batch_size):
             chunk = np.ascontiguousarray(x[i:i + self.batch_size], dtype=self._dtype)
             outs.append(np.asarray(self._backend.run(chunk), dtype=np.float32))
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        y = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        # The one check every caller gets (translate, serve, eval's models, the exporter's
+        # verification): a NaN model would otherwise become black images with exit 0
+        # (the uint8 cast maps NaN to 0). The batch fails; translate and serve retry a failed
+        # batch image by image, so each image's own output decides its fate.
+        bad = ~np.isfinite(y).reshape(n, -1).all(axis=1)
+        if bad.any():
+            raise NonFiniteOutput(f"{self.path.name}: the model's output holds NaN or Inf for "
+                                  f"{int(bad.sum())} of {n} images (non-finite weights?); "
+                                  "no image is made from it")
+        return y
 
     def close(self) -> None:
         if self._backend is not None:

@@ -6,6 +6,8 @@ This module lives in ``runtime/`` because runtime is the bottom layer that every
 package may import (runtime itself imports no other p2p package and never torch).
 """
 
+import re
+
 
 class P2PError(Exception):
     """Base class: a user-facing problem with input, files or environment."""
@@ -25,6 +27,10 @@ class ExportError(P2PError):
 
 class ModelError(P2PError):
     """An ONNX model file is missing, unreadable, unsafe or lacks p2p metadata."""
+
+
+class NonFiniteOutput(ModelError):
+    """The model's output holds NaN or Inf: no image, score or check may be made from it."""
 
 
 class ProviderError(P2PError):
@@ -53,3 +59,19 @@ def one_line(e: BaseException) -> str:
     message is empty (``str(KeyError())`` is '' and ``''.splitlines()[0]`` would raise)."""
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+# A native library's source location, which some messages start with instead of the reason:
+# OpenVINO's "Exception from src/inference/src/cpp/core.cpp:84:" and "Check 'x' failed at
+# src/frontends/...:151:" lines.
+_LOCATION = re.compile(r"(Exception from |Check '.*' failed at )\S+:\d+:?")
+
+
+def reason(e: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line without native source locations: the lines that
+    say why, joined ('Model wasn't fully converted. ... No conversion rule found for
+    operations: Foo-28'), cut at ``limit`` characters; its type's name when nothing is left."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    kept = [ln for ln in lines if ln and not _LOCATION.fullmatch(ln)]
+    text = " ".join(kept) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

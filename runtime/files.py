@@ -11,8 +11,10 @@ runtime/ all use it.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -109,9 +111,26 @@ def atomic_write(path: Path, write, fsync: bool = True, clean: bool = True) -> P
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise P2PError(f"{path}: cannot write: {e.strerror or e}") from None
+            raise P2PError(f"{path}: cannot write: {os_reason(e, path)}") from None
         raise
     return path
+
+
+def os_reason(e: OSError, path: Path) -> str:
+    """An OSError's reason; a full disk or quota also names the file system and its free
+    space, so the user knows which disk to clear."""
+    why = e.strerror or str(e)
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return why
+    mount = Path(os.path.abspath(path)).parent
+    while not mount.exists() or not os.path.ismount(mount):
+        mount = mount.parent
+    try:
+        usage = shutil.disk_usage(mount)
+        free = f": {usage.free / 2**20:.1f} MiB free of {usage.total / 2**30:.1f} GiB"
+    except OSError:
+        free = ""
+    return f"{why} (the file system mounted at {mount}{free}); the previous file is kept"
 
 
 def check_writable(folder: Path) -> None:

@@ -1,29 +1,33 @@
 """Images in and out of a model: decode, normalise, split, resize or pad; and the way back.
 
-Pillow + numpy only. ``prepare`` turns a file into the array the model takes (C, H, W in the
-metadata's value range) plus what is needed to undo it; ``to_image`` turns the model's output
-back into a uint8 image at the input's size (after the split), or at the model's with
-``model_size``. Every decoding problem is an ``ImageError`` naming the file and the reason.
+Pillow + numpy (tifffile for the TIFFs Pillow cannot read, extra ``tiff``). ``decode`` reads
+any file at full precision ((H, W, C) uint8 | uint16 | float32); ``normalize`` /
+``denormalize`` are the one conversion between such arrays and the model's (C, H, W) value
+range; ``prepare`` turns a file into the array the model takes plus what is needed to undo
+it; ``to_array`` turns the model's output back into an image array at the model's output
+depth, at the input's size (after the split), or at the model's with ``model_size``;
+``encode`` (``encoding``) writes it. Every decoding problem is an ``ImageError`` naming the
+file and the reason.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import stat
-import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from . import color
+from . import color, pixels
 from .errors import ImageError, one_line
 from .metadata import ModelMetadata
+from .pixels import match_bands, resize  # noqa: F401 - part of this module's interface
+from .encoding import (FORMATS, _deflate, _zlib_rle, default_format, encode,  # noqa: F401
+                       format_problem, output_kind, png_bytes, tiff_bytes)  # re-exported
 
 SPLITS = ("auto", "left", "right", "none")
 
@@ -45,7 +49,6 @@ def _decodable_extensions() -> frozenset[str]:
 # name only selects the candidates.
 IMAGE_EXTS = _decodable_extensions()
 SHOWN_EXTS = ".png, .jpg, .jpeg, .webp, .bmp, .tif, ... (any format Pillow reads)"
-FORMATS = ("png", "jpg", "webp")
 _DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Pillow warns between its limit and twice it; ``open_rgb`` turns anything over the limit into
 # an ImageError itself, so the warning would only repeat that, once per file.
@@ -65,22 +68,6 @@ def max_pixels() -> int:
     if limit < 1:  # there is no "off": a bigger number allows bigger images
         raise ImageError(f"P2P_MAX_IMAGE_PIXELS={env!r} is not a positive integer")
     return limit
-
-
-def _flatten(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB. Transparency is composited on white (what viewers show)."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit greyscale: Pillow's convert("L") clips at 255 instead of scaling.
-        a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8))
-    elif img.mode == "F":
-        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8))
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def is_image_name(name: str | os.PathLike) -> bool:
@@ -133,23 +120,68 @@ def check_regular_file(path) -> None:
         raise ImageError(f"{path}: empty file (0 bytes)")
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Decode ``path`` (a file name or a binary file object) to an upright RGB image (first
-    frame of animations)."""
+def _is_tiff(path) -> bool:
+    try:
+        if hasattr(path, "read"):
+            path.seek(0)
+            head = path.read(4)
+            path.seek(0)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(4)
+    except OSError:
+        return False
+    return pixels.is_tiff(head)
+
+
+def _select(a: np.ndarray, select) -> np.ndarray:
+    box = select(a.shape[1], a.shape[0]) if select else None
+    return a[box[1]:box[3], box[0]:box[2]] if box else a
+
+
+def _reopen(path):
+    if hasattr(path, "seek"):
+        path.seek(0)
+    return Image.open(path)
+
+
+def decode(path, select=None) -> np.ndarray:
+    """Decode ``path`` (a file name or a binary file object) at full precision: (H, W, C)
+    uint8, uint16 or float32 (values 0..1), C = 1 (greyscale), 3 (RGB) or a multi-band
+    TIFF's band count. Upright by the EXIF/TIFF orientation, the first frame, an embedded
+    colour profile converted to sRGB, alpha composited on white. Raises ImageError naming
+    the file: unreadable, over the decompression-bomb limit, float values outside 0..1 or
+    NaN/Inf, unsupported sample types. TIFFs Pillow would truncate (16-bit or float colour,
+    extra bands) need tifffile (``p2p[tiff]``). ``select(width, height)``, when given, returns
+    the (left, top, right, bottom) box to keep of the upright image, or None: cropping before
+    the conversion to an array copies only what is kept (``prepare``'s A|B half)."""
     if isinstance(path, (str, os.PathLike)):
         check_regular_file(path)
     limit = max_pixels()
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limit  # allowed more: Pillow's own check must not refuse it
     try:
-        with Image.open(path) as im:
+        try:
+            im = Image.open(path)
+        except UnidentifiedImageError:
+            if _is_tiff(path):  # float colour or 5+ bands: Pillow has no mode for them
+                return _select(pixels.tiff(path, path, limit), select)
+            raise
+        with im:
             w, h = im.size
             if w * h > limit:
                 raise ImageError(f"{path}: {w}x{h} = {w * h} pixels is over the decompression-"
                                  f"bomb limit {limit} (raise P2P_MAX_IMAGE_PIXELS to allow it)")
+            if pixels.needs_tifffile(im):
+                return _select(pixels.tiff(path, path, limit), select)
             im.seek(0)
+            if pixels.png16_rawmode(im):
+                return _select(pixels.orient(pixels.png16(lambda: _reopen(path), im, path),
+                                             orientation(im)), select)
             im.load()
-            return _flatten(upright(im))
+            im = upright(im)
+            box = select(*im.size) if select else None
+            return pixels.from_pillow(im.crop(box) if box else im, path)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own check, at twice its limit
@@ -169,6 +201,16 @@ def open_rgb(path: Path) -> Image.Image:
         raise ImageError(f"{path}: cannot decode: {one_line(e)}") from None
 
 
+def open_rgb(path) -> Image.Image:
+    """``decode`` seen as an 8-bit RGB Pillow image (galleries, thumbnails): deeper samples
+    scaled to 8 bits, greyscale repeated; an image of other than 1 or 3 bands is an
+    ImageError naming the file."""
+    a = decode(path)
+    if a.shape[2] not in (1, 3):
+        raise ImageError(f"{path}: {a.shape[2]} bands; an RGB view needs 1 or 3")
+    a = pixels.to_uint8(a)
+    return Image.fromarray(a[..., 0]).convert("RGB") if a.shape[2] == 1 else Image.fromarray(a)
+
 def choose_half(size: tuple[int, int], split: str, meta: ModelMetadata) -> str | None:
     """Which half of the image feeds the model: 'left', 'right' or None (the whole image).
     auto: only an exactly 2:1 image is a pix2pix A|B pair, and the model's direction names
@@ -177,9 +219,27 @@ def choose_half(size: tuple[int, int], split: str, meta: ModelMetadata) -> str |
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {'|'.join(SPLITS)}")
     if split == "auto":
-        w, h = size
-        return meta.input_half if w == 2 * h and meta.color_space != "lab" else None
+        return meta.input_half if is_ab_pair(size) and meta.color_space != "lab" else None
     return None if split == "none" else split
+
+
+def is_ab_pair(size: tuple[int, int]) -> bool:
+    """Whether an image of ``size`` (width, height) is a pix2pix A|B pair: exactly 2:1, two
+    square halves side by side. The one rule of every command: p2p-translate's auto split,
+    p2p-train's and p2p-eval's A|B folders, p2p-process split --halves."""
+    w, h = size
+    return h > 0 and w == 2 * h
+
+
+def ab_pair_problem(path, size: tuple[int, int]) -> str | None:
+    """Why an image of ``size`` cannot be an A|B pair (one line naming ``path``), or None."""
+    w, h = size
+    if is_ab_pair(size):
+        return None
+    if w % 2:
+        return f"{path}: width {w} is odd, so it is not an A|B side-by-side pair"
+    return (f"{path}: {w}x{h} is not 2:1, so it is not an A|B side-by-side pair (two square "
+            "halves; translate splits only exact 2:1 images)")
 
 
 def split_note(prep: "Prepared", keep_whole: str = "--split none") -> str:
@@ -189,11 +249,81 @@ def split_note(prep: "Prepared", keep_whole: str = "--split none") -> str:
             f"{keep_whole} to keep the whole image")
 
 
-def crop_half(img: Image.Image, half: str | None) -> Image.Image:
+def half_box(w: int, h: int, half: str) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of one half of a w x h side-by-side image."""
+    return (0, 0, w // 2, h) if half == "left" else (w - w // 2, 0, w, h)
+
+
+def crop_half(img, half: str | None):
+    """The ``half`` of a side-by-side image: an (H, W, C) array (a view) or a Pillow image."""
     if half is None:
         return img
-    w, h = img.size
-    return img.crop((0, 0, w // 2, h) if half == "left" else (w - w // 2, 0, w, h))
+    if isinstance(img, Image.Image):
+        return img.crop(half_box(*img.size, half))
+    left, _, right, _ = half_box(img.shape[1], img.shape[0], half)
+    return img[:, left:right]
+
+
+# --- the value conversion, written once ----------------------------------------------------
+
+def data_range(depth: str, meta: ModelMetadata, side: str = "input") -> tuple[float, float]:
+    """The data values that map to the ends of the model's ``value_range``: what the metadata
+    records for the model's own data depth (``input_range``/``output_range``), the depth's
+    natural range (0..255, 0..65535, 0..1) for other depths (an 8-bit photo into a 16-bit
+    model means the same brightness)."""
+    own = meta.input_depth if side == "input" else meta.output_depth
+    if depth == own:
+        return meta.input_range if side == "input" else meta.output_range
+    return pixels.NATURAL_RANGE[depth]
+
+
+def normalize(a: np.ndarray, meta: ModelMetadata, side: str = "input",
+              where="image") -> np.ndarray:
+    """(H, W, C) (or (H, W): one band) uint8 | uint16 | float32 data -> (C', H, W) float32 in ``meta.value_range``:
+    the data range ``data_range`` gives maps linearly onto the value range (8-bit RGB into
+    [-1, 1]: x / 127.5 - 1, the paper's transforms.Normalize((0.5,)*3, (0.5,)*3)). Bands
+    are matched to the model's (``match_bands``; ``side`` 'input': in_channels, 'output':
+    out_channels, for training targets). Lab models: 'input' gives L, 'output' ab, by
+    ``color``'s convention. Raises ImageError (naming ``where``) on a band mismatch."""
+    if a.ndim == 2:  # one band given as (H, W)
+        a = a[:, :, None]
+    if meta.color_space == "lab":
+        lab = color.rgb_to_lab(pixels.to_unit(match_bands(a, 3, where)))
+        L, ab = color.lab_to_model(lab)
+        return np.ascontiguousarray((L if side == "input" else ab).transpose(2, 0, 1),
+                                    np.float32)
+    a = match_bands(a, meta.in_channels if side == "input" else meta.out_channels, where)
+    lo, hi = data_range(a.dtype.name, meta, side)
+    vlo, vhi = meta.value_range
+    d = np.float32((hi - lo) / (vhi - vlo))  # 127.5 for 8-bit data into [-1, 1]: exact
+    # Two passes straight into the (C, H, W) float32 result: at 100+ images/s on two
+    # cores every copy of the image counts (was four: cast, scale, shift, transpose).
+    # Dividing by d (not multiplying by 1/d) is bit-exact with x / 127.5 - 1.
+    x = np.empty((a.shape[2], a.shape[0], a.shape[1]), np.float32)
+    np.divide(a.transpose(2, 0, 1), d, out=x)
+    x += np.float32(vlo - lo / float(d))
+    return x
+
+
+def denormalize(y: np.ndarray, meta: ModelMetadata) -> np.ndarray:
+    """The model's (C, H, W) output in ``meta.value_range`` -> (H, W, C) at the model's output
+    depth (``meta.output_depth``: uint8, uint16 or float32), the inverse of ``normalize``
+    on ``meta.output_range``: rounded and clipped for integers, clipped to the range for
+    floats. Not for Lab models (their RGB needs the input's L: ``to_array``)."""
+    y = np.asarray(y, np.float32)
+    lo, hi = meta.output_range
+    vlo, vhi = meta.value_range
+    # The same float32 arithmetic as (y - lo) * k -> rint -> clip, in place on one (H, W, C)
+    # buffer: the transpose happens in the first pass instead of as a copy after.
+    v = np.subtract(y.transpose(1, 2, 0), np.float32(vlo), order="C", dtype=np.float32)
+    v *= np.float32((hi - lo) / (vhi - vlo))
+    if lo:
+        v += np.float32(lo)
+    if meta.output_depth == "float32":
+        return np.clip(v, lo, hi, out=v)
+    np.rint(v, out=v)
+    np.clip(v, 0, pixels.NATURAL_RANGE[meta.output_depth][1], out=v)
+    return v.astype(meta.output_depth)
 
 
 @dataclass(frozen=True)
@@ -205,46 +335,56 @@ class Prepared:
 
 
 def prepare(path: Path, meta: ModelMetadata, split: str = "auto") -> Prepared:
-    img = open_rgb(path)
-    half = choose_half(img.size, split, meta)
-    img = crop_half(img, half)
+    """A file -> what the model takes: decoded (``decode``), the A|B half chosen, resized to
+    the model's size (fixed-size models), ``normalize``d, padded (dynamic models)."""
+    chosen = []
+
+    def select(w: int, h: int):
+        chosen.append(choose_half((w, h), split, meta))
+        return None if chosen[0] is None else half_box(w, h, chosen[0])
+
+    a = decode(path, select)
+    half = chosen[0]
     try:
-        return _to_array(img, half, meta)
+        return _to_array(a, half, meta, path)
     except MemoryError:
-        raise ImageError(f"{path}: {img.size[0]}x{img.size[1]} does not fit in memory") from None
+        raise ImageError(f"{path}: {a.shape[1]}x{a.shape[0]} does not fit in memory") from None
 
 
-def _to_array(orig: Image.Image, half: str | None, meta: ModelMetadata) -> Prepared:
-    img = orig
-    if not meta.dynamic_size and img.size != (meta.image_size,) * 2:
+def prepare_image(img, meta: ModelMetadata, split: str = "auto",
+                  where="frame") -> Prepared:
+    """``prepare`` for an already decoded frame (a video frame: an (H, W, C) array, or a
+    Pillow image read at full depth by ``pixels.from_pillow``): the same split, resize and
+    value range, so a frame translates exactly as the same picture in a file does."""
+    a = pixels.from_pillow(img, where) if isinstance(img, Image.Image) else img
+    half = choose_half((a.shape[1], a.shape[0]), split, meta)
+    return _to_array(crop_half(a, half), half, meta, where)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, transparency composited on white: what ``decode`` does
+    to a file's first frame, for the other frames of an animation."""
+    a = pixels.from_pillow(img, "frame")
+    return Image.fromarray(pixels.match_bands(pixels.to_uint8(a), 3))
+
+
+def _to_array(orig: np.ndarray, half: str | None, meta: ModelMetadata, where) -> Prepared:
+    a = orig
+    size = (orig.shape[1], orig.shape[0])
+    if not meta.dynamic_size and size != (meta.image_size,) * 2:
         # pix2pix resizes (bicubic) to the training size at test time, aspect not kept.
-        img = img.resize((meta.image_size,) * 2, Image.BICUBIC)
+        a = resize(a, (meta.image_size,) * 2)
     lightness = None
     if meta.color_space == "lab":
         # The model sees L of the model-sized image; the full-resolution L is kept for the
         # way back, so only the colour (ab) is ever upsampled.
-        lightness = _model_L(orig)
-        x = (lightness if img is orig else _model_L(img))[None]
+        lightness = normalize(orig, meta, "input", where)[0]
+        x = lightness[None] if a is orig else normalize(a, meta, "input", where)
     else:
-        if meta.in_channels == 1:
-            img = img.convert("L")
-        a = np.asarray(img)  # uint8 (H, W[, C])
-        a = a[:, :, None] if a.ndim == 2 else a
-        lo, hi = meta.value_range
-        # Two passes straight into the (C, H, W) float32 result: at 100+ images/s on two
-        # cores every copy of the image counts (was four: cast, scale, shift, transpose).
-        x = np.empty((a.shape[2], a.shape[0], a.shape[1]), np.float32)
-        np.multiply(a.transpose(2, 0, 1), np.float32((hi - lo) / 255.0), out=x)
-        x += np.float32(lo)
+        x = normalize(a, meta, "input", where)
     if meta.dynamic_size:
         x = pad_to_multiple(x, meta.size_multiple)
-    return Prepared(np.ascontiguousarray(x, np.float32), orig.size, half, lightness)
-
-
-def _model_L(img: Image.Image) -> np.ndarray:
-    """(H, W) L scaled to the model's [-1, 1], by ``p2p.runtime.color``'s one convention."""
-    L, _ = color.lab_to_model(color.rgb_to_lab(np.asarray(img, np.float32) / 255.0))
-    return L[..., 0].astype(np.float32)
+    return Prepared(np.ascontiguousarray(x, np.float32), size, half, lightness)
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -258,17 +398,12 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode=mode)
 
 
-def _resize_float(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, C) float -> (size[1], size[0], C), bicubic per channel (Pillow's mode F)."""
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., i], np.float32))
-                                .resize(size, Image.BICUBIC)) for i in range(a.shape[-1])], -1)
-
-
-def to_image(y: np.ndarray, prep: Prepared, meta: ModelMetadata,
-             model_size: bool = False) -> Image.Image:
-    """The model's (C, H, W) output -> uint8 image at the input's size (after the split), or
-    at the model's size with ``model_size`` (fixed-size models; dynamic ones are always cropped
-    back to the input's size, since the model ran at that size)."""
+def to_array(y: np.ndarray, prep: Prepared, meta: ModelMetadata,
+             model_size: bool = False) -> np.ndarray:
+    """The model's (C, H, W) output -> (H, W, C) at the model's output depth
+    (``denormalize``), at the input's size (after the split), or at the model's size with
+    ``model_size`` (fixed-size models; dynamic ones are always cropped back to the input's
+    size, since the model ran at that size). Lab models give RGB."""
     y = np.asarray(y, np.float32)
     w, h = prep.size
     if meta.dynamic_size:
@@ -277,83 +412,20 @@ def to_image(y: np.ndarray, prep: Prepared, meta: ModelMetadata,
     if meta.color_space == "lab":
         ab = y.transpose(1, 2, 0)
         if ab.shape[1::-1] != target:
-            ab = _resize_float(ab, target)
+            ab = pixels.resize_float(ab, target)
         L = prep.lightness if target == prep.size else prep.array[0]
         rgb = color.lab_to_rgb(color.model_to_lab(L[..., None], ab))
-        return Image.fromarray(np.rint(rgb * 255.0).astype(np.uint8))
-    lo, hi = meta.value_range
-    # The same float32 arithmetic as (y - lo) * k -> rint -> clip -> uint8, in place on one
-    # (H, W[, 3]) buffer: the transpose happens in the first pass instead of as a copy after.
-    planes = y[0] if len(y) == 1 else y[:3].transpose(1, 2, 0)
-    v = np.subtract(planes, np.float32(lo), order="C", dtype=np.float32)
-    v *= np.float32(255.0 / (hi - lo))
-    np.rint(v, out=v)
-    np.clip(v, 0, 255, out=v)
-    img = Image.fromarray(v.astype(np.uint8))
-    return img if img.size == target else img.resize(target, Image.BICUBIC)
+        return pixels.from_unit(rgb, meta.output_depth)
+    out = denormalize(y, meta)
+    return out if out.shape[1::-1] == target else resize(out, target)
 
 
-def encode(img: Image.Image, fmt: str) -> bytes:
-    """Bytes of ``img`` in ``fmt``, tuned so encoding never holds up inference: PNG (lossless)
-    through ``png_bytes`` for 8-bit RGB and greyscale, Pillow at compress_level 1 with zlib's
-    Huffman-only strategy otherwise; JPEG at quality 95, lossy WebP at quality 90."""
-    buf = io.BytesIO()
-    if fmt == "png" and img.mode in _PNG_COLOR_TYPES:
-        return png_bytes(np.asarray(img))
-    if fmt == "png":
-        img.save(buf, "PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
-    elif fmt == "jpg":
-        img.save(buf, "JPEG", quality=95)
-    elif fmt == "webp":
-        img.save(buf, "WEBP", quality=90, method=2)
-    else:
-        raise ValueError(f"format {fmt!r} is not one of {'|'.join(FORMATS)}")
-    return buf.getvalue()
-
-
-_PNG_COLOR_TYPES = {"L": 0, "RGB": 2}  # PNG colour types of 8-bit greyscale and truecolour
-
-
-def _zlib_rle(data) -> bytes:
-    z = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    return z.compress(data) + z.flush()
-
-
-try:  # ISA-L's deflate (package isal): the same zlib stream format, ~3.5x faster than zlib's
-    # level 1 RLE on a 256x256 facade after the Up filter (0.44 vs 1.54 ms, files within 1%:
-    # measured side by side on the 2-core AMX Xeon, BENCHMARKS.md). Optional: zlib otherwise.
-    from isal import isal_zlib
-
-    def _deflate(data) -> bytes:
-        return isal_zlib.compress(data, 1)
-except ImportError:  # pragma: no cover - a platform without an isal wheel
-    _deflate = _zlib_rle
-
-
-def png_bytes(a: np.ndarray) -> bytes:
-    """A lossless PNG of an 8-bit (H, W) or (H, W, 3) array: every row with the Up filter
-    (each byte minus the one above it, computed by numpy in one pass) and zlib level 1 with
-    the RLE strategy. Why not Pillow's encoder: at p2p-translate's INT8 rate (100+ images/s
-    on two cores) PNG encoding was the largest cost after the model; on a 256x256 facade this
-    is ~5x faster than Pillow's level 1 Huffman-only (measured side by side on a loaded
-    2-core Xeon: 4.3 vs 22.8 ms) for files ~18% larger (125 vs 106 kB): after the Up filter
-    a photo's bytes are small numbers that Huffman/RLE coding packs well, and LZ77 matching
-    finds little. The deflate is ISA-L's where the ``isal`` package is installed (a
-    dependency of p2p), zlib's level 1 RLE otherwise; both write a standard zlib stream.
-    Format: PNG specification (ISO/IEC 15948) sections 5, 9.2 and 11.2."""
-    h, w = a.shape[:2]
-    channels = 1 if a.ndim == 2 else a.shape[2]
-    rows = np.ascontiguousarray(a, np.uint8).reshape(h, w * channels)
-    raw = np.empty((h, w * channels + 1), np.uint8)
-    raw[:, 0] = 2  # filter type Up; row 0 sees an all-zero row above it
-    raw[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 wraps: arithmetic mod 256
-    idat = _deflate(raw.data)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0 if channels == 1 else 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+def to_image(y: np.ndarray, prep: Prepared, meta: ModelMetadata,
+             model_size: bool = False) -> Image.Image:
+    """``to_array`` as a Pillow image, for 8-bit greyscale or RGB outputs (ValueError for
+    others: 16-bit, float and N-band outputs have no Pillow mode; use ``to_array``)."""
+    a = to_array(y, prep, meta, model_size)
+    if a.dtype != np.uint8 or a.shape[2] not in (1, 3):
+        raise ValueError(f"to_image: a {a.dtype} {a.shape[2]}-band output is not an 8-bit "
+                         "image; use to_array")
+    return Image.fromarray(a[..., 0] if a.shape[2] == 1 else a)

@@ -9,6 +9,7 @@ a name also matches the one file of the other side with the same path and anothe
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +20,43 @@ from .images import is_image_name
 MAX_LISTED = 5  # names shown in one error line
 
 
-def list_images(root: Path, recursive: bool = True, errors: list | None = None) -> list[Path]:
+def list_images(root: Path, recursive: bool = True, errors: list | None = None,
+                match=None, exclude: Path | None = None, skip_dir=None,
+                skipped: list | None = None) -> list[Path]:
     """Image file names under ``root`` as sorted relative paths. Hidden entries are skipped
     and links to folders are not followed (no cycles). Entries with an image name that are
     not regular files (a FIFO, a dangling link) are kept, so the decoder names them rather
-    than they vanish. Folders that cannot be listed go into ``errors`` (OSError)."""
+    than they vanish. Folders that cannot be listed go into ``errors`` (OSError).
+    ``match(name, rel)``: which names count (default ``is_image_name``; p2p-translate's
+    ``--glob``); ``exclude``: a resolved folder not to enter (an output inside the input);
+    ``skip_dir(name)``: folders not to enter either (p2p-translate's earlier outputs), each
+    appended to ``skipped``."""
     root = Path(root)
     found = []
     onerror = None if errors is None else errors.append
     for dirpath, dirs, files in os.walk(root, onerror=onerror):
         here = Path(dirpath)
-        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
-        found += [(here / n).relative_to(root) for n in files if is_image_name(n)]
+        if skip_dir is not None and recursive:
+            passed = [d for d in dirs if not d.startswith(".") and skip_dir(d)]
+            if skipped is not None:
+                skipped += [here / d for d in passed]
+            dirs[:] = [d for d in dirs if d not in passed]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (
+            exclude is None or (here / d).resolve() != exclude)] if recursive else []
+        for name in files:
+            rel = (here / name).relative_to(root)
+            if not name.startswith(".") and (is_image_name(name) if match is None
+                                             else match(name, rel)):
+                found.append(rel)
     return sorted(found, key=lambda r: r.as_posix())
+
+
+def matches(rel: Path, pattern: str | None) -> bool:
+    """The ``--glob`` rule of every command: ``pattern`` (fnmatch) matches the file's name or
+    its path relative to the folder searched ('*.jpg', 'sub/*'); None matches any image name."""
+    if pattern is None:
+        return is_image_name(rel.name)
+    return fnmatch.fnmatch(rel.name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
 
 
 @dataclass

@@ -25,6 +25,11 @@ DTYPES = ("float32", "float16")
 # What the file's arithmetic is: fp32 (exact), fp16 (FP16 weights/activations), int8 (QDQ:
 # INT8 convolutions from NNCF post-training quantization, float normalisation).
 MODEL_PRECISIONS = tuple(dict.fromkeys(p.file for p in REGISTRY.values()))  # fp32 int8 fp16
+# The sample types of the data a model was trained on (its images' bit depth), and the range
+# each is read in unless the file records another (``input_range``/``output_range``).
+DATA_DEPTHS = ("uint8", "uint16", "float32")
+NATURAL_RANGE = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0), "float32": (0.0, 1.0)}
+_RANGES = ("value_range", "input_range", "output_range")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,13 @@ class ModelMetadata:
     calibration_images: int = 0  # int8: how many images NNCF calibrated on
     calibration_sha256: str = ""  # int8: SHA-256 over (name, file SHA-256) of that set
     verified: bool = False  # p2p-export's checks passed (False: --no-verify, or older files)
+    # The training data's depth and the data values that map to the ends of value_range, for
+    # the input and the output images; p2p-translate writes outputs at output_depth. Files
+    # written before these fields were trained on 8-bit images: the defaults.
+    input_depth: str = "uint8"
+    input_range: tuple[float, float] = (0.0, 255.0)
+    output_depth: str = "uint8"
+    output_range: tuple[float, float] = (0.0, 255.0)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -63,9 +75,17 @@ class ModelMetadata:
             ("input_dtype", self.input_dtype, DTYPES),
             ("output_dtype", self.output_dtype, DTYPES),
             ("precision", self.model_precision, MODEL_PRECISIONS),
+            ("input_depth", self.input_depth, DATA_DEPTHS),
+            ("output_depth", self.output_depth, DATA_DEPTHS),
         ):
             if value not in allowed:
                 raise ModelError(f"metadata {name}={value!r} is not one of {choices(allowed)}")
+        for name in _RANGES:
+            r = getattr(self, name)
+            if (len(r) != 2 or not all(isinstance(v, (int, float)) for v in r)
+                    or not float(r[0]) < float(r[1]) or not all(abs(v) < 1e30 for v in r)):
+                raise ModelError(f"metadata {name}={list(r)!r} is not a finite [low, high] "
+                                 "with low < high")
         if self.layout != "NCHW":
             raise ModelError(f"metadata layout={self.layout!r} is not NCHW")
         if self.image_size <= 0 or self.size_multiple <= 0 or self.image_size % self.size_multiple:
@@ -103,8 +123,11 @@ class ModelMetadata:
                 f"{where}: metadata schema {values['schema_version']} is newer than this p2p "
                 f"understands ({SCHEMA_VERSION}); upgrade p2p"
             )
-        if "value_range" in values:
-            values["value_range"] = tuple(values["value_range"])
+        for name in _RANGES:
+            if name in values:
+                if not isinstance(values[name], list):
+                    raise ModelError(f"{where}: metadata {PREFIX + name} is not a list")
+                values[name] = tuple(values[name])
         try:
             return cls(**values)
         except TypeError as e:

@@ -1,11 +1,13 @@
 """Image similarity numbers: L1, PSNR and SSIM, the one implementation of each in p2p.
 
-numpy only. ``p2p-eval`` scores 8-bit images with them; the exporter and the benchmarks use
-``psnr`` on model outputs in [-1, 1] (``data_range=2``, no cap).
+numpy only. ``p2p-eval`` scores images of any depth with them (peak by depth); the exporter
+and the benchmarks use ``psnr`` on model outputs in [-1, 1] (``data_range=2``, no cap).
 
-- **L1**: mean absolute difference of uint8 images on the [0, 1] scale (pixel / 255).
+- **L1**: mean absolute difference on the [0, 1] scale (pixel / data_range).
 - **PSNR**: 10 log10(data_range^2 / MSE) in dB, capped at ``cap`` (p2p-eval: 100 dB, so
-  identical images give a finite value and means stay finite).
+  identical images give a finite value and means stay finite). NaN when either array holds
+  a NaN or an infinity: every check is written ``not psnr >= bound``, so NaN fails it (the
+  cap must never turn a broken output into a perfect score).
 - **SSIM**: Wang et al. 2004 with an 11x11 gaussian window (sigma 1.5), K1 0.01, K2 0.03,
   'valid' windows only, per channel then averaged; equals
   ``skimage.metrics.structural_similarity(p, t, data_range=255, channel_axis=-1,
@@ -29,17 +31,21 @@ class SSIMUndefined(ValueError):
     """The image is smaller than the SSIM window: no window fits, so there is no value."""
 
 
-def l1(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean absolute error of two uint8 images on the [0, 1] scale."""
-    return float(np.mean(np.abs(pred.astype(np.float64) - target.astype(np.float64)))) / 255.0
+def l1(pred: np.ndarray, target: np.ndarray, data_range: float = 255.0) -> float:
+    """Mean absolute error on the [0, 1] scale of two images whose values span
+    ``data_range`` (255 for uint8 images, 65535 for uint16, 1 for floats in 0..1)."""
+    return (float(np.mean(np.abs(pred.astype(np.float64) - target.astype(np.float64))))
+            / data_range)
 
 
 def psnr(pred: np.ndarray, target: np.ndarray, data_range: float = 255.0,
          cap: float = PSNR_CAP) -> float:
     """Peak signal-to-noise ratio in dB of two same-shaped arrays whose values span
     ``data_range`` (255 for uint8 images, 2 for [-1, 1] model outputs), at most ``cap``
-    (``math.inf``: no cap)."""
+    (``math.inf``: no cap); NaN when the error is not finite (a NaN or Inf in either)."""
     mse = float(np.mean((pred.astype(np.float64) - target.astype(np.float64)) ** 2))
+    if not math.isfinite(mse):  # min(cap, nan) would be the cap: a NaN output scoring best
+        return math.nan
     if mse == 0.0:
         return cap
     return min(cap, 10.0 * math.log10(data_range ** 2 / mse))

@@ -1,29 +1,50 @@
-"""reader -> batcher -> engine -> writer: what ``p2p-translate`` runs.
+"""sources -> batcher -> engine -> sinks: what ``p2p-translate`` runs.
 
-Decoding (Pillow releases the GIL) runs in a thread pool ahead of inference; encoding and
-the atomic write run in another pool behind it; the engine runs in the calling thread. Both
-pools are bounded windows of futures consumed in submission order, so memory stays flat,
-outputs pair with their inputs, and results come back in input order. A file that fails to
-decode, run or write is recorded with its reason; the run goes on.
+Every input (a ``Job``: src, dst) is opened into a **source** and a **sink**:
+
+    open_job(job) -> (source, sink)     # a reader thread; may decode; P2PError fails the job
+    source.pieces() -> Iterator[Piece]  # the feeder thread, in order, ahead of the engine
+    Piece(array, where)                 # array: (C, H, W) float32 in the model's value range
+                                        # at a size the engine takes; where: the sink's key
+    sink.put(where, y)                  # the engine thread, in piece order; y: (C, H, W)
+                                        # float32 in the model's value range; keep it cheap
+    sink.close()                        # a writer thread, once after the last put: publish
+    sink.abort()                        # instead of close after any failure: leave nothing
+
+A plain image is one piece (``file_opener``: ``FileSource``, ``FileSink``); these and the
+types ``Piece``, ``Source``, ``Sink``, ``Opener`` live in ``p2p.runtime.pieces`` and are
+importable from here too. A tiled image is many pieces whose ``where`` is their window
+(``p2p.runtime.tiles``); a video would be one piece per frame. ``run_jobs(engine, jobs,
+cfg, opener=...)`` runs any of them: reader threads open jobs ahead, one feeder thread
+walks the opened jobs in input order and queues their pieces, the calling thread batches
+pieces of one shape (across jobs) through ``Engine.run`` and hands each output to its job's
+sink, writer threads close the sinks. Every queue is bounded (about 2 x batch + workers
+items), so memory stays flat whatever the number of inputs; results come back in input
+order. A job that fails to open, read, run or write is recorded with its reason (its sink
+aborted); the run goes on.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
+import queue
 import sys
+import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from . import files, gallery, images
+from . import files, gallery, images, video
 from .engine import Engine
-from .errors import DataError, ImageError, ModelError, P2PError, one_line
+from .errors import ModelError, P2PError, one_line
+from .pieces import (FileSink, FileSource, Opener, Piece, Sink, Source,  # noqa: F401  (public here)
+                     file_opener, max_whole_pixels, write_bytes)
+from .plan import OUTPUT_SUFFIX, Job, default_root, plan, scan  # noqa: F401  (scan: public here too)
 
 
 @dataclass(frozen=True)
@@ -35,7 +56,7 @@ class TranslateConfig:
     batch_size: int = 8
     threads: int | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | int8 (p2p.runtime.precision)
-    fmt: str = "png"
+    fmt: str | None = None  # None: images.default_format (png, tif for float/N-band models)
     split: str = "auto"
     model_size: bool = False
     glob: str | None = None
@@ -43,13 +64,10 @@ class TranslateConfig:
     overwrite: bool = False
     workers: int | None = None  # decode and encode threads each; None: min(4, CPUs)
     progress: bool = True
-
-
-@dataclass(frozen=True)
-class Job:
-    src: Path
-    dst: Path
-    root: Path  # the output folder this job's tree is mirrored into (gallery location)
+    tile: bool = False  # run in overlapping tiles at the model's own scale (runtime/tiles.py)
+    tile_overlap: int | None = None  # pixels shared by neighbouring tiles; None: the default
+    video_codec: str = "auto"  # video outputs: an FFmpeg encoder name (p2p.runtime.video)
+    crf: int | None = None  # video outputs: constant quality; None: the codec's default
 
 
 @dataclass
@@ -60,191 +78,224 @@ class Summary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     galleries: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    tiles: int = 0  # pieces run with --tile (0 otherwise)
+    frames: int = 0  # video frames translated (each counts as an image in the rate)
+    videos: list[str] = field(default_factory=list)  # one line per video written
 
     def lines(self) -> list[str]:
-        rate = len(self.translated) / self.seconds if self.seconds else 0.0
+        done = sum(1 for j in self.translated if not j.video) + self.frames
+        rate = done / self.seconds if self.seconds else 0.0
+        # --tile: one image may be thousands of tiles; the tile rate is the one to read
+        tiles = (f"{rate:.2f} images/s, {self.tiles / self.seconds:.1f} tiles/s"
+                 if self.tiles and self.seconds else f"{rate:.1f} images/s")
         out = [f"translated {len(self.translated)}, skipped {len(self.skipped)}, "
-               f"failed {len(self.failed)} ({rate:.1f} images/s on {self.provider})"]
-        out += [f"failed: {reason}" for _, reason in self.failed]
+               f"failed {len(self.failed)} ({tiles} on {self.provider})"]
+        out += [f"video: {v}" for v in self.videos]
+        out += [f"failed: {line}" for _, reason in self.failed for line in reason.splitlines()]
         out += [f"gallery: {g}" for g in self.galleries]
         return out
 
 
-def _natural(s: str):
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
-
-
-def scan(folder: Path, pattern: str | None, exclude: Path | None,
-         errors: list[OSError] | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursive, hidden entries and ``exclude`` skipped), as
-    paths relative to it, in natural order (2.jpg before 10.jpg). Links to folders are not
-    followed (no cycles); folders that cannot be listed go into ``errors``."""
-    found = []
-    onerror = None if errors is None else errors.append
-    for dirpath, dirs, files in os.walk(folder, onerror=onerror):
-        here = Path(dirpath)
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")
-                          and (exclude is None or (here / d).resolve() != exclude)), key=_natural)
-        for name in sorted(files, key=_natural):
-            rel = (here / name).relative_to(folder)
-            if name.startswith("."):
-                continue
-            if pattern is None:
-                ok = images.is_image_name(name)
-            else:
-                ok = fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel.as_posix(), pattern)
-            if ok:
-                found.append(rel)
-    return found
-
-
-def default_root(src: Path) -> Path:
-    src = src.resolve()
-    if not src.name:
-        raise DataError(f"cannot name a default output folder for {src}; pass --output")
-    return src.parent / f"{src.name if src.is_dir() else src.stem}-translated"
-
-
-def plan(cfg: TranslateConfig) -> tuple[list[Job], list[tuple[Path, str]]]:
-    """Every (input, output) pair in input order, and the inputs refused up front."""
-    pairs: list[tuple[Path, Path, Path]] = []  # (src, rel output path without suffix, root)
-    refused: list[tuple[Path, str]] = []
-    several = len(cfg.inputs) > 1
-    for given in cfg.inputs:
-        root = Path(cfg.output).resolve() if cfg.output else default_root(given)
-        if given.is_dir():
-            base = Path(given.resolve().name) if several and cfg.output else Path()
-            unlisted: list[OSError] = []
-            for rel in scan(given, cfg.glob, exclude=root, errors=unlisted):
-                pairs.append((given / rel, base / rel, root))
-            refused += [(Path(e.filename), f"{e.filename}: cannot list this folder: "
-                         f"{e.strerror or e}") for e in unlisted]
-        else:
-            pairs.append((given, Path(given.name), root))
-    # Outputs are named <stem>.<fmt>; inputs that would share one keep their suffix in it.
-    ext = "." + cfg.fmt
-    first = [(root / rel.parent / (rel.stem + ext)) for _, rel, root in pairs]
-    clash = {d for d, n in Counter(first).items() if n > 1}
-    jobs, seen = [], set()
-    for (src, rel, root), dst in zip(pairs, first):
-        if dst in clash:
-            dst = root / rel.parent / (rel.name + ext)
-        try:
-            real, src_real = dst.resolve(), src.resolve()
-        except (OSError, RuntimeError):  # RuntimeError: Python < 3.13's "Symlink loop"
-            refused.append((src, f"{src}: cannot read: a symbolic link loop"))
-            continue
-        if not real.is_relative_to(root):
-            refused.append((src, f"{src}: output path {dst} escapes the output folder {root}"))
-        elif real == src_real:
-            refused.append((src, f"{src}: the output would overwrite the input itself"))
-        elif real in seen:
-            refused.append((src, f"{src}: another input already writes {dst}"))
-        else:
-            seen.add(real)
-            jobs.append(Job(src, dst, root))
-    return jobs, refused
-
-
 # --- running ------------------------------------------------------------------------------
 
-def _prepare(job: Job, meta, split: str):
-    return images.prepare(job.src, meta, split)
+_END = object()  # the feeder's marker after a job's last piece
 
 
-def _finish(job: Job, prep, y, meta, cfg: TranslateConfig) -> None:
-    img = images.to_image(y, prep, meta, cfg.model_size)
-    data = images.encode(img, cfg.fmt)
-    try:
-        # No fsync: a killed process loses nothing that was written; only a power cut could.
-        # The folder's stale temps were removed once, before the run (not once per file).
-        files.atomic_write(job.dst, lambda tmp: tmp.write_bytes(data), fsync=False, clean=False)
-    except P2PError as e:
-        raise ImageError(f"{job.src}: {e}") from None
+@dataclass
+class _State:  # one job in flight, seen only by the engine thread
+    sink: Any
+    pending: int = 0  # pieces queued or batched whose output has not been put yet
+    ended: bool = False  # the source has no more pieces
+    failed: bool = False
 
 
 def run_jobs(engine: Engine, jobs: list[Job], cfg: TranslateConfig, bar=None,
-             log=None) -> list[str | None]:
+             log=None, opener: Opener | None = None,
+             counts: dict | None = None) -> list[str | None]:
     """Translate ``jobs``; returns, in input order, None for success or the failure reason.
-    The first automatic A|B split is said through ``log``, once."""
+
+    Reader threads open jobs ahead (``opener``, default ``file_opener``); one feeder thread
+    walks the opened jobs in order and queues their pieces; the calling thread batches
+    pieces of one shape (across jobs), runs the engine and hands outputs to each job's sink;
+    writer threads close sinks. Every queue is bounded, so memory stays flat. ``counts``,
+    when given, gets ``pieces``: how many pieces ran through the engine."""
     meta, bs = engine.metadata, engine.batch_size
+    opener = opener or file_opener(meta, cfg, log)
     workers = cfg.workers or min(4, os.cpu_count() or 1)
-    window = 2 * bs + workers  # decoded images waiting for the engine, and outputs waiting to write
+    window = 2 * bs + workers  # opened jobs ahead, queued pieces, and outputs waiting to write
     results: list[str | None] = [None] * len(jobs)
+    stop = threading.Event()
+    feed: queue.Queue = queue.Queue(maxsize=window)
+    opening: deque = deque()
+    writing: deque = deque()
 
     def done(i: int, reason: str | None = None) -> None:
         results[i] = reason
         if bar is not None:
             bar.update(1)
 
-    decoding: deque = deque()
-    writing: deque = deque()
-    batch: list[tuple[int, object]] = []
-    upcoming = iter(range(len(jobs)))
-    said_split = False
-
-    def drain(limit: int) -> None:
-        while len(writing) > limit:
-            i, fut = writing.popleft()
+    def send(item) -> bool:
+        while not stop.is_set():
             try:
-                fut.result()
-                done(i)
-            except P2PError as e:
-                done(i, str(e))
-            except Exception as e:  # an encoder bug must not cost the other outputs
-                done(i, f"{jobs[i].src}: cannot encode: {one_line(e)}")
+                feed.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    def infer(items) -> None:
+    def feeder(readers: ThreadPoolExecutor) -> None:
+        upcoming = iter(range(len(jobs)))
         try:
-            ys = engine.run(np.stack([p.array for _, p in items]))
-        except Exception as e:
-            if len(items) > 1:  # find the one image that fails; the rest still run
-                for item in items:
-                    infer([item])
-                return
-            i = items[0][0]
-            return done(i, f"{jobs[i].src}: inference failed: {one_line(e)[:300]}")
-        for (i, prep), y in zip(items, ys):
-            writing.append((i, writers.submit(_finish, jobs[i], prep, y, meta, cfg)))
-        drain(window)
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="p2p-decode") as readers, \
-            ThreadPoolExecutor(workers, thread_name_prefix="p2p-encode") as writers:
-        try:
-            while True:
-                while len(decoding) < window:  # keep the readers ahead of the engine
+            while not stop.is_set():
+                while len(opening) < window:  # keep the readers ahead of the engine
                     i = next(upcoming, None)
                     if i is None:
                         break
-                    decoding.append((i, readers.submit(_prepare, jobs[i], meta, cfg.split)))
-                if not decoding:
+                    opening.append((i, readers.submit(opener, jobs[i])))
+                if not opening:
                     break
-                i, fut = decoding.popleft()
+                i, fut = opening.popleft()
+                sink = None
                 try:
-                    prep = fut.result()
+                    source, sink = fut.result()
+                    if not send((i, sink, None)):
+                        return
+                    for piece in source.pieces():
+                        if not send((i, None, piece)):
+                            return
+                    item = (i, None, _END)
                 except P2PError as e:
-                    done(i, str(e))
-                    continue
+                    item = (i, sink, str(e))
                 except Exception as e:
-                    done(i, f"{jobs[i].src}: cannot decode: {one_line(e)}")
-                    continue
-                if prep.half and cfg.split == "auto" and not said_split and log:
-                    log(images.split_note(prep))
-                    said_split = True
-                if batch and prep.array.shape != batch[0][1].array.shape:
-                    infer(batch)  # dynamic-size models: one batch holds one shape
-                    batch = []
-                batch.append((i, prep))
-                if len(batch) == bs:
-                    infer(batch)
-                    batch = []
-            if batch:
-                infer(batch)
+                    item = (i, sink, f"{jobs[i].src}: cannot decode: {one_line(e)}")
+                if not send(item):
+                    return
+        finally:
+            send(None)
+
+    states: dict[int, _State] = {}
+    batch: list[tuple[int, Piece]] = []
+
+    def fail(i: int, reason: str) -> None:
+        st = states.get(i)
+        if st is None or st.failed:
+            return
+        st.failed = True
+        try:
+            st.sink.abort()
+        except Exception:  # noqa: BLE001 - the job has failed already; keep its first reason
+            pass
+        done(i, reason)
+
+    def finish_if_done(i: int) -> None:
+        st = states[i]
+        if st.ended and not st.pending:
+            del states[i]
+            if not st.failed:
+                writing.append((i, st.sink, writers.submit(st.sink.close)))
+
+    def drain(limit: int) -> None:
+        while len(writing) > limit:
+            i, sink, fut = writing.popleft()
+            try:
+                fut.result()
+                done(i)
+            except Exception as e:  # an encoder bug must not cost the other outputs
+                reason = str(e) if isinstance(e, P2PError) else \
+                    f"{jobs[i].src}: cannot encode: {one_line(e)}"
+                try:
+                    sink.abort()
+                except Exception:  # noqa: BLE001
+                    pass
+                done(i, reason)
+
+    def infer(items: list[tuple[int, Piece]]) -> None:
+        items = [(i, p) for i, p in items if not states[i].failed]
+        ys = None
+        if items:
+            try:
+                ys = engine.run(np.stack([p.array for _, p in items]))
+                if counts is not None:
+                    counts["pieces"] = counts.get("pieces", 0) + len(items)
+            except Exception as e:
+                if len(items) > 1:  # find the input that fails; the rest still run
+                    for item in items:
+                        infer([item])
+                    return
+                i = items[0][0]
+                fail(i, f"{jobs[i].src}: inference failed: {one_line(e)[:300]}")
+        for k, (i, piece) in enumerate(items):
+            st = states[i]
+            st.pending -= 1
+            if ys is not None and not st.failed:
+                try:
+                    st.sink.put(piece.where, ys[k])
+                except P2PError as e:
+                    fail(i, str(e))
+                except Exception as e:
+                    fail(i, f"{jobs[i].src}: cannot write: {one_line(e)}")
+            finish_if_done(i)
+        drain(window)
+
+    def flush() -> None:
+        nonlocal batch
+        if batch:
+            run, batch = batch, []
+            infer(run)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="p2p-decode") as readers, \
+            ThreadPoolExecutor(workers, thread_name_prefix="p2p-encode") as writers:
+        thread = threading.Thread(target=feeder, args=(readers,), name="p2p-feed", daemon=True)
+        thread.start()
+        try:
+            while (item := feed.get()) is not None:
+                i, sink, what = item
+                if sink is not None and what is None:  # a job starts
+                    states[i] = _State(sink)
+                elif isinstance(what, Piece):
+                    states[i].pending += 1
+                    if batch and what.array.shape != batch[0][1].array.shape:
+                        flush()  # dynamic-size models: one batch holds one shape
+                    batch.append((i, what))
+                    if len(batch) == bs:
+                        flush()
+                elif what is _END:
+                    states[i].ended = True
+                    finish_if_done(i)
+                else:  # the job failed in its reader: what is the reason
+                    if i in states:
+                        fail(i, what)
+                        states[i].ended = True
+                        finish_if_done(i)
+                    else:
+                        done(i, what)
+            flush()
             drain(0)
         finally:
-            for _, fut in list(decoding) + list(writing):
+            stop.set()
+            for _, fut in list(opening):
                 fut.cancel()
+            for _, sink, fut in list(writing):
+                fut.cancel()
+            for st in states.values():
+                if not st.failed:
+                    try:
+                        st.sink.abort()
+                    except Exception:  # noqa: BLE001
+                        pass
+            thread.join()
     return results
+
+
+def output_format(fmt: str | None, meta, model: Path) -> str:
+    """The format outputs are written in: ``fmt``, or the model's default; a format that
+    cannot hold the model's outputs (a 16-bit model and --format jpg) fails before the run."""
+    fmt = fmt or images.default_format(meta)
+    why = images.format_problem(fmt, *images.output_kind(meta))
+    if why:
+        depth, bands = images.output_kind(meta)
+        raise P2PError(f"{model}: the model writes {bands}-band {depth} images; {why}")
+    return fmt
 
 
 def translate(cfg: TranslateConfig, log=None) -> Summary:
@@ -252,8 +303,12 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     written), then plan, skip what exists, run, gallery."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
+    max_whole_pixels()  # ... and a bad $P2P_MAX_WHOLE_PIXELS
     if cfg.model is None:  # cli/ picks the default model, and says by which rule
         raise ModelError("no model given: pass --model PATH")
+    if any(Path(p).is_file() and (video.is_video_name(p) or video.is_animation(p))
+           for p in cfg.inputs):
+        video.require_av()  # a missing p2p[video] is one line, before the model loads
     model = Path(cfg.model)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
@@ -261,7 +316,17 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
-    jobs, refused = plan(cfg)
+    cfg = replace(cfg, fmt=output_format(cfg.fmt, engine.metadata, model))
+    opener = None
+    if cfg.tile:
+        from .tiles import tile_opener  # also refuses what cannot tile, before any work
+
+        opener = tile_opener(engine.metadata, cfg, log)
+    outputs: list[Path] = []
+    jobs, refused = plan(cfg, outputs)
+    if outputs:
+        log(f"skipped {len(outputs)} earlier output folder(s) (*{OUTPUT_SUFFIX}), never inputs "
+            f"again: {', '.join(map(str, outputs[:3]))}{' ...' if len(outputs) > 3 else ''}")
     summary = Summary(provider=engine.provider, failed=list(refused))
     todo = []
     for job in jobs:
@@ -270,19 +335,38 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         files.check_writable(root)
     for folder in {j.dst.parent for j in todo}:
         files.remove_stale_temps(folder)
+    videos = [j for j in todo if j.video]
+    if videos:  # PyAV and the codec before any work: one line, not one per video
+        from . import videojob
+
+        for suffix in sorted({video.output_suffix(j.src) for j in videos}):
+            video.pick_codec(cfg.video_codec, suffix)
     bar = None
     if cfg.progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), unit="img", desc="translate", dynamic_ncols=True)
+        frames = sum(videojob.estimate_frames(j.src) for j in videos)  # plus 1 a job
+        bar = tqdm(total=len(todo) + frames, unit="frame" if videos else "img",
+                   desc="translate", dynamic_ncols=True)
+    if videos:  # frames are pieces of one job, batched with the images' by the same loop
+        stats = videojob.VideoStats()
+        files_open = opener or file_opener(engine.metadata, cfg, log)
+        videos_open = videojob.video_opener(engine.metadata, cfg, stats, bar, log)
+
+        def opener(job):
+            return (videos_open if job.video else files_open)(job)
     t0 = time.perf_counter()
     try:
-        results = run_jobs(engine, todo, cfg, bar, log)
+        counts: dict = {}
+        results = run_jobs(engine, todo, cfg, bar, log, opener, counts)
+        summary.tiles = counts.get("pieces", 0) if cfg.tile else 0
     finally:
         if bar:
             bar.close()
         engine.close()
     summary.seconds = time.perf_counter() - t0
+    if videos:
+        summary.frames, summary.videos = stats.frames, stats.lines
     reasons = {}
     for job, reason in zip(todo, results):
         if reason is None:
@@ -291,5 +375,6 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
             summary.failed.append((job.src, reason))
             reasons[job.src] = reason
     if cfg.html:
-        summary.galleries += gallery.write(jobs, reasons, engine.metadata, cfg.split)
+        summary.galleries += gallery.write([j for j in jobs if not j.video], reasons,
+                                           engine.metadata, cfg.split)
     return summary

@@ -103,12 +103,14 @@ class Choice:
 
 
 def choose(requested: str | None, model_precision: str, provider: str,
-           flags: frozenset[str], model: str = "the model") -> Choice:
+           flags: frozenset[str], model: str = "the model", output_depth: str = "uint8"
+           ) -> Choice:
     """The precision ``provider`` runs ``model`` (a ``model_precision`` file) in.
 
     requested: "auto" (None means auto), "fp32", "bf16" or "int8"; model_precision: the
     file's metadata precision ("fp32", "fp16" or "int8"); provider: the backend's name
-    ("cpu", "cuda", "tensorrt", "openvino"); flags: ``cpu_flags()``.
+    ("cpu", "cuda", "tensorrt", "openvino"); flags: ``cpu_flags()``; output_depth: the
+    model's metadata output_depth (auto keeps FP32 for deeper than 8-bit outputs).
     Raises ProviderError for a precision this provider/CPU cannot run, ModelError for one
     this file cannot be run in; never returns a different precision than a non-auto request.
     """
@@ -157,6 +159,11 @@ def choose(requested: str | None, model_precision: str, provider: str,
             raise ProviderError("precision bf16 needs a CPU with native BF16 (AMX or "
                                 "AVX512_BF16); this one has neither; use fp32")
         return Choice("bf16", f"bf16: asked for; the CPU has native BF16 ({bf16})", "bf16")
+    if provider == "openvino" and bf16 is not None and output_depth != "uint8":
+        # BF16 keeps 8 significant bits: a [-1, 1] output near 1 moves in steps of 1/256,
+        # 128 levels of a 16-bit image; the model's depth would be written but not computed.
+        return Choice("fp32", f"auto: the model writes {output_depth} images, finer than "
+                      "BF16's 8-bit mantissa resolves (--precision bf16 to run it anyway)", None)
     if provider == "openvino" and native(flags, REGISTRY["bf16"].known_fast):
         # AMX tiles: BF16 matrices at several times the FP32 rate (1.5-2x end to end on a
         # 2-core Sapphire Rapids, BENCHMARKS.md); known fast, nothing to measure.
@@ -226,7 +233,7 @@ def open_backend(engine, provider: str, requested: str | None):
     from . import backends
 
     choice = choose(requested, engine.metadata.model_precision, provider, cpu_flags(),
-                    engine.path.name)
+                    engine.path.name, engine.metadata.output_depth)
     if choice.precision == "int8" and not engine.metadata.verified:
         # A file given by path runs (the user chose it), but the start-up line must not
         # suggest the >= 40 dB check happened (run folders pass such files over).

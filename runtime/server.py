@@ -1,7 +1,8 @@
 """``p2p-serve``: an exported model behind HTTP, with micro-batching and a drawing page.
 
-    POST /translate   image bytes in (any format Pillow reads) -> PNG/JPEG/WebP out
-                      (?format=png|jpg|webp, else the Accept header, else PNG; ?split=...)
+    POST /translate   image bytes in (any format Pillow reads) -> PNG/JPEG/WebP/TIFF out
+                      (?format=png|jpg|webp|tif, else the Accept header, else PNG (TIFF for
+                      float or N-band models); ?split=...)
     GET  /healthz     JSON: model, provider, precision (what runs), sizes
     GET  /metrics     Prometheus text: requests by status, errors by reason, latency and
                       batch-size histograms, queue depth, model/provider info
@@ -11,8 +12,10 @@ A request's trip is ``p2p-translate``'s, cut at the same joints: ``images.prepar
 split, resize/pad, normalise) in a thread pool -> ``MicroBatcher`` -> ``Engine.run`` in the
 engine thread -> ``images.to_image`` + ``images.encode`` in the thread pool. The event loop
 only moves bytes, so ``/healthz`` answers while a large batch runs. Every refusal is one
-JSON line ``{"error": ...}``: 400 bad input, 413 too large, 503 queue full (Retry-After),
-504 over ``timeout_s``, 500 inference failure of that one input.
+JSON line ``{"error": ...}``: 400 bad input, 408 body not received within
+``receive_timeout_s`` (connection closed: a slow-loris upload holds nothing for long), 413 too
+large, 503 queue full (Retry-After), 504 over ``timeout_s``, 500 inference failure of that one
+input.
 """
 
 from __future__ import annotations
@@ -40,12 +43,14 @@ from starlette.staticfiles import StaticFiles
 from . import images
 from .telemetry import ServiceMetrics
 from .batcher import InferenceError, MicroBatcher, QueueFull, ShuttingDown
-from .errors import ImageError, ModelError, P2PError
+from .errors import ImageError, ModelError, NonFiniteOutput, P2PError
 
 log = logging.getLogger("p2p.serve")
 STATIC = Path(__file__).resolve().parent / "static"
-MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
-FORMAT_ALIASES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp",
+               "tif": "image/tiff"}
+FORMAT_ALIASES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp", "tif": "tif",
+                  "tiff": "tif"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class ServeConfig:
     max_queue: int = 64  # requests admitted and not yet in a batch
     max_body_bytes: int = 20 << 20
     timeout_s: float = 30.0  # whole request after its body arrived: decode, queue, run, encode
+    receive_timeout_s: float = 30.0  # the upload itself: a stalled or trickling body gets 408
     workers: int | None = None  # decode/encode threads; None: min(4, CPUs)
     access_log: bool = True
     quiet: bool = False  # uvicorn says only warnings and errors
@@ -88,16 +94,23 @@ def decode(data: bytes, meta, split: str) -> images.Prepared:
 
 
 def encode(y: np.ndarray, prep: images.Prepared, meta, fmt: str) -> bytes:
-    return images.encode(images.to_image(y, prep, meta), fmt)
+    return images.encode(images.to_array(y, prep, meta), fmt)
 
 
-def choose_format(request: Request) -> str:
-    """?format= wins; then the Accept type with the highest q we can write; then PNG."""
+def choose_format(request: Request, meta=None) -> str:
+    """?format= wins; then the Accept type with the highest q we can write and that holds
+    the model's outputs; then the model's default (PNG; TIFF for float or N-band models)."""
     asked = request.query_params.get("format")
+    kind = images.output_kind(meta) if meta is not None else ("uint8", 3)
     if asked is not None:
         fmt = FORMAT_ALIASES.get(asked.lower())
         if fmt is None:
-            raise HTTPError(400, f"format {asked!r} is not one of png|jpg|webp", "bad_request")
+            raise HTTPError(400, f"format {asked!r} is not one of {'|'.join(images.FORMATS)}",
+                            "bad_request")
+        why = images.format_problem(fmt, *kind)
+        if why:
+            raise HTTPError(400, f"the model writes {kind[1]}-band {kind[0]} images; {why}",
+                            "bad_request")
         return fmt
     offers = []
     for i, part in enumerate(request.headers.get("accept", "").split(",")):
@@ -112,9 +125,9 @@ def choose_format(request: Request) -> str:
         offers.append((-q, i, media.lower()))
     for _, _, media in sorted(offers):
         for fmt, mt in MEDIA_TYPES.items():
-            if media == mt:
+            if media == mt and images.format_problem(fmt, *kind) is None:
                 return fmt
-    return "png"
+    return images.default_format(meta) if meta is not None else "png"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -160,8 +173,9 @@ class Service:
         await self.batcher.start()
         if not self.meta.dynamic_size:  # first run allocates: pay it before the first user
             s, c = self.meta.image_size, self.meta.in_channels
-            await asyncio.get_running_loop().run_in_executor(
-                self.pool, self.engine.run, np.zeros((1, c, s, s), np.float32))
+            with contextlib.suppress(NonFiniteOutput):  # the run was only for allocation;
+                await asyncio.get_running_loop().run_in_executor(  # requests fail one by one
+                    self.pool, self.engine.run, np.zeros((1, c, s, s), np.float32))
         try:
             yield
         finally:
@@ -186,7 +200,7 @@ class Service:
         return response
 
     async def _translate(self, request: Request) -> Response:
-        fmt = choose_format(request)
+        fmt = choose_format(request, self.meta)
         split = request.query_params.get("split", "auto")
         if split not in images.SPLITS:
             raise HTTPError(400, f"split {split!r} is not one of {'|'.join(images.SPLITS)}",
@@ -194,7 +208,15 @@ class Service:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPError(400, "send the image bytes as the request body (curl --data-binary "
                                  "@image.png), not a multipart form (curl -F)", "bad_image")
-        body = await read_body(request, self.cfg.max_body_bytes)
+        try:
+            async with asyncio.timeout(self.cfg.receive_timeout_s):
+                body = await read_body(request, self.cfg.max_body_bytes)
+        except TimeoutError:
+            # Connection: close: the rest of the body will never be read, so the connection
+            # cannot carry another request, and a stalled client must not keep it.
+            raise HTTPError(408, f"request body not received within "
+                                 f"{self.cfg.receive_timeout_s:g} s (--receive-timeout-s)",
+                            "receive_timeout", {"Connection": "close"}) from None
         if not body:
             raise HTTPError(400, "empty request body: send the image bytes "
                                  "(curl --data-binary @image.png)", "bad_image")
@@ -285,7 +307,8 @@ def serve(cfg: ServeConfig, log_line=None) -> None:
     for provider, why in engine.passed_over:
         log_line(f"auto: skipped {provider}: {why}")
     log_line(f"micro-batching: up to {cfg.max_batch} images, waiting at most "
-             f"{cfg.max_wait_ms:g} ms; queue {cfg.max_queue}; timeout {cfg.timeout_s:g} s")
+             f"{cfg.max_wait_ms:g} ms; queue {cfg.max_queue}; timeout {cfg.timeout_s:g} s; "
+             f"upload deadline {cfg.receive_timeout_s:g} s")
     try:
         sock = listen_socket(cfg.host, cfg.port)
         port = sock.getsockname()[1]

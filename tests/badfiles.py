@@ -84,8 +84,12 @@ def exif_rotated_jpeg(path: Path, w: int = 40, h: int = 24) -> Path:
     return save(path, Image.fromarray(noise(w, h, 7)), format="JPEG", exif=exif.tobytes())
 
 
-def make_corpus(folder: Path, bomb: bool = True) -> dict[str, Case]:
+def make_corpus(folder: Path, bomb: bool = True, shape: tuple[int, int] = (32, 32)
+                ) -> dict[str, Case]:
+    """The bad and the odd-but-decodable files; ``shape`` (width, height) of the decodable
+    ones (p2p-train needs 2:1 A|B images: (64, 32))."""
     folder.mkdir(parents=True, exist_ok=True)
+    w, h = shape
     cases: dict[str, Case] = {}
 
     def good(name: str, img: Image.Image, size=None, **kw) -> None:
@@ -93,25 +97,26 @@ def make_corpus(folder: Path, bomb: bool = True) -> dict[str, Case]:
         cases[name] = Case(True, size=size or img.size)
 
     # decodable, if odd
-    good("plain.png", Image.fromarray(noise(32, 32, 1)))
-    arr16 = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64)
+    good("plain.png", Image.fromarray(noise(w, h, 1)))
+    arr16 = (np.arange(w * h, dtype=np.uint16).reshape(h, w) * (65536 // (w * h)))
     good("grey16.png", Image.fromarray(arr16))  # mode I;16
-    rgb16 = (noise(32, 32, 2).astype(">u2") * 257).tobytes()
-    (folder / "rgb16.png").write_bytes(png_bytes(32, 32, 16, 2, (rgb16[i * 192:(i + 1) * 192]
-                                                                 for i in range(32))))
-    cases["rgb16.png"] = Case(True, size=(32, 32))
-    good("cmyk.jpg", Image.fromarray(noise(32, 32, 3)).convert("CMYK"), format="JPEG")
-    pal = Image.fromarray(noise(32, 32, 4)).convert("P", palette=Image.ADAPTIVE, colors=16)
+    rgb16 = (noise(w, h, 2).astype(">u2") * 257).tobytes()
+    row = 6 * w
+    (folder / "rgb16.png").write_bytes(png_bytes(w, h, 16, 2, (rgb16[i * row:(i + 1) * row]
+                                                               for i in range(h))))
+    cases["rgb16.png"] = Case(True, size=(w, h))
+    good("cmyk.jpg", Image.fromarray(noise(w, h, 3)).convert("CMYK"), format="JPEG")
+    pal = Image.fromarray(noise(w, h, 4)).convert("P", palette=Image.ADAPTIVE, colors=16)
     good("palette-alpha.png", pal, transparency=0)
     good("one-pixel.png", Image.new("RGB", (1, 1), (200, 10, 10)))
-    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames = [Image.new("RGB", (w, h), c) for c in ((255, 0, 0), (0, 0, 255))]
     frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:],
                    duration=50, loop=0)
-    cases["animated.gif"] = Case(True, size=(32, 32))
+    cases["animated.gif"] = Case(True, size=(w, h))
     exif_rotated_jpeg(folder / "exif-rotated.jpg")
     cases["exif-rotated.jpg"] = Case(True, size=(24, 40))
     good("odd-width pair.png", Image.fromarray(noise(65, 32, 5)))
-    good("ünï cödé 日本 photo.png", Image.fromarray(noise(32, 32, 6)))
+    good("ünï cödé 日本 photo.png", Image.fromarray(noise(w, h, 6)))
 
     # not decodable: each must be named with its reason
     buf = io.BytesIO()
@@ -134,13 +139,13 @@ def make_corpus(folder: Path, bomb: bool = True) -> dict[str, Case]:
     (folder / "self-loop.png").symlink_to("self-loop.png")
     cases["self-loop.png"] = Case(False, LOOP)
     (folder / "loop").symlink_to(".", target_is_directory=True)  # a folder cycle: not followed
-    locked = save(folder / "locked.png", Image.fromarray(noise(32, 32, 9)))
+    locked = save(folder / "locked.png", Image.fromarray(noise(w, h, 9)))
     locked.chmod(0)
     # chmod 000 stops everyone but root; as root the file is simply a good image.
-    cases["locked.png"] = Case(True, size=(32, 32)) if IS_ROOT else Case(False, DENIED)
-    save(folder / "locked-folder" / "inside.png", Image.fromarray(noise(32, 32, 10)))
+    cases["locked.png"] = Case(True, size=(w, h)) if IS_ROOT else Case(False, DENIED)
+    save(folder / "locked-folder" / "inside.png", Image.fromarray(noise(w, h, 10)))
     (folder / "locked-folder").chmod(0)
-    cases["locked-folder/inside.png"] = (Case(True, size=(32, 32)) if IS_ROOT else
+    cases["locked-folder/inside.png"] = (Case(True, size=(w, h)) if IS_ROOT else
                                          Case(False, UNLISTABLE))
     return cases
 

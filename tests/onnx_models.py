@@ -105,3 +105,38 @@ def reference_conv_tanh(path, x: np.ndarray) -> np.ndarray:
         for j in range(k):
             out += np.einsum("oc,nchw->nohw", w[:, :, i, j], xp[:, :, i:i + h, j:j + wd])
     return np.tanh(out + b[None, :, None, None])
+
+
+def norm_model(path, seed: int = 0, width: int = 8, **meta) -> Path:
+    """3x3 conv -> per-image normalisation (InstanceNormalization: each image on its own
+    statistics, as p2p exports BatchNorm) -> ReLU -> 3x3 conv -> 3x3 conv -> tanh: a tiny
+    translation-invariant generator whose output depends on the statistics of what it sees."""
+    m = metadata(**meta)
+    rng = np.random.default_rng(seed)
+    s = m.image_size
+    h, w = ("H", "W") if m.dynamic_size else (s, s)
+    x = helper.make_tensor_value_info(m.input_name, TensorProto.FLOAT, ["N", m.in_channels, h, w])
+    y = helper.make_tensor_value_info(m.output_name, TensorProto.FLOAT,
+                                      ["N", m.out_channels, h, w])
+    arrays = {"w0": rng.normal(0, 0.4, (width, m.in_channels, 3, 3)),
+              "b0": np.zeros(width), "scale": np.ones(width), "bias": rng.normal(0, 0.2, width),
+              "w1": rng.normal(0, 0.2, (width, width, 3, 3)), "b1": np.zeros(width),
+              "w2": rng.normal(0, 0.2, (m.out_channels, width, 3, 3)),
+              "b2": rng.normal(0, 0.1, m.out_channels)}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
+    conv = dict(pads=[1] * 4, kernel_shape=[3, 3])
+    nodes = [helper.make_node("Conv", [m.input_name, "w0", "b0"], ["c0"], **conv),
+             helper.make_node("InstanceNormalization", ["c0", "scale", "bias"], ["n0"]),
+             helper.make_node("Relu", ["n0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], **conv),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], **conv),
+             helper.make_node("Tanh", ["c2"], [m.output_name])]
+    graph = helper.make_graph(nodes, "p2p_test_norm", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="p2p-tests")
+    model.ir_version = 8
+    helper.set_model_props(model, m.to_props())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -5,6 +5,7 @@ extras), and the Python version p2p-serve needs."""
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -121,7 +122,8 @@ def test_eval_and_process_run_without_torch_onnxruntime_or_opencv(tmp_path):
     r = cli_without(blocked, "process", "p2p-process", "grayscale", "--input", src,
                     "--output", tmp_path / "g", "-q")
     assert r.returncode == 0, r.stderr
-    r = cli_without(blocked, "eval", "p2p-eval", src, src, "-q")
+    shutil.copytree(src, tmp_path / "targets")  # one folder as both is refused
+    r = cli_without(blocked, "eval", "p2p-eval", src, tmp_path / "targets", "-q")
     assert r.returncode == 0 and "1 images  L1 0.0000" in r.stdout, r.stderr
 
 

@@ -162,9 +162,14 @@ def stalled_save(obj, f, *a, **k):
     if calls[0] == stall_at:
         buf = io.BytesIO()
         real_save(obj, buf)
-        with open(f, "wb") as out:
-            out.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-        print("TORN", f, flush=True)
+        half = buf.getvalue()[: len(buf.getvalue()) // 2]
+        if hasattr(f, "write"):  # save_checkpoint hands torch.save an open file
+            f.write(half)
+            f.flush()
+        else:
+            with open(f, "wb") as out:
+                out.write(half)
+        print("TORN", getattr(f, "name", f), flush=True)
         time.sleep(600)
     return real_save(obj, f, *a, **k)
 torch.save = stalled_save

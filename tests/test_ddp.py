@@ -213,8 +213,12 @@ def test_resume_under_ddp_matches_an_uninterrupted_run(pairs, tmp_path):
     r, _ = torchrun("--resume", "-o", split, "--max-steps", 8, "--quiet")
     ok(r)
     assert r.stdout.count("resuming") == 1
+    # The stop at step 4 was the last step of that run: logged and sampled; its partial
+    # window stayed in the checkpoint, so every other line equals the uninterrupted run's.
     a, b = losses(straight), losses(split)
-    assert [x["step"] for x in a] == [x["step"] for x in b] == [0, 3, 3, 6, 6]
+    assert [x["step"] for x in b].count(4) == 2
+    b = [x for x in b if x["step"] != 4]
+    assert [x["step"] for x in a] == [x["step"] for x in b] == [0, 3, 3, 6, 6, 8, 8]
     for x, y in zip(a, b):
         assert x.keys() == y.keys()
         for k in x:

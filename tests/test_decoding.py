@@ -6,6 +6,7 @@ p2p-translate, p2p-process, p2p-train, p2p-eval and p2p-serve."""
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_every_command_decodes_it_upright(tmp_path):
     train, _ = build_datasets(src, None, None, True, "AtoB", 32, 36, False, 0)
     L, ab = train[0]
     assert tuple(L.shape) == (1, 32, 32) and tuple(ab.shape) == (2, 32, 32)
-    assert train._load(0)[0].size == (200, 300)
+    assert train._load(0)[0].shape[1::-1] == (200, 300)  # (H, W, C) arrays
     engine_meta = __import__("p2p.runtime.engine", fromlist=["Engine"]).Engine(
         model, "cpu", cache_dir=tmp_path / "c").metadata
     assert decode(exif_photo(), engine_meta, "auto").size == (200, 300)
@@ -134,8 +135,12 @@ def test_any_decoder_exception_is_one_line_naming_the_file_in_every_command(
     assert r.exit_code == 1, r.output
     assert f"Error: {bad}: unreadable image: cannot decode: error\n" in r.output
     assert "Traceback" not in r.output
-    r = CliRunner().invoke(eval_main, [str(src), str(src), "--quiet"])
-    assert r.exit_code == 1 and r.output.strip() == f"Error: {bad}: cannot decode: error"
+    shutil.copytree(src, tmp_path / "targets")  # the same folder twice is refused up front
+    r = CliRunner().invoke(eval_main, [str(src), str(tmp_path / "targets"), "--quiet"])
+    lines = [ln.strip() for ln in r.output.strip().splitlines()]
+    assert r.exit_code == 1 and lines[0].startswith("Error: 2 of ") and "Traceback" not in r.output
+    assert lines[1:] == [f"{bad}: cannot decode: error",
+                         f"{tmp_path / 'targets' / 'bad.png'}: cannot decode: error"]
     meta = Engine(model, "cpu", cache_dir=tmp_path / "c").metadata
     with pytest.raises(ImageError, match=r"request body: cannot decode: error$"):
         decode((src / "bad.png").read_bytes(), meta, "auto")

@@ -165,24 +165,35 @@ def test_eval_name_and_size_mismatches_are_one_line_errors(pairs, tmp_path):
     assert r.exit_code == 1 and "c.png: not an image Pillow can read" in r.output
 
 
-def test_16_bit_targets_score_like_their_own_8_bit_decoding(tmp_path):
-    """Issue 14 fault 1: every tool decodes every Pillow mode the same way, so 16-bit
-    greyscale targets against p2p's own 8-bit decoding of them are identical."""
+def test_16_bit_targets_are_scored_at_16_bits(tmp_path):
+    """Issue 14 fault 1 kept (every tool decodes every mode the same way) and issue 18 item 3:
+    p2p-eval reads 16-bit images at 16 bits. A 16-bit copy of each target scores exactly
+    (L1 0, PSNR at the cap); p2p's own 8-bit rendering of them scores the 8-bit rounding
+    error, PSNR = 10 log10(1 / mean((a/65535 - rint(a/257)/255)^2)) ~ 59 dB, not 'identical'."""
     from p2p.runtime.images import open_rgb
 
     rng = np.random.default_rng(0)
     (tmp_path / "t").mkdir()
+    (tmp_path / "same").mkdir()
+    err = []
     for i in range(3):
         a = rng.integers(0, 65536, (32, 40), dtype=np.uint16)
         Image.fromarray(a).save(tmp_path / "t" / f"{i}.png")
+        Image.fromarray(a).save(tmp_path / "same" / f"{i}.png")
         with Image.open(tmp_path / "t" / f"{i}.png") as im:
             assert im.mode == "I;16"
-        save(tmp_path / "p" / f"{i}.png", np.asarray(open_rgb(tmp_path / "t" / f"{i}.png")))
-    r = invoke(tmp_path / "p", tmp_path / "t", "--json", tmp_path / "s.json")
+        eight = np.asarray(open_rgb(tmp_path / "t" / f"{i}.png"))
+        save(tmp_path / "p" / f"{i}.png", eight)
+        err.append(10 * np.log10(1 / np.mean((a / 65535 - eight[..., 0] / 255) ** 2)))
+    r = invoke(tmp_path / "same", tmp_path / "t", "--json", tmp_path / "s.json")
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "s.json").read_text())
     assert (s["count"], s["l1"], s["psnr"]) == (3, 0.0, PSNR_CAP)
-    assert s["ssim"] == pytest.approx(1.0, abs=1e-12)
+    r = invoke(tmp_path / "p", tmp_path / "t", "--json", tmp_path / "s8.json")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s8.json").read_text())
+    assert s["psnr"] == pytest.approx(np.mean(err), abs=1e-9)
+    assert 58 < s["psnr"] < 60 and 0 < s["l1"] < 1 / 255
 
 
 def test_images_under_the_ssim_window_are_named_and_the_rest_scored(tmp_path):
@@ -222,3 +233,54 @@ def test_every_unreadable_image_is_named_and_nothing_is_written(pairs, tmp_path)
     assert len(lines) == 3 and lines[1].startswith(f"  {preds / 'a.png'}: cannot decode: ")
     assert lines[2] == f"  {targets / 'sub' / 'b.png'}: empty file (0 bytes)"
     assert not out_json.exists()
+
+
+# ---------------------------------------------------------------------------- intent
+
+
+@pytest.fixture
+def ab_set(tmp_path):
+    """A|B targets and predictions equal to their B half (an AtoB model's perfect output)."""
+    for i, rel in enumerate(["1.png", "2.png", "sub/3.png"]):
+        a, b = textured(i, 32, 32), textured(10 + i, 32, 32)
+        save(tmp_path / "ab" / rel, np.concatenate([a, b], 1))
+        save(tmp_path / "pred" / rel, b)
+    return tmp_path
+
+
+def test_direction_comes_from_the_model_or_its_run(ab_set):
+    from onnx_models import identity_model
+
+    model = identity_model(ab_set / "m.onnx", image_size=32, direction="AtoB")
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--model", model)
+    assert r.exit_code == 0, r.output
+    assert f"direction AtoB (from --model {model})" in r.output
+    assert "3 images" in r.output and "PSNR 100.00 dB (cap)" in r.output
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--model", model,
+               "--direction", "BtoA")
+    assert r.exit_code == 1 and "--direction BtoA contradicts" in r.output
+    assert "translates AtoB" in r.output
+    run = ab_set / "run"  # a run folder: its config.json says the direction
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"task": {"direction": "BtoA",
+                                                          "color_space": "rgb"}}))
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--model", run)
+    assert r.exit_code == 0 and "direction BtoA" in r.output  # scored against the A half
+    assert "PSNR 100.00 dB" not in r.output
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab")
+    assert r.exit_code == 1 and "needs --direction AtoB|BtoA or --model" in r.output
+
+
+def test_glob_scores_a_subset(ab_set):
+    (ab_set / "pred" / "2.png").unlink()  # predictions of a subset only
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--direction", "AtoB",
+               "--json", ab_set / "m.json")
+    assert r.exit_code == 1 and "have no prediction" in r.output  # still no silent subset
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--direction", "AtoB",
+               "--glob", "sub/*", "--json", ab_set / "m.json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((ab_set / "m.json").read_text())
+    assert (summary["count"], summary["glob"]) == (1, "sub/*")
+    r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--direction", "AtoB",
+               "--glob", "*.jpg")
+    assert r.exit_code == 1 and "no images matching --glob '*.jpg'" in r.output

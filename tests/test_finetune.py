@@ -147,3 +147,26 @@ def test_init_from_cannot_apply_to_a_resumed_run(pairs, tmp_path):
     run("--data", pairs, *TINY, "--max-steps", 1, "--workers", 0, "-o", out)
     r = run("--resume", "-o", out, "--init-from", g_path, "--max-steps", 2, ok=False)
     assert r.exit_code == 1 and "--init-from starts a new run" in r.output
+
+
+def test_init_from_takes_the_architecture_its_files_record(pairs, tmp_path):
+    # A p2p run at ngf 8 / ndf 4, 32 px with --load-size 36 ...
+    first = tmp_path / "first"
+    run("--data", pairs, "--image-size", 32, "--load-size", 36, "--ngf", 8, "--ndf", 4,
+        "--quiet", "--threads", 1, "--workers", 0, "--sample-every", 0, "--max-steps", 1,
+        "-o", first)
+    # ... fine-tuned without repeating any of it: the flags come from the checkpoint.
+    out = tmp_path / "tuned"
+    r = run("--data", pairs, "--threads", 1, "--workers", 0, "--sample-every", 0,
+            "--max-steps", 1, "--init-from", first / "checkpoints" / "latest.pt", "-o", out)
+    assert "--ngf 8, --ndf 4, --image-size 32, --load-size 36 (as it records)" in r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert {k: cfg["train"][k] for k in ("ngf", "ndf", "image_size", "load_size")} == \
+        {"ngf": 8, "ndf": 4, "image_size": 32, "load_size": 36}
+    # A junyanz generator shows its ngf and size; its D its ndf.
+    g_path, d_path, _, _ = reference_files(tmp_path / "ref", ngf=8)
+    out = tmp_path / "ref-tuned"
+    r = run("--data", pairs, "--quiet", "--threads", 1, "--workers", 0, "--sample-every", 0,
+            "--max-steps", 1, "--init-from", g_path, "--init-from-d", d_path, "-o", out)
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert (cfg["ngf"], cfg["ndf"], cfg["image_size"], cfg["load_size"]) == (8, 8, 32, 36)

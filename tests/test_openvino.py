@@ -217,6 +217,23 @@ def test_bad_model_files(tmp_path):
         OpenVINOSession(bare)
 
 
+def test_load_errors_keep_openvino_s_reason(tmp_path):
+    """OpenVINO's messages start with its own source location ("Exception from src/inference/
+    src/cpp/core.cpp:84:"): the line must carry the reason after it."""
+    import onnx
+
+    model = onnx.load(str(export_tiny(tmp_path / "t.onnx")))
+    model.graph.node[3].op_type = "NoSuchOp"  # a valid file OpenVINO cannot convert
+    path = tmp_path / "unknown_op.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError) as e:
+        OpenVINOSession(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: openvino cannot read it: ") and "\n" not in msg
+    assert "No conversion rule found for operations: NoSuchOp" in msg, msg
+    assert "Exception from" not in msg and ".cpp:" not in msg
+
+
 def test_engine_runs_openvino_fp32_and_bf16(tiny, batch, reference):
     with Engine(tiny, "openvino", batch_size=2, precision="fp32") as engine:
         assert engine.provider == "openvino" and engine.precision == "fp32"

@@ -30,7 +30,7 @@ def test_encode_uses_it_for_rgb_and_l_and_pillow_otherwise():
 
 def test_both_deflates_write_the_same_pixels():
     """ISA-L (the fast path) and zlib (the fallback) are interchangeable inside IDAT."""
-    from p2p.runtime import images
+    from p2p.runtime import encoding as images
 
     a = np.random.default_rng(3).integers(0, 256, (40, 24, 3), dtype=np.uint8)
     fallback = images._zlib_rle

@@ -174,6 +174,9 @@ def test_get_int8_calibrates_on_the_given_images(server, weights, tmp_path):
     r = cli("get", NAME, "--int8", "--quiet")  # a download has no run to calibrate on
     assert r.exit_code == 1 and "records no training data to calibrate on; pass " \
         "--calibration DIR" in r.output, r.output
+    # issue 22: the verified FP32 file is still written; only the INT8 one is missing
+    assert "(wrote generator.onnx)" in r.output and read_metadata(
+        tmp_path / "cache" / "models" / NAME / "generator.onnx").verified
     from test_int8 import _save  # smooth images like the exporter's check images
     from test_export import images
 
@@ -319,3 +322,31 @@ def test_precisions_are_the_exporters_and_lookup_needs_no_torch(tmp_path):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "models" / "x" / "generator.onnx")
+
+
+@pytest.mark.slow
+def test_an_import_never_pins_the_published_hash_and_a_failed_one_keeps_the_cache(
+        server, weights, tmp_path):
+    # Another generator (a fine-tune, another mirror) imported under the published name.
+    own = tmp_path / "own_net_G.pth"
+    own.write_bytes(weights[1])
+    r = cli("import", own, "--name", NAME, "--quiet")
+    assert r.exit_code == 0, r.output
+    book = tmp_path / "cache" / "models" / "sha256.json"
+    assert NAME not in (json.loads(book.read_text()) if book.exists() else {})
+    meta = read_metadata(pick_model(NAME)[0])
+    assert meta.source_url == f"file://{own.resolve()}"  # not claimed as the published file
+    # The real download is then the published file, not "corrupt", and it is recorded.
+    r = cli("get", NAME, "--force", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads(book.read_text())[NAME]["sha256"] == sha(weights[0])
+    cached = pretrained.weights_path(NAME)
+    assert cached.read_bytes() == weights[0]
+    onnx_before = pretrained.onnx_path(NAME).read_bytes()
+    # A re-import of a file that does not export fails and leaves the good cache alone.
+    bad = tmp_path / "bad_net_G.pth"
+    torch.save({"not": torch.zeros(1)}, bad)
+    r = cli("import", bad, "--name", NAME, "--sha256", sha(bad.read_bytes()), "--quiet")
+    assert r.exit_code == 1 and "not a pix2pix generator" in r.output, r.output
+    assert cached.read_bytes() == weights[0]
+    assert pretrained.onnx_path(NAME).read_bytes() == onnx_before

@@ -246,3 +246,47 @@ def test_walkthrough_process_commands_run_as_written(section, tmp_path, monkeypa
     train = sorted((data / "train").iterdir())
     assert len(train) in (8, 9) and (data / "val").is_dir()
     assert Image.open(train[0]).size == (512, 256)  # A|B, each 256x256
+
+
+def test_resize_keeps_label_maps_crisp_and_blends_photos(tmp_path):
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (12, 3), dtype=np.uint8)
+    labels = palette[np.repeat(np.repeat(rng.integers(0, 12, (9, 9)), 7, 0), 7, 1)]  # 63 px
+    save(tmp_path / "in" / "labels.png", labels)
+    photo = rng.integers(0, 256, (63, 63, 3), dtype=np.uint8)
+    save(tmp_path / "in" / "photo.png", photo)
+    r = CliRunner().invoke(main, ["resize", "--input", str(tmp_path / "in"), "--output",
+                                  str(tmp_path / "out"), "--size", "40", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "1 label map(s) resized nearest-neighbour" in r.output
+
+    def colours(p):
+        return len(np.unique(np.asarray(Image.open(p)).reshape(-1, 3), axis=0))
+
+    assert colours(tmp_path / "out" / "labels.png") == 12  # no blended class colours
+    assert colours(tmp_path / "out" / "photo.png") > 1000  # bicubic, as before
+    r = CliRunner().invoke(main, ["resize", "--input", str(tmp_path / "in"), "--output",
+                                  str(tmp_path / "blend"), "--size", "40", "--resample",
+                                  "bicubic", "--quiet"])
+    assert r.exit_code == 0 and colours(tmp_path / "blend" / "labels.png") > 12
+
+
+def test_split_halves_cuts_ab_images_into_a_and_b(tmp_path):
+    a, b = bands(20, 20), np.full((20, 20, 3), 7, np.uint8)
+    save(tmp_path / "ab" / "sub" / "1.jpg", np.concatenate([a, b], 1)[:, :, :])
+    save(tmp_path / "ab" / "2.png", np.concatenate([a, b], 1))
+    save(tmp_path / "ab" / "wide.png", np.concatenate([a, b, b], 1))  # 3:1: not a pair
+    r = invoke("split", "--halves", "--input", str(tmp_path / "ab"), "--output",
+               str(tmp_path / "out"))
+    assert r.exit_code == 1
+    assert "split: 2 written" in r.output
+    assert "wide.png: 60x20 is not 2:1" in r.output
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/A/2.png")), a)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/B/2.png")), b)
+    assert Image.open(tmp_path / "out/A/sub/1.png").size == (20, 20)
+    assert Image.open(tmp_path / "out/B/sub/1.png").size == (20, 20)
+    assert not (tmp_path / "out" / "A" / "wide.png").exists()
+    assert no_temp_files(tmp_path / "out")
+    r = invoke("split", "--halves", "--ratios", "0.5,0.5", "--input", str(tmp_path / "ab"),
+               "--output", str(tmp_path / "out2"))
+    assert r.exit_code == 2 and "--ratios and --seed only apply" in r.output

@@ -413,3 +413,32 @@ def test_defaults_bind_loopback():
     assert ServeConfig().host == "127.0.0.1"
     out = subprocess.run([BIN / "p2p-serve", "--help"], capture_output=True, text=True).stdout
     assert "[default: 127.0.0.1]" in out and "--max-queue" in out and "--timeout-s" in out
+
+
+def test_stalled_uploads_get_408_and_their_connections_closed(models, tmp_path_factory):
+    """Slow-loris: clients that send headers and part of a body, then stall, must not hold
+    the server's connections; each gets 408 at the receive deadline and is disconnected."""
+    with live_server(engine(models["identity"], tmp_path_factory),
+                     receive_timeout_s=0.5) as (url, service):
+        port = int(url.rsplit(":", 1)[1])
+        stalled = []
+        for _ in range(8):  # a bounded number of connections, all on loopback
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 100000\r\n\r\n" + png(noise(8, 8))[:20])
+            stalled.append(s)
+        t0 = time.monotonic()
+        for s in stalled:
+            reply = b""
+            while chunk := s.recv(65536):  # b"" once the server closes the connection
+                reply += chunk
+            s.close()
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), reply
+            assert b"connection: close" in head.lower()
+            assert b"not received within 0.5 s (--receive-timeout-s)" in body
+        assert time.monotonic() - t0 < 8
+        # The server still answers, and counted the refusals.
+        r = httpx.post(f"{url}/translate", content=png(noise(8, 8)))
+        assert r.status_code == 200
+        assert service.metrics.sample("p2p_errors_total", reason="receive_timeout") == 8

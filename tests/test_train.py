@@ -80,16 +80,20 @@ def test_run_folder_and_lr_schedule(pairs, tmp_path):
                             "loss_D_fake", "lr"}
     assert all(np.isfinite(r[k]) for r in rows for k in r)
     val = [r["step"] for r in losses(out) if "val_L1" in r]
-    assert val == [0, 5, 10]
+    assert val == [0, 5, 10, 12]  # and the last step, off the --sample-every grid
     samples = sorted(p.name for p in (out / "samples").iterdir())
-    assert samples == ["step_000000.png", "step_000005.png", "step_000010.png"]
+    assert samples == ["step_000000.png", "step_000005.png", "step_000010.png",
+                       "step_000012.png"]
+    assert cfg["sample_source"] == "val" and cfg["sample_metric"] == "val_L1"
     assert Image.open(out / "samples" / "step_000010.png").size == (3 * 32, 2 * 32)
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["latest.pt", "step_000008.pt"]
     # Loadable without unpickling arbitrary objects, carrying the whole contract.
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert state["step"] == 12 and state["epoch"] == 2
-    assert state["task"] == {"direction": "AtoB", "color_space": "rgb", "data": str(pairs)}
+    assert state["task"] == {"direction": "AtoB", "color_space": "rgb", "data": str(pairs),
+                             "data_root": str(pairs.resolve()),  # exports find it from anywhere
+                             "input_depth": "uint8", "output_depth": "uint8"}
     assert state["model"]["ngf"] == 4 and state["train"]["l1_weight"] == 100.0
     for k in ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng"):
         assert k in state
@@ -118,7 +122,11 @@ def test_resume_reproduces_an_uninterrupted_run(pairs, tmp_path):
     with open(split / "metrics.jsonl", "a") as f:
         f.write('{"step": 6, "epoch": 1, "loss_G_GAN": 9.0}\n{"step": 7, "ep')
     run("--resume", "-o", split, "--max-steps", 10, "--workers", 1, "--quiet")
+    # The stop at step 5 was logged and sampled (the last step of that run); the partial
+    # window stayed in the checkpoint, so every later line equals the uninterrupted run's.
     a, b = losses(straight), losses(split)
+    assert [r["step"] for r in b].count(5) == 2
+    b = [r for r in b if r["step"] != 5]
     assert len(a) == len(b) > 5
     for ra, rb in zip(a, b):
         assert ra.keys() == rb.keys() and ra["step"] == rb["step"]
@@ -160,7 +168,7 @@ def test_l1_falls_when_fitting_a_tiny_set(tmp_path):
         "--ndf", 8, "--no-flip", "--max-steps", 30, "--log-every", 10, "--sample-every", 30,
         "--lr", 5e-3, "--workers", 0, "--quiet", "--threads", 1, "-o", out)
     l1 = [r["loss_G_L1"] for r in losses(out) if "loss_G_L1" in r]
-    val = [r["val_L1"] for r in losses(out) if "val_L1" in r]
+    val = [r["train_L1"] for r in losses(out) if "train_L1" in r]  # no val/: not held out
     assert l1[-1] < 0.8 * l1[0] and val[-1] < 0.7 * val[0], (l1, val)
 
 

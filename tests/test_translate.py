@@ -312,3 +312,26 @@ def test_a_temp_named_file_with_a_huge_pid_is_not_a_crash(tmp_path):
     r = translate(tmp_path / "in", "--model", model, "-o", out)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["a.png"]
+
+
+def test_several_files_share_their_folder_s_output_and_outputs_are_never_inputs(models,
+                                                                               tmp_path):
+    src = tmp_path / "dir"
+    want = {n: noise(src / n, seed=i) for i, n in enumerate(["a.png", "b.png", "c.png"])}
+    # What an earlier run on a single file writes: <stem>-translated beside the file.
+    r = translate(src / "c.png", "--model", models["dyn"], "--split", "none")
+    assert r.exit_code == 0 and (src / "c-translated" / "c.png").is_file(), r.output
+    # dir/*.jpg, no --output: one dir-translated beside dir, nothing new inside dir.
+    r = translate(src / "a.png", src / "b.png", "--model", models["dyn"], "--split", "none")
+    assert r.exit_code == 0 and "translated 2, skipped 0, failed 0" in r.stdout, r.output
+    out = tmp_path / "dir-translated"
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in src.iterdir()) == ["a.png", "b.png", "c-translated", "c.png"]
+    # The folder: its earlier output folder inside is skipped (and said), never translated.
+    r = translate(src, "--model", models["dyn"], "--split", "none")
+    assert r.exit_code == 0 and "translated 1, skipped 2, failed 0" in r.stdout, r.output
+    assert f"skipped 1 earlier output folder(s) (*-translated), never inputs again: " \
+           f"{src / 'c-translated'}" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    for n, a in want.items():
+        np.testing.assert_array_equal(np.asarray(Image.open(out / n)), a, err_msg=n)

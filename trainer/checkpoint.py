@@ -22,21 +22,44 @@ from __future__ import annotations
 
 import pickle
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from p2p.runtime.files import atomic_write  # noqa: F401  (re-exported: trainer, export use it)
-from p2p.runtime.errors import CheckpointError
+from p2p.runtime.errors import CheckpointError, one_line
 
 FORMAT = "p2p-checkpoint"
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
+    """Write ``state`` atomically; a full disk is one P2PError line naming the file system
+    (``files.atomic_write``), and the previous file at ``path`` is kept."""
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: _save(state, tmp))
+
+
+def _save(state: dict, tmp: Path) -> None:
+    # Through a Python file: torch's own writer turns a failed write (ENOSPC) into
+    # RuntimeError "unexpected pos ..."; with a file object the OSError survives as the
+    # RuntimeError's context, and is raised as what it is.
+    with open(tmp, "wb") as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+
+def snapshot(latest: Path, step: int) -> Path:
+    """A whole copy of ``latest`` as ``step_NNNNNN.pt`` beside it; atomic, so a kill mid-copy
+    never leaves a torn snapshot."""
+    return atomic_write(latest.with_name(f"step_{step:06d}.pt"),
+                        lambda tmp: shutil.copyfile(latest, tmp))
 
 
 def load_state(path: Path) -> dict:
@@ -66,9 +89,8 @@ def load_state(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - what torch's unpickler raises on garbage is open:
         # RuntimeError, EOFError, BadZipFile, OSError, ValueError, and from the legacy format
         # KeyError ("hello world" as .pth) or struct.error (a pickle cut short)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or "
-                              f"corrupt?): {msg[:200]}") from None
+                              f"corrupt?): {one_line(e)[:200]}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of weights")
     return state

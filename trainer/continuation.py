@@ -21,7 +21,8 @@ from p2p.runtime.errors import CheckpointError
 from p2p.runtime.host import file_sha256
 from p2p.trainer.checkpoint import check_checkpoint, load_state
 from p2p.trainer.models import ModelConfig
-from p2p.trainer.reference import JUNYANZ_KEY, build_discriminator, build_generator, is_junyanz
+from p2p.trainer.reference import (JUNYANZ_KEY, architecture, build_discriminator,
+                                   build_generator, is_junyanz)
 
 ARCH = ("in_channels", "out_channels", "image_size", "ngf", "ndf", "norm")
 
@@ -65,6 +66,35 @@ def init_from(G, D, model_cfg: ModelConfig, g_path: str, d_path: str | None = No
         D.load_state_dict(build_discriminator(Path(d_path or g_path), model_cfg,
                                               weights_d).state_dict())
     return record
+
+
+def recorded_flags(g_path: str, d_path: str | None = None) -> dict:
+    """The architecture flags (``ngf``, ``ndf``, ``image_size``, ``load_size``, ``norm``)
+    that the --init-from files record or their weights show: a p2p checkpoint's model and
+    train config; a junyanz generator's shapes (``reference.architecture``) and its D's
+    first layer. Flags a file cannot tell are left out. Raises ``CheckpointError`` for a
+    file that is neither (as ``init_from`` would)."""
+    state = load_state(Path(g_path))
+    if "format" in state:
+        state = check_checkpoint(state, Path(g_path))
+        model, train = state.get("model") or {}, state.get("train") or {}
+        found = {k: model[k] for k in ("ngf", "ndf", "image_size", "norm") if k in model}
+        if "load_size" in train:
+            found["load_size"] = train["load_size"]
+    elif is_junyanz(state):
+        arch = architecture(state) or {}
+        found = {k: arch[k] for k in ("ngf", "image_size", "norm") if k in arch}
+    else:
+        return {}
+    if d_path and "ndf" not in found:
+        d_state = load_state(Path(d_path))
+        first = d_state.get("model.0.weight")
+        if first is not None and getattr(first, "ndim", 0) == 4:
+            found["ndf"] = int(first.shape[0])
+    if "image_size" in found and "load_size" not in found:
+        # The paper's jitter: 286 for 256, the same ratio at other sizes.
+        found["load_size"] = round(found["image_size"] * 286 / 256)
+    return found
 
 
 def _same_architecture(path: Path, state: dict, model_cfg: ModelConfig) -> None:

@@ -37,11 +37,23 @@ def base_url() -> str:
     return os.environ.get("P2P_DATASET_URL") or BASE_URL
 
 
-def resolve(data: str) -> Path:
-    """A folder path wins; else a classic dataset name (downloaded when needed)."""
+def locate(data: str) -> Path | None:
+    """The one rule for where ``--data`` lives, without downloading: a folder path wins,
+    else a classic dataset name already in ``cache_dir()``; None when neither is here."""
     path = Path(data).expanduser()
     if path.exists():
         return path
+    if data in NAMES and (cache_dir() / data).is_dir():
+        return cache_dir() / data
+    return None
+
+
+def resolve(data: str) -> Path:
+    """A folder path wins; else a classic dataset name (downloaded when needed)."""
+    path = locate(data)
+    if path is not None:
+        return path
+    path = Path(data).expanduser()
     if data in NAMES:
         return ensure(data)
     if os.sep in data or "/" in data or path.suffix:

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from p2p.runtime.errors import CheckpointError, P2PError, ProviderError
+from p2p.runtime.errors import CheckpointError, P2PError, ProviderError, one_line
 from p2p.trainer import checkpoint, data
 from p2p.trainer.models import NORMS, UnetGenerator
 
@@ -129,15 +129,17 @@ class Job:
         rest = self.agree(_nothing if self.main else on_others)
         return first if self.main else rest
 
-    def check_images(self, ds: data.PairDataset) -> None:
-        """``data.check_images`` on the training set, each rank decoding its share."""
-        paths, side_by_side = data.image_paths(ds.items, ds.mode)
+    def check_images(self, ds: data.PairDataset, samples: data.PairDataset) -> dict[str, str]:
+        """``data.check_images`` on the training and sample sets, each rank decoding its
+        share; returns the data's depths (``data.data_depths``)."""
         if not self.enabled:
-            return data.check_images(paths, side_by_side)
-        mine = self.agree(data.image_problems, paths[self.rank::self.world], side_by_side)
+            return data.check_images(ds, samples)
+        items = data.all_items(ds, samples)
+        mine = self.agree(data.image_problems, items[self.rank::self.world], ds)
         shares = self.gather(mine)
-        problems = [shares[i % self.world][i // self.world] for i in range(len(paths))]
-        self.agree(data.raise_problems, problems, len(paths))
+        found = [shares[i % self.world][i // self.world] for i in range(len(items))]
+        self.agree(data.raise_problems, found, len(items))
+        return data.data_depths(found)
 
     def check_flags(self, norm: str) -> None:
         # Under an initialised process group SyncBatchNorm refuses CPU input even for one rank.
@@ -255,7 +257,7 @@ def job(device: torch.device):
         control = dist.new_group(backend="gloo") if backend == "nccl" else None
     except (dist.DistError, RuntimeError, ValueError) as e:
         raise ProviderError(f"rank {rank}: cannot join the torchrun job ({backend}): "
-                            f"{_first_line(e)}") from None
+                            f"{one_line(e)[:200]}") from None
     env = Job(device, rank, world, True, control)
     try:
         yield env
@@ -266,15 +268,10 @@ def job(device: torch.device):
         raise type(e)(f"rank {rank}: {e}") from None
     except dist.DistError as e:  # a peer died or left: its own error says why
         raise P2PError(f"rank {rank}: stopped: lost contact with another rank of the job, "
-                       f"which failed or was killed (its error is above): {_first_line(e)}"
+                       f"which failed or was killed (its error is above): {one_line(e)[:200]}"
                        ) from None
     except RuntimeError as e:
         # Out of memory, or a collective inside DDP's backward that a dead peer broke (gloo
         # raises a plain RuntimeError there): one line per rank, not N interleaved tracebacks.
-        raise P2PError(f"rank {rank}: stopped: {type(e).__name__}: {_first_line(e)}") from None
+        raise P2PError(f"rank {rank}: stopped: {type(e).__name__}: {one_line(e)[:200]}") from None
     dist.destroy_process_group()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]

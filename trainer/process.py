@@ -3,16 +3,20 @@
 The operations follow pix2pix-tensorflow's ``tools/process.py`` and ``tools/split.py`` and
 junyanz's ``combine_A_and_B.py``:
 
-    resize     square by centre crop (or by padding with white, ``pad=True``), then resize
+    resize     square by centre crop (or by padding with white, ``pad=True``), then resize:
+               bicubic for photos, nearest-neighbour for label maps (``resample``)
     grayscale  one-channel luminance (Pillow's ITU-R 601-2 ``L``)
     edges      black-on-white Canny edges, for edges->photo pairs like the edges2* sets
     blank      a white centre rectangle (half width x half height; a square on square
                images), for inpainting pairs
     combine    same-named A and B images side by side, A|B (the layout ``p2p-train`` reads)
-    split      deterministic train/ val/ test/ subfolders (files copied, never moved)
+    split      deterministic train/ val/ test/ subfolders (files copied, never moved), or
+               with ``halves=True`` each A|B image cut into A/ and B/ (the inverse of combine)
 
-Every generated image is written as PNG (lossless: edges and blanks must not grow JPEG
-ringing) under the same relative path as its source; ``split`` copies files byte for byte.
+Images are read and written at their own depth (8-bit, 16-bit, float; TIFF sources stay
+TIFF, for float and N-band data). Every generated image is written as PNG (lossless: edges
+and blanks must not grow JPEG ringing; no colour profile: pixels are sRGB after decoding)
+or TIFF under the same relative path as its source; ``split`` copies files byte for byte.
 The output folder may neither be, nor lie inside, an input (nor the other way round), so
 the tools never write into their input. Existing outputs are skipped unless ``overwrite``;
 a bad file is recorded and the run goes on; each write is atomic (temp file + rename).
@@ -31,15 +35,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from p2p.runtime import images, listing
+from p2p.runtime import images, listing, pixels
 from p2p.runtime.errors import DataError, P2PError, choices, one_line
 from p2p.runtime.files import atomic_write, check_writable
 from p2p.runtime.images import SHOWN_EXTS
+from p2p.runtime.metadata import DATA_DEPTHS
 
 OPS = ("resize", "combine", "split", "grayscale", "edges", "blank")
+RESAMPLES = ("auto", "bicubic", "nearest")
+# auto: an image of at most this many distinct colours is a label map (or an edge map, a
+# drawing): bicubic would blend its classes into colours no label has, so it is resized
+# nearest-neighbour. Photos have thousands (a JPEG label map too: compression noise).
+LABEL_MAP_COLOURS = 256
 SPLIT_NAMES = ("train", "val", "test")
 CANNY_SIGMA = 0.33  # the median rule: thresholds at (1 -/+ sigma) * median intensity
 
@@ -53,8 +62,10 @@ class ProcessConfig:
     b: Path | None = None
     size: int = 256  # resize
     pad: bool = False  # resize: pad to square with white instead of centre-cropping
+    resample: str = "auto"  # resize: auto | bicubic | nearest (RESAMPLES)
     ratios: tuple[float, ...] = (0.8, 0.1, 0.1)  # split: train, val[, test]
     seed: int = 0  # split
+    halves: bool = False  # split: A|B images -> A/ and B/ instead of train/ val/ test/
     workers: int = 0  # 0: os.cpu_count()
     overwrite: bool = False
     progress: bool = True
@@ -63,6 +74,7 @@ class ProcessConfig:
 @dataclass
 class Report:
     written: int = 0
+    nearest: list[str] = field(default_factory=list)  # resize: label maps, nearest-neighbour
     skipped: int = 0  # outputs that already existed
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, one-line reason)
 
@@ -90,6 +102,8 @@ def validate(cfg: ProcessConfig) -> None:
                             "inside it: choose a separate folder")
     if cfg.op == "resize" and cfg.size < 1:
         raise DataError(f"--size {cfg.size}: must be a positive number of pixels")
+    if cfg.resample not in RESAMPLES:
+        raise DataError(f"--resample {cfg.resample}: allowed: {choices(RESAMPLES)}")
     if cfg.op == "split":
         check_ratios(cfg.ratios)
     if cfg.workers < 0:
@@ -119,40 +133,70 @@ def list_images(root: Path, report: Report | None = None) -> list[Path]:
 # ---------------------------------------------------------------------------- image I/O
 
 
-def load_rgb(path: Path) -> Image.Image:
+def load(path: Path) -> np.ndarray:
     """p2p-translate's decoder, so a dataset is made from images exactly as the model will
-    see them: decoded fully (a truncated file fails here), EXIF orientation applied, alpha
-    composited on white, 16-bit scaled (not clipped), the $P2P_MAX_IMAGE_PIXELS bomb limit,
-    and no FIFO ever opened. Failures are ``ImageError`` lines naming the file."""
-    return images.open_rgb(path)
+    see them: decoded fully at their own depth (8-bit, 16-bit, float 0..1; 1, 3 or N bands;
+    a truncated file fails here), EXIF orientation applied, colour profile converted to
+    sRGB, alpha composited on white, the $P2P_MAX_IMAGE_PIXELS bomb limit, and no FIFO ever
+    opened. (H, W, C); failures are ``ImageError`` lines naming the file."""
+    return images.decode(path)
 
 
-def save_png(im: Image.Image, path: Path) -> None:
-    # compress_level 1: several times faster than the default 6 for a few % more bytes.
-    atomic_write(path, lambda tmp: im.save(tmp, format="PNG", compress_level=1))
+def save(a: np.ndarray, path: Path) -> None:
+    """``images.encode`` in the format the name says (.png: 8/16-bit, 1 or 3 bands; .tif:
+    anything). No colour profile is written: the pixels are sRGB (``images.decode``), and a
+    profile copied from an RGB source onto a greyscale PNG is one libpng rejects."""
+    data = images.encode(a, "tif" if path.suffix == ".tif" else "png")
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 # ---------------------------------------------------------------------------- operations
 
 
-def resize(im: Image.Image, size: int, pad: bool = False) -> Image.Image:
-    w, h = im.size
+def is_label_map(a: np.ndarray) -> bool:
+    """At most ``LABEL_MAP_COLOURS`` distinct colours in the (H, W, C) image: a label map,
+    not a photo."""
+    pixels_ = np.ascontiguousarray(a).reshape(-1, a.shape[2])
+    as_one = pixels_.view(np.dtype((np.void, pixels_.dtype.itemsize * pixels_.shape[1])))
+    return len(np.unique(as_one)) <= LABEL_MAP_COLOURS
+
+
+def _nearest(a: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C) -> (size, size, C) nearest-neighbour at pixel centres (Pillow's NEAREST):
+    no colour that was not there (label maps stay label maps)."""
+    h, w = a.shape[:2]
+    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(np.intp), w - 1)
+    return a[rows][:, cols]
+
+
+def resize(a: np.ndarray, size: int, pad: bool = False, resample: str = "bicubic") -> np.ndarray:
+    """Square (H, W, C) ``a`` (centre crop, or white padding) at ``size``, same depth;
+    ``resample`` is bicubic or nearest (``plan`` decides auto per image with
+    ``is_label_map``)."""
+    h, w = a.shape[:2]
     if pad:
         # White, not black: the classic sets (facades, edges2*) have light backgrounds and a
         # black border would read as a strong edge the generator has to learn.
         side = max(w, h)
-        canvas = Image.new("RGB", (side, side), (255, 255, 255))
-        canvas.paste(im, ((side - w) // 2, (side - h) // 2))
-        im = canvas
+        canvas = np.full((side, side, a.shape[2]), pixels.white(a.dtype), a.dtype)
+        top, left = (side - h) // 2, (side - w) // 2
+        canvas[top:top + h, left:left + w] = a
+        a = canvas
     else:
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
-        im = im.crop((left, top, left + side, top + side))
-    return im if im.size == (size, size) else im.resize((size, size), Image.Resampling.BICUBIC)
+        a = a[top:top + side, left:left + side]
+    if a.shape[:2] == (size, size):
+        return a
+    return _nearest(a, size) if resample == "nearest" else images.resize(a, (size, size))
 
 
-def grayscale(im: Image.Image) -> Image.Image:
-    return im.convert("L")
+def grayscale(a: np.ndarray) -> np.ndarray:
+    """One band: Pillow's ITU-R 601-2 luma (``images.match_bands``), at the image's depth."""
+    if a.shape[2] not in (1, 3):
+        raise DataError(f"{a.shape[2]} bands: grayscale takes greyscale or RGB images")
+    return images.match_bands(a, 1)
 
 
 def _cv2():
@@ -164,8 +208,9 @@ def _cv2():
     return cv2
 
 
-def edges(im: Image.Image) -> Image.Image:
-    """Canny with automatic thresholds, black edges on white like pix2pix's edges2* sets.
+def edges(a: np.ndarray) -> np.ndarray:
+    """Canny with automatic thresholds, black edges on white like pix2pix's edges2* sets
+    (8-bit, one band, whatever the source's depth).
 
     pix2pix used HED edges (a network not available offline); Canny on a lightly blurred
     grayscale is the usual stand-in. Thresholds follow the median rule: an image's median
@@ -173,31 +218,36 @@ def edges(im: Image.Image) -> Image.Image:
     sensible maps without per-image tuning.
     """
     cv2 = _cv2()
-    gray = np.asarray(im.convert("L"))
+    gray = grayscale(pixels.to_uint8(a))[..., 0]
     blurred = cv2.GaussianBlur(gray, (3, 3), 0)
     v = float(np.median(blurred))
     low = int(max(0, (1.0 - CANNY_SIGMA) * v))
     high = int(min(255, (1.0 + CANNY_SIGMA) * v))
-    return Image.fromarray(255 - cv2.Canny(blurred, low, high), mode="L")
+    return (255 - cv2.Canny(blurred, low, high))[..., None]
 
 
-def blank(im: Image.Image) -> Image.Image:
+def blank(a: np.ndarray) -> np.ndarray:
     """White out the centre (half width x half height), as pix2pix-tensorflow's ``blank``."""
-    w, h = im.size
-    out = im.copy()
-    out.paste((255, 255, 255), (w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2))
+    h, w = a.shape[:2]
+    out = a.copy()
+    out[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = pixels.white(a.dtype)
     return out
 
 
-def combine(a: Image.Image, b: Image.Image, a_name: str, b_name: str) -> Image.Image:
-    if a.size != b.size:
-        raise DataError(f"size mismatch: A {a_name} is {a.size[0]}x{a.size[1]}, "
-                        f"B {b_name} is {b.size[0]}x{b.size[1]}")
-    w, h = a.size
-    ab = Image.new("RGB", (2 * w, h))
-    ab.paste(a, (0, 0))
-    ab.paste(b, (w, 0))
-    return ab
+def combine(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> np.ndarray:
+    """A|B side by side. Greyscale beside RGB becomes RGB; two depths become the deeper."""
+    if a.shape[:2] != b.shape[:2]:
+        raise DataError(f"size mismatch: A {a_name} is {a.shape[1]}x{a.shape[0]}, "
+                        f"B {b_name} is {b.shape[1]}x{b.shape[0]}")
+    if a.shape[2] != b.shape[2]:
+        if {a.shape[2], b.shape[2]} != {1, 3}:
+            raise DataError(f"band mismatch: A {a_name} has {a.shape[2]}, B {b_name} "
+                            f"{b.shape[2]}")
+        a, b = images.match_bands(a, 3), images.match_bands(b, 3)
+    if a.dtype != b.dtype:
+        deeper = max(a.dtype.name, b.dtype.name, key=DATA_DEPTHS.index)
+        a, b = (pixels.from_unit(pixels.to_unit(x), deeper) for x in (a, b))
+    return np.concatenate([a, b], axis=1)
 
 
 PER_IMAGE = {"grayscale": grayscale, "edges": edges, "blank": blank}
@@ -208,12 +258,14 @@ PER_IMAGE = {"grayscale": grayscale, "edges": edges, "blank": blank}
 
 def _png_targets(rels: list[Path], src_root: Path, out_root: Path,
                  report: Report) -> list[tuple[Path, Path]]:
-    """Map each source to ``out/<rel>.png``; two sources with one output (a.jpg, a.png) is a
-    failure for the second, never a silent overwrite."""
+    """Map each source to ``out/<rel>.png`` (``.tif`` for TIFF sources: 16-bit or float
+    colour, N bands); two sources with one output (a.jpg, a.png) is a failure for the
+    second, never a silent overwrite."""
     seen: dict[Path, Path] = {}
     jobs = []
     for rel in rels:
-        dst = out_root / rel.with_suffix(".png")
+        tif = rel.suffix.lower() in (".tif", ".tiff")
+        dst = out_root / rel.with_suffix(".tif" if tif else ".png")
         if dst in seen:
             report.failed.append((str(src_root / rel),
                                   f"same output {dst} as {src_root / seen[dst]}; rename one"))
@@ -237,8 +289,20 @@ def split_assignment(rels: list[Path], ratios, seed: int) -> dict[str, list[Path
     return {SPLIT_NAMES[i]: names[cuts[i]:cuts[i + 1]] for i in range(len(ratios))}
 
 
+def save_halves(src: Path, out: Path, rel: Path) -> None:
+    """An A|B image (exactly 2:1, the rule of every command) as ``out/A/rel`` and
+    ``out/B/rel``; any other shape is a DataError naming it."""
+    a = load(src)
+    problem = images.ab_pair_problem(src, (a.shape[1], a.shape[0]))
+    if problem:
+        raise DataError(problem)
+    # B first: A/rel is what marks the job done, so a run killed in between redoes it.
+    for side, half in (("B", "right"), ("A", "left")):
+        save(images.crop_half(a, half), out / side / rel)
+
+
 def _copy_checked(src: Path, dst: Path) -> None:
-    load_rgb(src)  # a file that does not decode would only fail later, inside training
+    load(src)  # a file that does not decode would only fail later, inside training
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
@@ -260,26 +324,37 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
         b_of = {ra: rb for ra, rb in m.pairs if rb not in m.shared}
         for ra, dst in _png_targets(list(b_of), a_root, out, report):
             pa, pb = a_root / ra, b_root / b_of[ra]
-            jobs.append((str(pa), dst, lambda dst=dst, pa=pa, pb=pb: save_png(
-                combine(load_rgb(pa), load_rgb(pb), str(pa), str(pb)), dst)))
+            jobs.append((str(pa), dst, lambda dst=dst, pa=pa, pb=pb: save(
+                combine(load(pa), load(pb), str(pa), str(pb)), dst)))
         return jobs
 
     root = Path(cfg.input)
     rels = list_images(root, report)
     if not rels:
         raise DataError(f"{root}: no images ({SHOWN_EXTS})")
+    if cfg.op == "split" and cfg.halves:
+        return [(str(root / rel), out / "A" / rel.with_suffix(".png"),
+                 lambda src=root / rel, rel=rel: save_halves(src, out, rel.with_suffix(".png")))
+                for rel, _ in _png_targets(rels, root, out, report)]
     if cfg.op == "split":
         return [(str(root / rel), out / part / rel,
                  lambda src=root / rel, dst=out / part / rel: _copy_checked(src, dst))
                 for part, chosen in split_assignment(rels, cfg.ratios, cfg.seed).items()
                 for rel in chosen]
     if cfg.op == "resize":
-        fn = lambda im: resize(im, cfg.size, cfg.pad)  # noqa: E731
+        def fn(a: np.ndarray, src: Path) -> np.ndarray:
+            how = cfg.resample
+            if how == "auto":
+                how = "nearest" if is_label_map(a) else "bicubic"
+            if how == "nearest" and cfg.resample == "auto":
+                report.nearest.append(str(src))  # list.append: atomic under the GIL
+            return resize(a, cfg.size, cfg.pad, how)
     else:
-        fn = PER_IMAGE[cfg.op]
+        op = PER_IMAGE[cfg.op]
         if cfg.op == "edges":
             _cv2()  # fail once, up front, rather than once per image
-    return [(str(root / rel), dst, lambda src=root / rel, dst=dst: save_png(fn(load_rgb(src)), dst))
+        fn = lambda a, src: op(a)  # noqa: E731
+    return [(str(root / rel), dst, lambda src=root / rel, dst=dst: save(fn(load(src), src), dst))
             for rel, dst in _png_targets(rels, root, out, report)]
 
 

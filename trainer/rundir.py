@@ -4,21 +4,55 @@
     checkpoints/latest.pt  (+ step_NNNNNN.pt snapshots) see trainer/checkpoint.py
     metrics.jsonl          one JSON line per --log-every steps (+ val_L1 at sample steps)
     samples/, tensorboard/
+    .p2p-train.lock        held (flock) by the p2p-train writing the folder; holds its pid
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 
-from p2p.runtime.errors import CheckpointError, DataError
+from p2p.runtime.errors import CheckpointError, DataError, P2PError
+from p2p.runtime.files import os_reason
 from p2p.trainer import checkpoint
 
 
 def default_output(data: str | None, data_a: str | None) -> str:
     src = data or data_a
     return f"runs/{Path(src.rstrip('/')).name}" if src else "runs/run"
+
+
+LOCK_NAME = ".p2p-train.lock"
+
+
+def lock_run(out: Path):
+    """Take ``out/.p2p-train.lock`` (an exclusive ``flock``) for this process and write its
+    pid in it; returns the open file, which holds the lock until it is closed or the process
+    ends (however it ends: a killed run's stale file never blocks a --resume). A folder
+    another p2p-train holds is a DataError naming that process, at once, before anything
+    in the folder changes: two runs would interleave their metrics and checkpoints."""
+    path = Path(out) / LOCK_NAME
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as e:
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held by a live process
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise DataError(f"{out}: another p2p-train (pid {holder}) is training in this run "
+                        "folder; wait for it to end, or choose another --output") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def load_run_config(output: Path) -> dict:
@@ -83,8 +117,11 @@ class RunLog:
             pass
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: one line naming it, as for the checkpoints
+            raise P2PError(f"{self.path}: cannot write: {os_reason(e, self.path)}") from None
         if self.tb is not None:
             for k, v in record.items():
                 if k not in ("step", "epoch"):

@@ -46,8 +46,8 @@ def _to_rgb(x: torch.Tensor, L: torch.Tensor | None = None) -> np.ndarray:
     if L is not None:
         rgb = color.lab_to_rgb(color.model_to_lab(L.float().cpu().numpy().transpose(1, 2, 0), x))
         return (rgb * 255.0 + 0.5).astype(np.uint8)
-    if x.shape[2] == 1:  # the L input of a colorization model, shown as grey
-        x = np.repeat(x, 3, axis=2)
+    if x.shape[2] != 3:  # greyscale, Lab's L input, or N bands: the first 3, else the first
+        x = x[..., :3] if x.shape[2] > 3 else np.repeat(x[..., :1], 3, axis=2)
     return ((x + 1.0) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
 
 
@@ -64,3 +64,18 @@ def write_samples(G: nn.Module, samples: list, path: Path, lab: bool = False,
                                         _to_rgb(tgt, inp if lab else None)], axis=1))
     atomic_write(path, lambda tmp: Image.fromarray(np.concatenate(rows, 0)).save(tmp, "PNG"))
     return float(np.mean(l1))
+
+
+def sample_metric(sample_ds) -> str:
+    """The metrics.jsonl key of the samples' L1: val_L1 only when they are held out."""
+    return "train_L1" if sample_ds.source == "train" else "val_L1"
+
+
+def sample_line(t, samples: list, out: Path, log) -> None:
+    """Write ``samples/step_N.png`` for the trainer ``t`` and log the samples' L1 under
+    ``t.sample_metric``."""
+    l1 = write_samples(t.dist.sample_generator(t), samples,
+                       out / "samples" / f"step_{t.step:06d}.png",
+                       t.task["color_space"] == "lab", t.cfg.amp)
+    log.write({"step": t.step, "epoch": t.epoch, t.sample_metric: l1})
+

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -30,13 +29,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from p2p.runtime.errors import CheckpointError, DataError, P2PError
+from p2p.runtime.errors import CheckpointError, DataError, P2PError, one_line
 from p2p.trainer import checkpoint, data, datasets, device as devices, distributed
 from p2p.trainer.continuation import continue_schedule, init_from, nothing_left
 from p2p.trainer.cpu_convs import use_matmul_convs
+from p2p.trainer.finite import FiniteGuard
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
-from p2p.trainer.rundir import NullLog, RunLog, prepare_output
-from p2p.trainer.samples import write_samples
+from p2p.trainer.rundata import recorded_task
+from p2p.trainer.rundir import NullLog, RunLog, lock_run, prepare_output
+from p2p.trainer.samples import sample_line, sample_metric
 
 LOSSES = ("loss_G_GAN", "loss_G_L1", "loss_D_real", "loss_D_fake")
 
@@ -48,6 +49,8 @@ class TrainConfig:
     data_b: str | None = None
     lab_colorization: bool = False
     direction: str = "AtoB"
+    in_channels: int = 3  # bands of the input images (1 greyscale, 3 RGB, N multi-band)
+    out_channels: int = 3  # bands of the target images
     output: str = "runs/run"
     image_size: int = 256
     load_size: int = 286
@@ -81,9 +84,11 @@ class TrainConfig:
 
 
 # What defines the training trajectory: a resume must not change any of these.
-RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "image_size",
-          "load_size", "flip", "ngf", "ndf", "norm", "l1_weight", "lr", "beta1", "batch_size",
-          "seed")  # epochs/epochs_decay may grow: continuation.continue_schedule
+RECIPE = ("data", "data_a", "data_b", "lab_colorization", "direction", "in_channels",
+          "out_channels", "image_size", "load_size", "flip", "ngf", "ndf", "norm", "l1_weight",
+          "lr", "beta1", "batch_size", "seed")  # epochs(_decay) may grow: continuation
+# Recipe fields added later, with the value runs written before them had.
+RECIPE_DEFAULTS = {"in_channels": 3, "out_channels": 3}
 
 
 def lr_lambda(epochs: int, epochs_decay: int):
@@ -122,6 +127,7 @@ class Trainer:
         # What train_step calls: G and D, or their DDP wrappers under torchrun (Job.wrap).
         self.G_train, self.D_train = self.G, self.D
         self.dist = distributed.SINGLE
+        self.sample_metric = "val_L1"  # train_L1 when the samples are training images
 
     def state_dict(self) -> dict:
         return {
@@ -143,7 +149,8 @@ class Trainer:
                                   "(a weights-only file?)")
         saved = state.get("train", {})
         mine = asdict(self.cfg)
-        diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE if saved.get(k) != mine[k]]
+        diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE
+                if saved.get(k, RECIPE_DEFAULTS.get(k)) != mine[k]]
         if diff:
             raise CheckpointError(f"{path}: this run was trained with {'; '.join(diff)}; "
                                   "drop those flags or use another --output")
@@ -152,7 +159,7 @@ class Trainer:
             self.D.load_state_dict(state["discriminator"])
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit this model: "
-                                  f"{str(e).splitlines()[0][:200]}") from None
+                                  f"{one_line(e)[:200]}") from None
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
@@ -199,37 +206,32 @@ def train_step(t: Trainer, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.
     return torch.stack([loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake]).detach().float()
 
 
-def _samples(t: Trainer, samples: list, path: Path) -> float:
-    return write_samples(t.dist.sample_generator(t), samples, path,
-                         t.task["color_space"] == "lab", t.cfg.amp)
-
-
-def _batches(loader):
-    """Iterate a DataLoader; an error raised in a worker comes back as its own one line."""
-    it = iter(loader)
-    while True:
-        try:
-            yield next(it)
-        except StopIteration:
-            return
-        except P2PError as e:  # DataLoader re-raises with the worker's whole traceback
-            last = str(e).strip().splitlines()[-1]
-            raise type(e)(last.split(f"{type(e).__name__}: ", 1)[-1]) from None
-
-
 def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: Path,
-                    samples: list, log: RunLog, bar) -> None:
+                    samples: list, log: RunLog, bar, guard: FiniteGuard) -> None:
     cfg = t.cfg
-    for real_a, real_b in _batches(loader):
+    latest = out / "checkpoints" / "latest.pt"
+    for real_a, real_b in data.batches(loader):
         losses = train_step(t, real_a.to(t.device, non_blocking=True),
                             real_b.to(t.device, non_blocking=True))
         t.step += 1
         t.window += losses
         t.window_n += 1
+        guard.record(losses, t.step)
         t.stop = t.dist.any(t.stop_requested) or t.stop  # every rank stops after this step
         bar.update(1)
-        # A --max-steps stop leaves a partial window in the checkpoint for --resume to finish.
-        if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
+        last = t.step >= total
+        log_due = (t.step % cfg.log_every == 0 or last
+                   or t.step == steps_per_epoch * t.schedule_epochs)
+        done = last or t.stop
+        snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
+        save_due = done or snapshot or t.step % cfg.save_every == 0
+        sample_due = cfg.sample_every and (t.step % cfg.sample_every == 0 or last)
+        if log_due or save_due or sample_due:
+            guard.check(t.step, {"generator": t.G, "discriminator": t.D}, latest, t.dist)
+        # The last step is logged even mid-window; a --max-steps stop keeps its partial
+        # window in the checkpoint, so a --resume's next line covers the same steps as an
+        # uninterrupted run's.
+        if log_due:
             now = time.perf_counter()
             means = (t.dist.mean(t.window) / t.window_n).tolist()  # the one host sync per log
             rec = {"step": t.step, "epoch": t.epoch, **dict(zip(LOSSES, means)),
@@ -239,25 +241,22 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
             log.write(rec)
             bar.set_postfix(G_GAN=f"{means[0]:.3f}", G_L1=f"{means[1]:.3f}",
                             D_real=f"{means[2]:.3f}", D_fake=f"{means[3]:.3f}")
-            t.window.zero_()
-            t.window_n, t.tick = 0, now
+            if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
+                t.window.zero_()
+                t.window_n, t.tick = 0, now
         if t.step % steps_per_epoch == 0:  # end of epoch: the LR schedule moves per epoch
             t.sched_g.step()
             t.sched_d.step()
             t.epoch += 1
-        if cfg.sample_every and t.step % cfg.sample_every == 0 and t.dist.main:
-            val_l1 = _samples(t, samples, out / "samples" / f"step_{t.step:06d}.png")
-            log.write({"step": t.step, "epoch": t.epoch, "val_L1": val_l1})
-        done = t.step >= total or t.stop
-        snapshot = cfg.snapshot_every and t.step % cfg.snapshot_every == 0
-        if done or snapshot or t.step % cfg.save_every == 0:
+        if sample_due and t.dist.main:
+            sample_line(t, samples, out, log)
+        if save_due:
             state = t.dist.checkpoint_state(t)  # under torchrun: every rank, rank 0 saves
             if state is not None:
-                checkpoint.save_checkpoint(state, out / "checkpoints" / "latest.pt")
-        if snapshot and t.dist.main:  # atomic too: a kill mid-copy must not leave a torn step_N.pt
-            checkpoint.atomic_write(out / "checkpoints" / f"step_{t.step:06d}.pt",
-                                    lambda tmp: shutil.copyfile(out / "checkpoints" / "latest.pt",
-                                                                tmp))
+                checkpoint.save_checkpoint(state, latest)
+            guard.saved_step = t.step
+        if snapshot and t.dist.main:
+            checkpoint.snapshot(latest, t.step)
         if done:
             return
 
@@ -276,10 +275,10 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
     schedule_steps = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
     total = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps
     samples = [sample_ds[i] for i in range(min(cfg.num_samples, len(sample_ds)))]
+    t.sample_metric = sample_metric(sample_ds)
     log = RunLog(out, t.step) if t.dist.main else NullLog()  # only rank 0 writes
     if t.step == 0 and cfg.sample_every and t.dist.main:
-        val_l1 = _samples(t, samples, out / "samples" / f"step_{0:06d}.png")
-        log.write({"step": 0, "epoch": 0, "val_L1": val_l1})
+        sample_line(t, samples, out, log)
     if t.step >= total:
         if t.dist.main:
             print(f"{out}: " + nothing_left(t.step, total, cfg.epochs, cfg.epochs_decay,
@@ -306,12 +305,13 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
                disable=not (cfg.progress and t.dist.main),
                dynamic_ncols=True, mininterval=1.0)
     t.tick = time.perf_counter()  # images/s: wall time per log window, data and all
+    guard = FiniteGuard(LOSSES, t.device, t.step or None)  # step > 0: resumed from latest.pt
     try:
         while t.step < total and not t.stop:
             # Resume lands mid-epoch: skip the samples this epoch already consumed.
             sampler.epoch = t.epoch
             sampler.start = (t.step - t.epoch * steps_per_epoch) * cfg.batch_size
-            train_one_epoch(t, loader, steps_per_epoch, total, out, samples, log, bar)
+            train_one_epoch(t, loader, steps_per_epoch, total, out, samples, log, bar, guard)
     finally:
         for sig, handler in previous.items():
             if handler is not None:
@@ -340,6 +340,9 @@ def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
         raise DataError("--direction has no meaning with --lab-colorization (L -> ab)")
     if cfg.lab_colorization and (cfg.data_a or cfg.data_b):
         raise DataError("--lab-colorization takes one folder of colour images (--data)")
+    if cfg.lab_colorization and (cfg.in_channels, cfg.out_channels) != (3, 3):
+        raise DataError("--in-channels/--out-channels: a --lab-colorization model takes L, "
+                        "gives ab")
     if not (cfg.data or cfg.data_a or cfg.data_b):
         raise DataError("no training data: give --data DIR|NAME or --data-a DIR --data-b DIR")
     env.check_flags(cfg.norm)
@@ -348,7 +351,6 @@ def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
 def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
     """Set up and train. Under torchrun every step that may fail is agreed (``env.agree``):
     all ranks raise, rank 0 reports; rank 0 alone downloads and writes the run folder."""
-    device = env.device
     env.agree(_check_flags, cfg, env)
 
     def find_data():
@@ -358,15 +360,32 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
     train_ds, sample_ds = env.agree(lambda: data.build_datasets(
         root, Path(cfg.data_a) if cfg.data_a else None, Path(cfg.data_b) if cfg.data_b else None,
         cfg.lab_colorization, cfg.direction, cfg.image_size, cfg.load_size, cfg.flip, cfg.seed,
-        check=False))
-    env.check_images(train_ds)
+        check=False, in_channels=cfg.in_channels, out_channels=cfg.out_channels))
+    # Every file decoded: its bands checked, its depth seen.
+    depths = env.check_images(train_ds, sample_ds)
+    out = Path(cfg.output)
+    # Held from before the run folder is touched until the run ends; the kernel drops it
+    # when the process dies, so a killed run never blocks its --resume.
+    lock = env.main_first(lambda: lock_run(out), lambda: None)
+    try:
+        return _start(cfg, env, root, train_ds, sample_ds, out, depths)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _start(cfg: TrainConfig, env: distributed.Job, root, train_ds, sample_ds,
+           out: Path, depths: dict) -> Trainer:
+    device = env.device
     lab = cfg.lab_colorization
-    model_cfg = ModelConfig(in_channels=1 if lab else 3, out_channels=2 if lab else 3,
+    model_cfg = ModelConfig(in_channels=1 if lab else cfg.in_channels,
+                            out_channels=2 if lab else cfg.out_channels,
                             image_size=cfg.image_size, ngf=cfg.ngf, ndf=cfg.ndf,
                             norm=distributed.model_norm(cfg.norm))
+    # The data's depths go into the checkpoint: p2p-export records them in the model's
+    # metadata, and p2p-translate writes outputs at output_depth (runtime.metadata).
     task = {"direction": cfg.direction, "color_space": "lab" if lab else "rgb",
-            "data": cfg.data or f"{cfg.data_a}|{cfg.data_b}"}
-    out = Path(cfg.output)
+            **recorded_task(root, cfg.data, cfg.data_a, cfg.data_b), **depths}
     latest = out / "checkpoints" / "latest.pt"
     state = env.main_first(lambda: prepare_output(out, cfg.resume, cfg.overwrite),
                            lambda: checkpoint.load_checkpoint(latest) if cfg.resume else None)
@@ -390,12 +409,17 @@ def run(cfg: TrainConfig, env: distributed.Job) -> Trainer:
         task["init"] = init if state is None else state["task"].get("init")
     env.wrap(t)
     run_info = {"train": asdict(cfg), "model": asdict(model_cfg), "task": task,
-                "data_path": str(root or ""), "device": str(device), "world_size": env.world,
-                "train_images": len(train_ds), "sample_images": len(sample_ds)}
+                "data_path": str(root.resolve() if root else ""), "device": str(device),
+                "world_size": env.world,
+                "train_images": len(train_ds), "sample_images": len(sample_ds),
+                "sample_source": sample_ds.source, "sample_metric": sample_metric(sample_ds)}
     if env.main:
         checkpoint.atomic_write(out / "config.json",
                                 lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
         print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
+        if sample_ds.source == "train":
+            print("no val/ folder: samples and their L1 (train_L1 in metrics.jsonl) are on "
+                  "training images, not held-out ones")
     env.announce(cfg.batch_size)
     fit(t, train_ds, sample_ds, out)
     return t

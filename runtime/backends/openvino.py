@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError, ProviderError, choices
+from ..errors import ModelError, ProviderError, choices, reason
 from ..host import physical_cores
 from ..metadata import ModelMetadata
 from ..modelfile import read_model_file
@@ -221,10 +221,6 @@ def _deconv_weights(node):
     return w, rebuild
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
-
 
 class OpenVINOSession:
     """One OpenVINO model; also the ``Engine``'s backend interface (``p2p.runtime.backends``):
@@ -266,7 +262,7 @@ class OpenVINOSession:
         try:
             self.model = self.core.read_model(str(self.path))
         except Exception as e:  # OpenVINO raises RuntimeError with multi-line text
-            raise ModelError(f"{self.path}: openvino cannot read it: {_first_line(e)}") from None
+            raise ModelError(f"{self.path}: openvino cannot read it: {reason(e)}") from None
         self.metadata = metadata
         if len(self.model.inputs) != 1 or len(self.model.outputs) != 1:
             raise ModelError(f"{self.path}: expected one input and one output, got "
@@ -295,7 +291,7 @@ class OpenVINOSession:
             self.model.reshape({self.model.input(0).get_any_name(): shape})
             self.compiled = self.core.compile_model(self.model, device, config)
         except Exception as e:
-            raise ModelError(f"{self.path}: openvino cannot compile it: {_first_line(e)}") from None
+            raise ModelError(f"{self.path}: openvino cannot compile it: {reason(e)}") from None
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if got != _OV_PRECISION[precision]:  # never run another precision than asked
             raise ProviderError(f"provider openvino: {self.path.name} compiled for {got}, not "
@@ -373,7 +369,7 @@ class OpenVINOSession:
                     t.join()
             if errors:
                 raise ModelError(f"{self.path}: openvino failed on input {list(x.shape)}: "
-                                 f"{_first_line(errors[0])}") from None
+                                 f"{reason(errors[0])}") from None
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def close(self) -> None:

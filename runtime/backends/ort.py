@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError, ProviderError
+from ..errors import ModelError, ProviderError, one_line
 from ..files import remove_stale_temps
 from ..host import cache_root, cpu_identity, gpu_identity, physical_cores
 from ..modelfile import ModelFile
@@ -55,8 +55,7 @@ def _short(names) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
+    line = one_line(e)
     # onnxruntime prefixes its messages with the C++ source location: keep the message.
     return re.sub(r"^/onnxruntime_src/\S+ [^(]*\([^)]*\) ", "", line)[:400]
 

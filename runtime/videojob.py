@@ -1,0 +1,218 @@
+"""A video as a job of ``pipeline.run_jobs``: a source of frames and a sink that encodes.
+
+``VideoSource.pieces`` runs in the pipeline's feeder thread: it decodes frames in order and
+prepares them (``images.prepare_image``: split, resize, value range) in a small pool of its
+own, a bounded window ahead, yielding one ``Piece`` per frame whose ``where`` is the frame's
+(pts, Prepared). Batches are formed by the pipeline, across frames and files alike, and run
+through the one ``Engine``. ``VideoSink.put`` (the engine thread) only hands each output to
+the sink's pool (``images.to_image``: back to the frame's size) and a bounded queue; the
+sink's encoder thread writes the frames in order, at their source pts, into a staged temp
+file (``files.stage``). ``close`` finishes it and renames it over the target
+(``files.publish``): the output appears only when complete. ``abort`` removes the temp file;
+a killed run leaves only a hidden temp that the next run removes.
+
+Frames the decoder could not read are left out and named (``VideoReader.problems``): the
+video is still published, and ``close`` then raises an ImageError with those lines, so the
+job counts as failed (exit 1) while the frames that were read are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import files, images
+from .errors import ImageError, P2PError, one_line
+from .pieces import Piece
+from .plan import Job
+from .video import VideoReader, VideoWriter, output_suffix, pick_codec
+
+_END = object()
+
+
+@dataclass
+class VideoStats:
+    """What the summary says about videos; shared by the sinks (encoder threads)."""
+
+    frames: int = 0
+    lines: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def estimate_frames(path) -> int:
+    """The frame count the container states (0 when unknown or unreadable): the progress
+    bar's total."""
+    try:
+        r = VideoReader(path)
+    except P2PError:
+        return 0
+    try:
+        return r.frames
+    finally:
+        r.close()
+
+
+class VideoSource:
+    def __init__(self, reader: VideoReader, meta, cfg, window: int, workers: int, said,
+                 log=None):
+        self.reader, self.meta, self.cfg = reader, meta, cfg
+        self.window, self.workers, self.said, self.log = window, workers, said, log
+
+    def _prep(self, frame):
+        return frame.pts, images.prepare_image(frame.rgb, self.meta,
+                                               self.cfg.split)
+
+    def _piece(self, fut):
+        pts, prep = fut.result()
+        if prep.half and self.cfg.split == "auto" and self.log and not self.said.is_set():
+            self.said.set()
+            self.log(images.split_note(prep))
+        return Piece(prep.array, (pts, prep))
+
+    def pieces(self):
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="p2p-video-prep") as pool:
+                pending: deque = deque()
+                for frame in self.reader:
+                    pending.append(pool.submit(self._prep, frame))
+                    if len(pending) >= self.window:
+                        yield self._piece(pending.popleft())
+                while pending:
+                    yield self._piece(pending.popleft())
+        finally:  # here, in the thread that decodes: never under a decoder at work
+            self.reader.close()
+
+
+class VideoSink:
+    def __init__(self, job: Job, reader: VideoReader, meta, cfg, window: int, workers: int,
+                 stats: VideoStats, bar=None):
+        self.job, self.reader, self.meta, self.cfg = job, reader, meta, cfg
+        self.stats, self.bar, self.workers = stats, bar, workers
+        self.codec = pick_codec(cfg.video_codec, output_suffix(job.src))
+        self.q: queue.Queue = queue.Queue(window)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.tmp: Path | None = None
+        self.writer: VideoWriter | None = None
+        self.frames = 0
+        self.published = False
+        self.pool: ThreadPoolExecutor | None = None
+        self.thread: threading.Thread | None = None
+
+    def _finish(self, y, prep) -> np.ndarray:
+        img = images.to_image(y, prep, self.meta, self.cfg.model_size)
+        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # 1-channel models
+
+    def _send(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                return self.q.put(item, timeout=0.1)
+            except queue.Full:
+                pass
+        raise self.error or ImageError(f"{self.job.src}: stopped")
+
+    def put(self, where, y: np.ndarray) -> None:
+        if self.thread is None:  # the first frame: the encoder starts
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="p2p-video-out")
+            self.thread = threading.Thread(target=self._encode, name="p2p-video-encode",
+                                           daemon=True)
+            self.thread.start()
+        pts, prep = where
+        self._send((pts, self.pool.submit(self._finish, y, prep)))
+
+    def _encode(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = self.q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    break
+                pts, fut = item
+                rgb = fut.result()
+                if self.writer is None:
+                    h, w = rgb.shape[:2]
+                    self.tmp = files.stage(self.job.dst, keep_suffix=True, clean=False)
+                    self.writer = VideoWriter(self.tmp, output_suffix(self.job.src),
+                                              self.reader, (w, h), self.codec, self.cfg.crf)
+                self.writer.write(rgb, pts)
+                self.frames += 1
+                if self.bar is not None:
+                    self.bar.update(1)
+            else:
+                return  # aborted
+            if self.writer is not None:
+                self.writer.finish()
+        except BaseException as e:  # handed to close(), in the writer thread
+            self.error = e
+            self.stop.set()
+
+    def _join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        src = self.job.src
+        if self.thread is not None:
+            self._send(_END)
+        self._join()
+        if self.error is not None:
+            e = self.error
+            if isinstance(e, P2PError):
+                raise ImageError(str(e) if str(src) in str(e) else f"{src}: {e}") from None
+            raise ImageError(f"{src}: cannot encode: {one_line(e)}") from None
+        problems = self.reader.problems()
+        if self.writer is None:
+            raise ImageError("\n".join(problems) or f"{src}: no video frame in it")
+        try:
+            files.publish(self.tmp, self.job.dst, fsync=False)
+        except OSError as e:
+            raise ImageError(f"{self.job.dst}: cannot write: {e.strerror or e}") from None
+        self.published = True
+        audio = self.reader.has_audio
+        with self.stats.lock:
+            self.stats.frames += self.frames
+            self.stats.lines.append(f"{self.job.dst}: {self.frames} frames, {self.codec}"
+                                    f"{', audio copied' if audio else ''}")
+        if problems:  # published with the frames that were read; the job still fails
+            raise ImageError("\n".join(problems))
+
+    def abort(self) -> None:
+        if self.published:
+            return
+        self.stop.set()
+        self._join()
+        if self.writer is not None:
+            self.writer.close(abort=True)
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+def video_opener(meta, cfg, stats: VideoStats, bar=None, log=None):
+    """The opener of video jobs (``pipeline.Opener``): the file is opened (its header read)
+    in a reader thread; frames are decoded when the feeder asks for them."""
+    workers = cfg.workers or min(4, os.cpu_count() or 1)
+    window = 2 * cfg.batch_size + workers
+    said = threading.Event()
+
+    def open_job(job: Job):
+        reader = VideoReader(job.src)
+        try:
+            sink = VideoSink(job, reader, meta, cfg, window, workers, stats, bar)
+        except BaseException:
+            reader.close()
+            raise
+        return VideoSource(reader, meta, cfg, window, workers, said, log), sink
+
+    return open_job

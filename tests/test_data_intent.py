@@ -1,0 +1,141 @@
+"""Training data is used as the user meant, or the command says what it does instead (issue 22,
+finding 4): no pair split from a non-2:1 image, no nested pair dropped, no sample L1 on
+training images called val."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from p2p.cli.process import main as process_cli
+from p2p.cli.train import main as train_cli
+from test_train import _restore_threads  # noqa: F401  (autouse: torch's thread count back)
+
+TINY = ["--image-size", "32", "--load-size", "32", "--ngf", "4", "--ndf", "4", "--quiet",
+        "--threads", "1", "--workers", "0", "--max-steps", "1", "--sample-every", "0"]
+
+
+def save(path: Path, w: int, h: int, seed: int = 0, grey: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 255, (h, w, 1 if grey else 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a.repeat(3, 2) if grey else a).save(path)
+    return path
+
+
+def train(*args):
+    return CliRunner().invoke(train_cli, [str(a) for a in (*args, *TINY)])
+
+
+def test_non_2to1_images_in_an_ab_folder_are_all_named_before_training(tmp_path):
+    d = tmp_path / "d"
+    save(d / "train" / "ok.png", 64, 32)
+    save(d / "train" / "wide.png", 96, 32)  # 3:1: its middle is no pair boundary
+    save(d / "train" / "square.png", 32, 32)  # a stray photo
+    save(d / "val" / "val_square.png", 40, 40)  # sample images are checked too
+    r = train("--data", d, "-o", tmp_path / "run")
+    assert r.exit_code == 1, r.output
+    assert "3 of 4 training images are unusable" in r.output
+    for name, size in (("wide.png", "96x32"), ("square.png", "32x32"),
+                       ("val_square.png", "40x40")):
+        assert f"{name}: {size} is not 2:1" in r.output
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_walkthrough_nested_output_trains_on_every_pair(tmp_path):
+    # photos/A and photos/B with the same names, some in a subfolder: the walkthrough's
+    # resize -> combine -> split mirrors the subfolder into train/ and val/.
+    names = ["1.png", "2.png", "sub/3.png", "sub/4.png", "sub/deeper/5.png"]
+    for i, n in enumerate(names):
+        save(tmp_path / "photos" / "A" / n, 48, 40, i)
+        save(tmp_path / "photos" / "B" / n, 48, 40, 100 + i)
+    proc = CliRunner()
+    for side in "AB":
+        r = proc.invoke(process_cli, ["resize", "--input", str(tmp_path / "photos" / side),
+                                      "--output", str(tmp_path / "work" / side), "--size", "32",
+                                      "--quiet"])
+        assert r.exit_code == 0, r.output
+    r = proc.invoke(process_cli, ["combine", "--a", str(tmp_path / "work" / "A"), "--b",
+                                  str(tmp_path / "work" / "B"), "--output",
+                                  str(tmp_path / "work" / "AB"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = proc.invoke(process_cli, ["split", "--input", str(tmp_path / "work" / "AB"),
+                                  "--output", str(tmp_path / "mine"), "--ratios", "0.6,0.4",
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = train("--data", tmp_path / "mine", "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (info["train_images"], info["sample_images"]) == (3, 2)  # 5 of 5 pairs
+    assert "3 training pairs" in r.output
+
+
+def test_without_val_the_sample_l1_is_named_train_l1(tmp_path):
+    d = tmp_path / "flat"
+    for i in range(2):
+        save(d / f"{i}.png", 64, 32, i)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(train_cli, [str(a) for a in (
+        "--data", d, "-o", out, *TINY[:-2], "--sample-every", "1")])
+    assert r.exit_code == 0, r.output
+    assert "no val/ folder" in r.output and "train_L1" in r.output
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_L1" in r] == [0, 1]
+    assert not [r for r in rows if "val_L1" in r]
+    info = json.loads((out / "config.json").read_text())
+    assert (info["sample_source"], info["sample_metric"]) == ("train", "train_L1")
+
+
+def test_a_val_folder_without_train_is_refused(tmp_path):
+    d = tmp_path / "d"
+    save(d / "a.png", 64, 32)
+    save(d / "val" / "b.png", 64, 32)
+    r = train("--data", d, "-o", tmp_path / "run")
+    assert r.exit_code == 1 and "has val/ but no train/ folder" in r.output, r.output
+
+
+def test_two_folders_of_different_shapes_do_not_pair(tmp_path):
+    save(tmp_path / "a" / "1.png", 32, 32)
+    save(tmp_path / "b" / "1.png", 64, 64, 1)  # same shape, other size: scales, lines up
+    save(tmp_path / "a" / "2.png", 32, 32, 2)
+    save(tmp_path / "b" / "2.png", 32, 48, 3)  # another shape: would not line up
+    r = train("--data-a", tmp_path / "a", "--data-b", tmp_path / "b", "-o", tmp_path / "run")
+    assert r.exit_code == 1, r.output
+    assert "2.png: 32x32 and its B image" in r.output and "32x48 differ in shape" in r.output
+    assert "1.png" not in r.output.replace(str(tmp_path / "a" / "2.png"), "")
+
+
+def test_greyscale_photos_are_no_colorization_data(tmp_path):
+    save(tmp_path / "c" / "colour.png", 32, 32)
+    save(tmp_path / "c" / "grey.png", 32, 32, grey=True)
+    r = train("--data", tmp_path / "c", "--lab-colorization", "-o", tmp_path / "run")
+    assert r.exit_code == 1 and "grey.png: greyscale" in r.output, r.output
+    assert "colour.png" not in r.output
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from p2p.runtime import listing
+
+    d = tmp_path / "d"
+    save(d / "ok.png", 64, 32)
+    (d / "locked").mkdir()
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):  # what os.walk does with a folder it may not list
+        for entry in real_walk(top, onerror=onerror, **kw):
+            if Path(entry[0]).name == "locked":
+                onerror(PermissionError(errno.EACCES, "Permission denied", entry[0]))
+                continue
+            yield entry
+
+    monkeypatch.setattr(listing.os, "walk", walk)
+    r = train("--data", d, "-o", tmp_path / "run")
+    assert r.exit_code == 1
+    assert f"Error: {d / 'locked'}: cannot list this folder: Permission denied" in r.output

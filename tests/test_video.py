@@ -1,0 +1,245 @@
+"""p2p-translate on videos (issue 20): frames, timestamps and sound come back as they were.
+
+Clips are generated with PyAV (tests/video_clips.py); the model is a tiny 3x3 conv + tanh at
+64 px, run on onnxruntime FP32 (deterministic), so a 256x256 frame goes through the default
+resize path both ways, as facades frames do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+pytest.importorskip("av", reason="the video tests need PyAV: pip install 'p2p[video]'")
+
+from blocking import cli_without  # noqa: E402
+from onnx_models import conv_model, identity_model, slow_model  # noqa: E402
+from video_clips import audio_packets, decode, make_clip  # noqa: E402
+
+from p2p.cli.translate import main  # noqa: E402
+from p2p.runtime import metrics  # noqa: E402
+
+CPU = ["--provider", "cpu", "--precision", "fp32", "-q"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return conv_model(tmp_path_factory.mktemp("m") / "conv.onnx", image_size=64)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """24 frames, 256x256 H.264 at 24 frame/s with an AAC track."""
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def temps(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_clip_keeps_frames_rate_timestamps_and_sound(model, clip, tmp_path):
+    out = tmp_path / "out"
+    r = run(clip, "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 0, r.output
+    assert "translated 1, skipped 0, failed 0" in r.output
+    assert f"{out / 'clip.mp4'}: 24 frames, libx264, audio copied" in r.output
+    got, t_out, info = decode(out / "clip.mp4")  # it plays: every frame decodes
+    src, t_in, src_info = decode(clip)
+    assert len(got) == len(src) == 24
+    assert info["rate"] == src_info["rate"] == 24
+    assert t_out == t_in  # exact, as fractions of a second
+    assert (info["codec"], info["size"], info["pix_fmt"]) == ("h264", (256, 256), "yuv420p")
+    a_in, a_out = audio_packets(clip), audio_packets(out / "clip.mp4")
+    assert len(a_in) > 30 and a_out == a_in  # same payloads at the same times
+    assert temps(out) == []
+
+
+def test_each_frame_matches_translating_it_as_an_image(model, clip, tmp_path):
+    """The codec is the only difference from the image path: >= 30 dB on every frame."""
+    frames, _, _ = decode(clip)
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(stills / f"{i}.png")
+    assert run(stills, "--model", model, "-o", tmp_path / "img", *CPU).exit_code == 0
+    assert run(clip, "--model", model, "-o", tmp_path / "vid", *CPU).exit_code == 0
+    video, _, _ = decode(tmp_path / "vid" / "clip.mp4")
+    as_images = [np.asarray(Image.open(tmp_path / "img" / f"{i}.png")) for i in range(24)]
+    scores = [metrics.psnr(v, a) for v, a in zip(video, as_images)]
+    assert len(scores) == 24 and min(scores) >= 30.0, scores
+    assert not any(v.std() < 1 for v in video)  # not a blank video that happens to match
+
+
+def test_same_frame_gives_the_same_output(model, tmp_path):
+    """Frames i and i+5 are identical (lossless FFV1 in and out), so their outputs must be
+    bit-identical, wherever they fall in a batch of 3, and equal to a batch-of-1 run."""
+    src = make_clip(tmp_path / "loop.mkv", frames=17, size=(96, 64), codec="ffv1",
+                    repeat=5, audio=False)
+    args = ["--model", model, "--video-codec", "ffv1", *CPU]
+    assert run(src, "-o", tmp_path / "b3", "-b", 3, *args).exit_code == 0
+    assert run(src, "-o", tmp_path / "b1", "-b", 1, *args).exit_code == 0
+    b3, _, info = decode(tmp_path / "b3" / "loop.mkv")
+    b1, _, _ = decode(tmp_path / "b1" / "loop.mkv")
+    assert info["codec"] == "ffv1" and len(b3) == 17
+    for i in range(17 - 5):
+        assert np.array_equal(b3[i], b3[i + 5]), i
+    assert all(np.array_equal(a, b) for a, b in zip(b1, b3))
+    assert not np.array_equal(b3[0], b3[1])  # the frames differ: the check can fail
+
+
+def test_variable_frame_rate_timestamps_are_kept(model, tmp_path):
+    src = make_clip(tmp_path / "vfr.mkv", frames=12, size=128, audio=False,
+                    vfr=[20, 50, 33, 100])
+    assert run(src, "--model", model, "-o", tmp_path / "out", *CPU).exit_code == 0
+    _, t_in, _ = decode(src)
+    _, t_out, _ = decode(tmp_path / "out" / "vfr.mkv")
+    steps = {b - a for a, b in zip(t_in, t_in[1:])}
+    assert len(steps) == 4  # really variable
+    assert t_out == t_in
+
+
+def test_truncated_file_keeps_its_frames_and_names_the_bad_one(model, clip, tmp_path):
+    data = clip.read_bytes()
+    bad = tmp_path / "cut.mp4"
+    bad.write_bytes(data[:int(len(data) * 0.6)])
+    r = run(bad, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 1, r.output
+    assert "failed 1" in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("failed: ")]
+    assert any(f"{bad}: frame " in ln and "cannot be decoded" in ln for ln in lines), lines
+    assert any("are missing: the file ends early" in ln for ln in lines), lines
+    kept, t_out, _ = decode(tmp_path / "out" / "cut.mp4")
+    _, t_in, _ = decode(clip)
+    assert 6 <= len(kept) < 24
+    assert set(t_out) <= set(t_in)  # the kept frames keep their times
+    assert audio_packets(tmp_path / "out" / "cut.mp4")  # and the sound that was there
+
+
+def test_animated_gif_is_a_video(model, tmp_path):
+    frames = [Image.fromarray(np.full((40, 48, 3), 30 * i, np.uint8)) for i in range(5)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:],
+                   duration=[100, 50, 100, 200, 100], loop=0)
+    frames[0].save(tmp_path / "still.gif")
+    r = run(tmp_path, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 0, r.output
+    got, times, info = decode(tmp_path / "out" / "anim.mp4")
+    assert len(got) == 5 and info["size"] == (48, 40)
+    assert [float(t) for t in times] == [0, 0.1, 0.15, 0.25, 0.45]
+    assert (tmp_path / "out" / "still.png").is_file()  # a one-frame GIF stays an image
+
+
+def test_skip_and_overwrite(model, clip, tmp_path):
+    out = tmp_path / "out"
+    assert run(clip, "--model", model, "-o", out, *CPU).exit_code == 0
+    target = out / "clip.mp4"
+    os.utime(target, (1, 1))
+    r = run(clip, "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 0 and "translated 0, skipped 1" in r.output
+    assert target.stat().st_mtime == 1
+    r = run(clip, "--model", model, "-o", out, "--overwrite", *CPU)
+    assert r.exit_code == 0 and "translated 1, skipped 0" in r.output
+    assert target.stat().st_mtime > 1 and len(decode(target)[0]) == 24
+
+
+def test_codec_problems_are_one_line_and_leave_nothing(model, clip, tmp_path):
+    out = tmp_path / "out"
+    r = run(clip, "--model", model, "-o", out, "--video-codec", "nosuch264", *CPU)
+    assert r.exit_code == 1 and "Error: --video-codec nosuch264: not a video encoder" in r.output
+    # Refused by the encoder once frames are flowing: no output, no temp file.
+    r = run(clip, "--model", model, "-o", out, "--video-codec", "mpeg4", "--crf", "5", *CPU)
+    assert r.exit_code == 1 and "mpeg4 has no constant-quality setting" in r.output, r.output
+    assert not (out / "clip.mp4").exists() and temps(out) == []
+
+
+def test_killed_run_leaves_no_partial_video(tmp_path):
+    """kill -9 in the middle: the target does not exist (only a hidden temp), and the next
+    run removes the temp and writes the whole video."""
+    model = slow_model(tmp_path / "slow.onnx", depth=8, width=32, image_size=64)
+    src = make_clip(tmp_path / "long.mp4", frames=96, size=128, audio=False)
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("p2p-translate")
+    cmd = [str(exe), str(src), "--model", str(model), "-o", str(out), "-b", "2", *CPU]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the encoder has written something
+            if out.is_dir() and any(p.stat().st_size > 0 for p in temps(out)):
+                break
+            assert proc.poll() is None, "finished before it could be killed: use a slower model"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "long.mp4").exists() and len(temps(out)) == 1
+    r = run(src, "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 0, r.output
+    assert temps(out) == [] and len(decode(out / "long.mp4")[0]) == 96
+
+
+def test_without_pyav_one_line_names_the_extra(model, clip, tmp_path):
+    r = cli_without(["av"], "translate", "p2p-translate", clip, "--model", model,
+                    "-o", tmp_path / "out", *CPU)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == ("Error: p2p-translate needs av, which is not installed: "
+                                "pip install 'p2p[video]'")
+    # Images still translate without it.
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    r = cli_without(["av"], "translate", "p2p-translate", tmp_path / "x.png", "--model", model,
+                    "-o", tmp_path / "img", *CPU)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "img" / "x.png").is_file()
+
+
+def test_display_rotation_is_applied(tmp_path):
+    """A phone clip stored landscape with a 90 degree display matrix comes out upright
+    (the matrix turns it counterclockwise), as an image follows its EXIF orientation."""
+    import av
+
+    a = np.zeros((32, 64, 3), np.uint8)
+    a[:8, :8] = 255  # a white top-left corner
+    src = tmp_path / "phone.mp4"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 64, 32, "yuv420p"
+        v.set_display_rotation(90)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+    model = identity_model(tmp_path / "id.onnx", dynamic_size=True)
+    assert run(src, "--model", model, "-o", tmp_path / "out", *CPU).exit_code == 0
+    got, _, info = decode(tmp_path / "out" / "phone.mp4")
+    assert info["size"] == (32, 64) and len(got) == 3
+    assert got[0][-8:, :8].mean() > 200 and got[0][:8, :8].mean() < 50  # now bottom-left
+
+
+def test_pairs_follow_split_and_model_size_keeps_the_models(model, tmp_path):
+    """A 2:1 clip is A|B pairs: auto takes the model's input half (AtoB: left), as for
+    images; --split none keeps the whole frame; --model-size writes the model's 64x64."""
+    src = make_clip(tmp_path / "pair.mp4", frames=6, size=(256, 128), audio=False)
+    r = run(src, "--model", model, "-o", tmp_path / "auto", *CPU)
+    assert r.exit_code == 0 and "using the left half" in r.output, r.output
+    assert decode(tmp_path / "auto" / "pair.mp4")[2]["size"] == (128, 128)
+    assert run(src, "--model", model, "-o", tmp_path / "none", "--split", "none",
+               *CPU).exit_code == 0
+    assert decode(tmp_path / "none" / "pair.mp4")[2]["size"] == (256, 128)
+    assert run(src, "--model", model, "-o", tmp_path / "ms", "--model-size",
+               *CPU).exit_code == 0
+    got, _, info = decode(tmp_path / "ms" / "pair.mp4")
+    assert info["size"] == (64, 64) and len(got) == 6
