@@ -104,20 +104,17 @@ def race(engine, provider: str, choice, build):
     """Choose among ``choice.race`` by measurement, or by the cached answer.
 
     ``build(precision)`` makes a backend for one precision (``backends.create`` with that
-    precision). Returns (backend of the winner, the Choice it runs under). A candidate that
+    precision). Returns (backend of the winner, its precision, the start-up line's why);
+    ``p2p.runtime.precision`` makes the Choice (this module does not import it). A candidate that
     cannot be built here (ProviderError: e.g. OpenVINO finds no BF16 unit) drops out with its
     reason in the line; FP32 always builds or its error is raised.
     """
-    import dataclasses
-
-    from .precision import Choice
-
     candidates = choice.race
     path = cache_file(engine, provider, candidates)
     data = read_cached(path, candidates)
     if data is not None:
         won = data["precision"]
-        return build(won), Choice(won, _line(data, cached=True), _backend_name(won))
+        return build(won), won, _line(data, cached=True)
     built, failed = {}, []
     try:
         for p in candidates:
@@ -129,8 +126,7 @@ def race(engine, provider: str, choice, build):
                 failed.append(f"{p} cannot run here: {e}")
         if len(built) == 1:
             won = next(iter(built))
-            return built.pop(won), dataclasses.replace(choice, why=f"auto: {'; '.join(failed)}",
-                                                race=())
+            return built.pop(won), won, f"auto: {'; '.join(failed)}"
         m = engine.metadata
         n = max(1, min(engine.options.batch_size, physical_cores()))
         x = np.random.default_rng(0).uniform(
@@ -147,12 +143,9 @@ def race(engine, provider: str, choice, build):
         except Exception:  # an unwritable cache costs a measurement next time, nothing more
             pass
         backend = built.pop(won)
-        return backend, Choice(won, _line(data, cached=False), _backend_name(won))
+        return backend, won, _line(data, cached=False)
     finally:
         for other in built.values():
             other.close()
 
 
-def _backend_name(precision: str) -> str | None:
-    """EngineOptions.precision for a raced precision: None is FP32."""
-    return None if precision == "fp32" else precision

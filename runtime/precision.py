@@ -247,7 +247,9 @@ def open_backend(engine, provider: str, requested: str | None):
     if choice.race:  # the flags do not settle it: measured once per model/CPU/library
         from .measure import race
 
-        backend, choice = race(engine, provider, choice, build)
+        backend, won, why = race(engine, provider, choice, build)
+        # EngineOptions.precision for the winner: None is FP32.
+        choice = Choice(won, why, None if won == "fp32" else won)
     else:
         backend = build(choice.backend)
     try:

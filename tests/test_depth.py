@@ -312,13 +312,17 @@ def test_16_bit_grey_alpha_png_is_read_at_16_bits(tmp_path):
 
 
 def test_auto_precision_keeps_fp32_for_deep_outputs():
+    """BF16 resolves ~8 bits: a 16-bit output model runs FP32 under auto, before the AMX
+    rule and without a measurement (issue 21's race would time a precision it cannot use)."""
     from p2p.runtime.precision import choose
 
-    flags = frozenset({"avx512_bf16"})
-    assert choose("auto", "fp32", "openvino", flags).precision == "bf16"
-    deep = choose("auto", "fp32", "openvino", flags, output_depth="uint16")
-    assert deep.precision == "fp32" and "uint16" in deep.why
-    assert choose("bf16", "fp32", "openvino", flags, output_depth="uint16").precision == "bf16"
+    amx = frozenset({"amx_bf16", "avx512_bf16"})
+    assert choose("auto", "fp32", "openvino", amx).precision == "bf16"
+    for flags in (amx, frozenset({"avx512_bf16"})):
+        deep = choose("auto", "fp32", "openvino", flags, output_depth="uint16")
+        assert deep.precision == "fp32" and "uint16" in deep.why and not deep.race
+        assert choose("bf16", "fp32", "openvino", flags,
+                      output_depth="uint16").precision == "bf16"
 
 
 def test_without_tifffile_a_deep_tiff_names_the_extra(tmp_path, monkeypatch):
