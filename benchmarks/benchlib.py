@@ -213,3 +213,21 @@ def finish(benchmark, clock: dict | None = None, threads: int | None = None) -> 
     if clock and clock.get("cpu") and threads:
         benchmark.extra_info["cpu_images_per_s"] = round(
             n * clock["calls"] / clock["cpu"] * threads, 2)
+
+
+def export_random_unet(folder: Path, **config) -> Path:
+    """``folder/generator.onnx``: a seeded random U-Net-256 (ngf 64, batch norm) saved as a
+    pix2pix (junyanz layout) generator state_dict, the shortest valid export source, then
+    exported by p2p-export's own code with ``config`` (``ExportConfig`` fields). torch needed."""
+    import torch
+
+    from p2p.export.onnx import ExportConfig
+    from p2p.export.onnx import main as export
+    from p2p.trainer.models import ModelConfig, UnetGenerator, init_weights
+
+    torch.manual_seed(0)
+    source = folder / "latest_net_G.pth"
+    torch.save(init_weights(UnetGenerator(ModelConfig())).state_dict(), source)
+    out = folder / "generator.onnx"
+    export(ExportConfig(source=source, output=out, **config))
+    return out

@@ -12,7 +12,6 @@ The INT8 cases run <model>.int8.onnx beside it: written here with p2p-export --i
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from PIL import Image
 
 from benchlib import (BATCH_SIZES, FACADES, GFLOP_PER_IMAGE, _version, cpu_flags, cpu_model,
-                      matrix_peak, measured_peak)
+                      export_random_unet, matrix_peak, measured_peak)
 from p2p.runtime.host import physical_cores
 from p2p.runtime.images import crop_half, open_rgb
 
@@ -75,29 +74,19 @@ def model_path(tmp_path_factory) -> Path:
     """The default generator (U-Net-256, ngf 64, batch norm) through p2p-export's own code."""
     if os.environ.get("P2P_BENCH_MODEL"):
         return Path(os.environ["P2P_BENCH_MODEL"])
-    torch = pytest.importorskip("torch", reason="exporting the benchmark model needs torch")
+    pytest.importorskip("torch", reason="exporting the benchmark model needs torch")
     from p2p.export.load import Overrides
-    from p2p.export.onnx import ExportConfig
-    from p2p.export.onnx import main as export
     from p2p.runtime.errors import ExportError
-    from p2p.trainer.models import ModelConfig, UnetGenerator, init_weights
 
     folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    generator = init_weights(UnetGenerator(ModelConfig()))
-    # A pix2pix (junyanz layout) generator state_dict: the shortest valid export source.
-    torch.save(generator.state_dict(), folder / "latest_net_G.pth")
-    out = folder / "generator.onnx"
-    cfg = ExportConfig(source=folder / "latest_net_G.pth", output=out,
-                       norm_mode=os.environ.get("P2P_BENCH_NORM", "per-image"),
-                       overrides=Overrides(direction="BtoA"), int8=True,
-                       calibration=FACADES / "train", calibration_images=48)
+    cfg = dict(norm_mode=os.environ.get("P2P_BENCH_NORM", "per-image"),
+               overrides=Overrides(direction="BtoA"), int8=True,
+               calibration=FACADES / "train", calibration_images=48)
     try:  # verified, so that `p2p-translate --model <folder>` may pick the INT8 file
-        export(cfg)
+        return export_random_unet(folder, **cfg)
     except ExportError as e:  # INT8 below 40 dB on these weights: the INT8 cases skip
         print(f"benchmark model: {e}; exporting FP32 only")
-        export(dataclasses.replace(cfg, int8=False))
-    return out
+        return export_random_unet(folder, **{**cfg, "int8": False})
 
 
 @pytest.fixture(scope="session")

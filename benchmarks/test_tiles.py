@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchlib import cpu_flags, cpu_model, record
+from benchlib import cpu_flags, cpu_model, export_random_unet, record
 from p2p.runtime import tiles
 from p2p.runtime.engine import Engine
 from p2p.runtime.pipeline import TranslateConfig, translate
@@ -53,20 +53,11 @@ def dynamic_unet(tmp_path_factory) -> Path:
     """U-Net-256 (ngf 64, BatchNorm exported as per-image normalisation), dynamic H and W."""
     if os.environ.get("P2P_BENCH_TILE_MODEL"):
         return Path(os.environ["P2P_BENCH_TILE_MODEL"])
-    torch = pytest.importorskip("torch", reason="exporting the benchmark model needs torch")
+    pytest.importorskip("torch", reason="exporting the benchmark model needs torch")
     from p2p.export.load import Overrides
-    from p2p.export.onnx import ExportConfig
-    from p2p.export.onnx import main as export
-    from p2p.trainer.models import ModelConfig, UnetGenerator, init_weights
 
-    folder = tmp_path_factory.mktemp("tile-model")
-    torch.manual_seed(0)
-    torch.save(init_weights(UnetGenerator(ModelConfig())).state_dict(),
-               folder / "latest_net_G.pth")
-    out = folder / "generator.onnx"
-    export(ExportConfig(source=folder / "latest_net_G.pth", output=out, dynamic_size=True,
-                        verify=False, overrides=Overrides(direction="AtoB")))
-    return out
+    return export_random_unet(tmp_path_factory.mktemp("tile-model"), dynamic_size=True,
+                              verify=False, overrides=Overrides(direction="AtoB"))
 
 
 @pytest.fixture(scope="session")

@@ -26,3 +26,10 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def session_cache(tmp_path_factory, monkeypatch):
+    """$P2P_CACHE in this test session's temp folder (shared by the tests that use it, so a
+    compiled model is reused): the engine's caches never land in the user's ~/.cache."""
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path_factory.getbasetemp() / "p2p-cache"))

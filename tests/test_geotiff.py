@@ -39,9 +39,8 @@ def geotiff(path, h, w, bands=3, dtype="uint8", seed=0, tiled=True):
     return a.transpose(1, 2, 0)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("P2P_CACHE", str(tmp_path_factory.getbasetemp() / "p2p-cache"))
+# The engine's caches in this session's temp folder, not the user's ~/.cache (conftest.py).
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,8 @@ def read(path) -> np.ndarray:
     return np.asarray(Image.open(path)).astype(np.int64)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("P2P_CACHE", str(tmp_path_factory.getbasetemp() / "p2p-cache"))
+# The engine's caches in this session's temp folder, not the user's ~/.cache (conftest.py).
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 @pytest.fixture(scope="module")
