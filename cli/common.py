@@ -86,3 +86,23 @@ def engine_options(fn):
     )):
         fn = option(fn)
     return fn
+
+
+def web_options(fn):
+    """``--web``, ``--web-precision``, ``--web-no-webgpu``: what ``export.web.WebConfig``
+    takes, for p2p-export and p2p-pretrained get (one text, one default)."""
+    from p2p.runtime.metadata import MODEL_PRECISIONS
+
+    for option in reversed((
+        click.option("--web", type=click.Path(path_type=Path, file_okay=False),
+                     help="Also write a static page that runs the model in the browser "
+                     "(onnxruntime-web) into this folder; try it with p2p-serve --web DIR."),
+        click.option("--web-precision", type=click.Choice(MODEL_PRECISIONS),
+                     help="--web: the export the page carries (fp16/int8 are exported for "
+                     "it) [default: the smallest verified export]."),
+        click.option("--web-no-webgpu", is_flag=True,
+                     help="--web: leave out the WebGPU runtime (28.7 MB, over Cloudflare "
+                     "Pages' 25 MiB file limit); the page runs on WASM."),
+    )):
+        fn = option(fn)
+    return fn

@@ -39,8 +39,9 @@ def main(pred_dir, target_dir, targets_from, direction, model, pattern, csv_path
          resize_pred, workers, quiet):
     """Compare PRED_DIR with TARGET_DIR (or --targets-from) image by image.
 
-    Pairs match by relative path (x/1.png also matches x/1.jpg). L1 is on [0, 1], PSNR in
-    dB (peak 255, capped at 100), SSIM is Wang et al.'s (gaussian 11, sigma 1.5) per RGB
+    Pairs match by relative path (x/1.png also matches x/1.jpg). Images are read at their
+    depth: L1 is on [0, 1], PSNR in dB with the depth's peak (255 for 8-bit, 65535 for
+    16-bit, 1 for float; capped at 100), SSIM is Wang et al.'s (gaussian 11, sigma 1.5) per
     channel. Nothing is written unless --csv or --json is given.
     """
     cfg = EvalConfig(pred_dir=pred_dir, target_dir=target_dir, targets_from=targets_from,

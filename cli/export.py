@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import CONTEXT, handle_errors, requires
-from p2p.runtime.metadata import COLOR_SPACES, DIRECTIONS, MODEL_PRECISIONS, NORM_MODES
+from p2p.cli.common import CONTEXT, handle_errors, requires, web_options
+from p2p.runtime.metadata import COLOR_SPACES, DIRECTIONS, NORM_MODES
 
 with requires("p2p-export"):  # a deployment install has no torch: say which extra brings it
     from p2p.export.load import Overrides
@@ -47,15 +47,7 @@ with requires("p2p-export"):  # a deployment install has no torch: say which ext
               help="Also write an NVIDIA Triton model repository into this folder.")
 @click.option("--triton-name", help="Triton model name.  [default: the run folder's name]")
 @click.option("--triton-max-batch", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--web", type=click.Path(path_type=Path, file_okay=False),
-              help="Also write a static page that runs the model in the browser "
-                   "(onnxruntime-web) into this folder; try it with p2p-serve --web DIR.")
-@click.option("--web-precision", type=click.Choice(MODEL_PRECISIONS),
-              help="--web: the export the page carries (fp16/int8 are exported for it) "
-                   "[default: the smallest verified export].")
-@click.option("--web-no-webgpu", is_flag=True,
-              help="--web: leave out the WebGPU runtime (28.7 MB, over Cloudflare Pages' "
-                   "25 MiB file limit); the page runs on WASM.")
+@web_options
 @click.option("--no-verify", is_flag=True, help="Skip the checks (not recommended).")
 @click.option("--quiet", "-q", is_flag=True,
               help="Print nothing but errors (the steps and checks are not shown).")

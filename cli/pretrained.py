@@ -15,9 +15,9 @@ from pathlib import Path
 
 import click
 
-from p2p.cli.common import CONTEXT, handle_errors, missing_extra
+from p2p.cli.common import CONTEXT, handle_errors, missing_extra, web_options
 from p2p.runtime import pretrained as catalogue
-from p2p.runtime.metadata import DIRECTIONS, MODEL_PRECISIONS
+from p2p.runtime.metadata import DIRECTIONS
 
 try:  # the export needs torch; `list` and the name lookup do not
     from p2p.export.pretrained import PRECISIONS, PretrainedConfig, get as get_model, import_file
@@ -95,14 +95,7 @@ def _config(name, sha256, quiet, flags, force=False, direction=None):
 @main.command()
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Download and export again even when cached.")
-@click.option("--web", type=click.Path(path_type=Path, file_okay=False),
-              help="Also write a static page that runs the model in the browser into this "
-                   "folder (as p2p-export --web); try it with p2p-serve --web DIR.")
-@click.option("--web-precision", type=click.Choice(MODEL_PRECISIONS),
-              help="--web: the export the page carries (fp16/int8 are exported for it) "
-                   "[default: the smallest verified export].")
-@click.option("--web-no-webgpu", is_flag=True,
-              help="--web: leave out the WebGPU runtime (the page runs on WASM).")
+@web_options
 @_shared_options
 @handle_errors
 def get(name, force, web, web_precision, web_no_webgpu, sha256, quiet, **flags):

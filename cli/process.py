@@ -52,7 +52,8 @@ def _run(ctx: click.Context, **fields) -> None:
 def main():
     """Turn folders of your own images into pix2pix training pairs.
 
-    Outputs mirror the input's relative paths as PNG; existing outputs are skipped, bad
+    Outputs mirror the input's relative paths as PNG (TIFF inputs stay TIFF, at their depth
+    and band count); existing outputs are skipped, bad
     files are listed at the end (exit code 1), and the input is never written to.
     """
 

@@ -132,6 +132,17 @@ def write_site(models: list[Path], cfg: WebConfig, say=print) -> Path:
     or ``HashMismatch`` (runtime tarball not the pinned one) before writing anything."""
     model = choose(models, cfg.precision)
     meta = read_model_file(model).metadata
+    # The page draws and shows 8-bit RGB canvases: a model of other bands or depths would get
+    # made-up bands or lose its depth without a word (issue 19's rule: refuse, never fake).
+    if meta.color_space == "rgb" and (meta.in_channels not in (1, 3)
+                                      or meta.out_channels not in (1, 3)):
+        raise ModelError(f"{model}: a {meta.in_channels}-band to {meta.out_channels}-band "
+                         "model cannot run on the page (it draws and shows 1- or 3-band images); "
+                         "translate with p2p-translate")
+    if (meta.input_depth, meta.output_depth) != ("uint8", "uint8"):
+        raise ModelError(f"{model}: a model of {meta.input_depth} inputs and "
+                         f"{meta.output_depth} outputs cannot run on the page (8-bit canvases); "
+                         "translate with p2p-translate")
     tarball = webruntime.ensure_tarball(cfg.cache_dir, cfg.progress)
     runtime = webruntime.runtime_files(tarball, cfg.webgpu)
     out = Path(cfg.output)

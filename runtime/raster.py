@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import files
+from . import files, pixels
 from .errors import ImageError, one_line
 
 RASTER_EXTS = (".tif", ".tiff")
@@ -95,11 +95,12 @@ class RasterReader:
         except Exception as e:  # noqa: BLE001 - RasterioIOError, CPLE_*: a bad file
             raise ImageError(f"{self.path}: cannot read as a raster: {one_line(e)}") from None
         ds = self._ds
-        # An alpha band is a mask, not data: the model sees the other bands (as the image
-        # decoder composites alpha away); any other band count is the model's to check.
-        self._bands = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci.name != "alpha"] \
-            or list(range(1, ds.count + 1))
-        self.height, self.width, self.bands = ds.height, ds.width, len(self._bands)
+        # An alpha band is composited on white, the one decoder's rule for every image
+        # (images.decode); any other band count is the model's to check.
+        alpha = [i for i, ci in enumerate(ds.colorinterp) if ci.name == "alpha"]
+        self._alpha = alpha[0] if len(alpha) == 1 and ds.count > 1 else None
+        self.height, self.width = ds.height, ds.width
+        self.bands = ds.count - (self._alpha is not None)
         self.dtype = np.dtype(ds.dtypes[0])
         gcps = ds.gcps if ds.gcps and ds.gcps[0] else None
         self.georef = Georef(ds.crs, ds.transform, gcps)
@@ -112,11 +113,17 @@ class RasterReader:
 
         try:
             with self._lock:
-                a = self._ds.read(self._bands, window=Window(0, y0, self.width, y1 - y0))
+                a = self._ds.read(window=Window(0, y0, self.width, y1 - y0))
         except Exception as e:  # noqa: BLE001 - a corrupt block: one line naming the file
             raise ImageError(f"{self.path}: cannot read rows {y0}..{y1}: {one_line(e)}") from None
         self.strips_read += 1
-        return a.transpose(1, 2, 0)
+        a = a.transpose(1, 2, 0)
+        if a.dtype.kind == "f":  # 0..1, finite: the decoder's rule, never a silent clip
+            a = pixels.check_float(a, f"{self.path} (rows {y0}..{y1})")
+        if self._alpha is not None:
+            colour = np.delete(a, self._alpha, axis=2)
+            a = pixels.on_white(colour, a[:, :, self._alpha:self._alpha + 1])
+        return a
 
     def close(self) -> None:
         if self._ds is not None:

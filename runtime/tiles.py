@@ -143,7 +143,8 @@ class TileSource:
             for c, x in enumerate(g.xs):
                 w = min(t, g.width - x)
                 try:
-                    arr = images.normalize(_pad_to(strip[:, x:x + w], t), self.meta)
+                    arr = images.normalize(_pad_to(strip[:, x:x + w], t), self.meta,
+                                           where=self.name)
                 except ImageError as e:
                     raise ImageError(f"{self.name}: {e}") from None
                 yield Piece(arr, Tile(r, c, y, x, h, w))
@@ -300,7 +301,7 @@ def tile_opener(meta: ModelMetadata, cfg, log=None):
     streams = raster.available()
     if log:
         log(f"tiles: {tile}x{tile} (the model's training size), overlap {overlap}px, "
-            f"blended; TIFFs {'stream window by window' if streams else 'decode whole'} "
+            f"{'blended' if overlap else 'no overlap, no blend'}; TIFFs {'stream window by window' if streams else 'decode whole'} "
             f"({'rasterio' if streams else 'no rasterio: pip install p2p[geo] to stream'})")
 
     def open_job(job):

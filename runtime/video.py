@@ -162,6 +162,9 @@ class VideoReader:
                                    if s.duration else 0)
         self.has_audio = bool(self._c.streams.audio)
         self._index_counts = "mp4" in self._c.format.name
+        # What the container says the whole file lasts (seconds; 0 unknown): a file cut
+        # short keeps it (Matroska, WebM), so frames that end well before it are said.
+        self.declared = float(self._c.duration / 1e6) if self._c.duration else 0.0
 
     def _open_animation(self) -> None:
         from PIL import Image
@@ -245,6 +248,21 @@ class VideoReader:
             lines.append(f"{self.path}: {self.frames - seen} of the {self.frames} frames its "
                          "index lists are missing: the file ends early (truncated?)")
         return lines
+
+    def ends_early(self) -> str | None:
+        """After iterating: a note when the frames end well before the duration the
+        container declares (more than two frames and 0.1 s short: audio may outlast the
+        video by a little), else None. A note, not a failure: a container's duration can
+        cover a longer audio track."""
+        declared = getattr(self, "declared", 0.0)
+        if not declared or not len(self.decoded):
+            return None
+        step = float(1 / self.rate) if self.rate else 0.04
+        end = float(max(self.decoded) * self.time_base) + step
+        if end < declared - max(2 * step, 0.1):
+            return (f"note: the frames end at {end:.3f} s of the {declared:.3f} s the "
+                    "container declares (a truncated file, or a longer audio track?)")
+        return None
 
     def close(self) -> None:
         for name in ("_c", "_im"):

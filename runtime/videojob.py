@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from . import files, images
 from .errors import ImageError, P2PError, one_line
@@ -67,8 +66,8 @@ class VideoSource:
         self.window, self.workers, self.said, self.log = window, workers, said, log
 
     def _prep(self, frame):
-        return frame.pts, images.prepare_image(frame.rgb, self.meta,
-                                               self.cfg.split)
+        where = f"{self.reader.path} (frame at {float(frame.pts * self.reader.time_base):.3f} s)"
+        return frame.pts, images.prepare_image(frame.rgb, self.meta, self.cfg.split, where)
 
     def _piece(self, fut):
         pts, prep = fut.result()
@@ -183,8 +182,10 @@ class VideoSink:
         audio = self.reader.has_audio
         with self.stats.lock:
             self.stats.frames += self.frames
+            early = self.reader.ends_early()
             self.stats.lines.append(f"{self.job.dst}: {self.frames} frames, {self.codec}"
-                                    f"{', audio copied' if audio else ''}")
+                                    f"{', audio copied' if audio else ''}"
+                                    f"{'; ' + early if early else ''}")
         if problems:  # published with the frames that were read; the job still fails
             raise ImageError("\n".join(problems))
 
@@ -207,6 +208,14 @@ def video_opener(meta, cfg, stats: VideoStats, bar=None, log=None):
     said = threading.Event()
 
     def open_job(job: Job):
+        # Frames are 8-bit RGB (yuv420p H.264 and kin): a model of other bands or depths
+        # has no video to write into. Said before anything is decoded.
+        if meta.color_space == "rgb" and (meta.output_depth != "uint8"
+                                          or meta.out_channels not in (1, 3)
+                                          or meta.in_channels not in (1, 3)):
+            raise ImageError(f"{job.src}: a video's frames are 8-bit RGB, and this model takes "
+                             f"{meta.in_channels} and writes {meta.out_channels} band(s) of "
+                             f"{meta.output_depth}; translate the frames as images instead")
         reader = VideoReader(job.src)
         try:
             sink = VideoSink(job, reader, meta, cfg, window, workers, stats, bar)

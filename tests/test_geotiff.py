@@ -186,3 +186,49 @@ def test_without_rasterio_tiffs_decode_whole_and_the_run_works(models, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "no rasterio: pip install p2p[geo] to stream" in r.stderr
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "s-translated" / "s.tif")), a)
+
+
+@pytest.mark.parametrize("bad", ["over", "nan"])
+def test_float_rasters_follow_the_decoders_rule_under_tile(models, tmp_path, bad):
+    """A float raster is 0..1 and finite, streamed or not: 0..255 or a NaN is one line naming
+    the file, exit 1, no output (it was translated to wrong values with exit 0)."""
+    a = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
+    if bad == "over":
+        a *= 255
+    else:
+        a[0, 5, 5] = np.nan
+    path = tmp_path / "f.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=40, width=40, count=3,
+                       dtype="float32", crs=CRS_UTM, transform=TRANSFORM) as ds:
+        ds.write(a)
+    r = translate(path, "-m", models["ident"], "--tile", "--format", "tif")
+    assert r.exit_code == 1, r.output
+    why = "outside 0..1" if bad == "over" else "NaN or Inf"
+    assert f"failed: {path}" in r.output and why in r.output
+    assert not (tmp_path / "f-translated" / "f.tif").exists()
+
+
+def test_an_alpha_band_is_composited_on_white_as_the_decoder_does(tmp_path):
+    """One rule for alpha: the streamed reader gives what images.decode gives (Pillow's
+    RGBA on white) for a raster whose 4th band is tagged alpha."""
+    from rasterio.enums import ColorInterp
+
+    from p2p.runtime import images
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (4, 24, 32)).astype(np.uint8)
+    path = tmp_path / "rgba.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=24, width=32, count=4, dtype="uint8",
+                       crs=CRS_UTM, transform=TRANSFORM, photometric="RGB", alpha="YES") as ds:
+        ds.write(a)
+    with rasterio.open(path) as ds:
+        assert ds.colorinterp[3] == ColorInterp.alpha
+    reader = raster.RasterReader(path)
+    try:
+        streamed = reader.read_rows(0, 24)
+    finally:
+        reader.close()
+    decoded = images.decode(path)
+    assert streamed.shape == decoded.shape == (24, 32, 3)
+    assert np.abs(streamed.astype(int) - decoded.astype(int)).max() <= 1
+    assert np.abs(streamed.astype(int) - a[:3].transpose(1, 2, 0)).max() > 10  # not dropped

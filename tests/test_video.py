@@ -243,3 +243,35 @@ def test_pairs_follow_split_and_model_size_keeps_the_models(model, tmp_path):
                *CPU).exit_code == 0
     got, _, info = decode(tmp_path / "ms" / "pair.mp4")
     assert info["size"] == (64, 64) and len(got) == 6
+
+
+def test_a_model_whose_outputs_are_not_8_bit_rgb_is_refused_before_decoding(clip, tmp_path):
+    """A 16-bit or 4-band model has no video frames to write into: one line naming the file
+    and why (never the internal 'use to_array' message)."""
+    deep = identity_model(tmp_path / "deep.onnx", image_size=64, output_depth="uint16",
+                          output_range=(0.0, 65535.0))
+    r = run(clip, "--model", deep, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 1, r.output
+    assert f"failed: {clip}: a video's frames are 8-bit RGB" in r.output
+    assert "uint16" in r.output and "to_array" not in r.output
+    assert not (tmp_path / "out" / "clip.mp4").exists()
+
+
+def test_a_stream_that_ends_before_the_declared_duration_is_noted(model, tmp_path):
+    """A Matroska file cut short keeps its declared duration: its frames are kept and the
+    summary says where they end, against the duration the container declares."""
+    import av
+
+    whole = make_clip(tmp_path / "whole.mkv", frames=48, size=64, audio=False,
+                      codec="ffv1")
+    with av.open(str(whole)) as c:
+        declared = c.duration / 1e6
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[:int(len(data) * 0.5)])
+    with av.open(str(cut)) as c:
+        assert c.duration and abs(c.duration / 1e6 - declared) < 1e-3  # still declared
+    r = run(cut, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert "the container declares (a truncated file" in r.output, r.output
+    kept, _, _ = decode(tmp_path / "out" / "cut.mkv")
+    assert 0 < len(kept) < 48

@@ -364,3 +364,20 @@ def test_page_runs_webgpu_where_an_adapter_exists(run, tmp_path):
         # ?backend=wasm: WASM even where WebGPU exists
         wasm = open_page(context, url + "?backend=wasm")
         assert wasm.evaluate("window.p2p.info.backend") == "wasm"
+
+
+@pytest.mark.parametrize("kind", ["4-band", "16-bit"])
+def test_a_model_the_page_cannot_feed_is_refused_before_anything_is_fetched(tmp_path, kind):
+    """The page draws and shows 8-bit 1- or 3-band canvases: a 4-band model would get a made-up
+    zero band, a 16-bit one would lose its depth. One line, nothing written or fetched."""
+    from onnx_models import identity_model
+    from p2p.export.web import WebConfig, write_site
+    from p2p.runtime.errors import ModelError
+
+    meta = (dict(in_channels=4, out_channels=4) if kind == "4-band" else
+            dict(output_depth="uint16", output_range=(0.0, 65535.0)))
+    model = identity_model(tmp_path / "g.onnx", verified=True, **meta)
+    with pytest.raises(ModelError, match="cannot run on the page"):
+        write_site([model], WebConfig(output=tmp_path / "site", cache_dir=tmp_path / "empty"),
+                   say=lambda msg: None)
+    assert not (tmp_path / "site").exists() and not (tmp_path / "empty").exists()
