@@ -80,7 +80,8 @@ def engine_options(fn):
                      help="CPU inference threads [default: physical cores]."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
                      show_default=True, help="auto: an INT8 file runs INT8; a float file BF16 "
-                     "on openvino where the CPU has native BF16 (AMX/AVX512_BF16), else FP32. "
+                     "on openvino where the CPU has AMX, the faster of FP32 and BF16 as "
+                     "measured on the first start where it has AVX512_BF16 only, else FP32. "
                      "fp32: the exact path. A precision that cannot run here is an error, "
                      "never a substitute."),
     )):
