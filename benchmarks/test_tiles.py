@@ -104,7 +104,7 @@ def test_tile_throughput(benchmark, dynamic_unet, photo, tmp_path):
     x = np.stack([p.array for p in tiles.TileSource(lambda y0, y1: a[y0:y1], grid,
                                                     meta).pieces()])
     cfg = TranslateConfig(inputs=(src,), model=dynamic_unet, batch_size=BATCH,
-                          progress=False, tile=True)
+                          progress=False, tile=True, fmt="png")
     job = Job(src, tmp_path / "out" / "photo1536.png", tmp_path / "out")
     (tmp_path / "out").mkdir()
     wall = {"model": [], "e2e": []}
