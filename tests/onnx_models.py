@@ -51,7 +51,11 @@ def build(path, layers, meta: ModelMetadata, fixed_batch: int | None = None) -> 
             out = meta.output_name if last else f"a{i}"
             nodes.append(helper.make_node(act, [cur], [out]))
             cur = out
-    graph = helper.make_graph(nodes, "p2p_test", [x], [y], inits)
+    return save_model(helper.make_graph(nodes, "p2p_test", [x], [y], inits), meta, path)
+
+
+def save_model(graph, meta: ModelMetadata, path) -> Path:
+    """``graph`` as a checked opset-17 model carrying ``meta``, written to ``path``."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               producer_name="p2p-tests")
     model.ir_version = 8
@@ -132,11 +136,4 @@ def norm_model(path, seed: int = 0, width: int = 8, **meta) -> Path:
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], **conv),
              helper.make_node("Tanh", ["c2"], [m.output_name])]
-    graph = helper.make_graph(nodes, "p2p_test_norm", [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="p2p-tests")
-    model.ir_version = 8
-    helper.set_model_props(model, m.to_props())
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
+    return save_model(helper.make_graph(nodes, "p2p_test_norm", [x], [y], inits), m, path)
