@@ -153,8 +153,12 @@ def choose(requested: str | None, model_precision: str, provider: str,
     bf16 = native(flags, REGISTRY["bf16"].native)
     if requested == "bf16":
         if provider != "openvino":
+            from .backends import openvino_available  # the install hint only where needed
+
+            hint = ("--provider openvino" if openvino_available()
+                    else "pip install 'p2p[openvino]', --provider openvino")
             raise ProviderError(f"provider {provider}: precision bf16 runs on openvino only "
-                                "(pip install 'p2p[openvino]', --provider openvino)")
+                                f"({hint})")
         if bf16 is None:
             raise ProviderError("precision bf16 needs a CPU with native BF16 (AMX or "
                                 "AVX512_BF16); this one has neither; use fp32")

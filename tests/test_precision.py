@@ -177,6 +177,7 @@ def test_without_openvino_a_run_folder_runs_float_and_bf16_is_one_line(tmp_path)
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and "bf16 runs on openvino only" in errors[0], r.stderr
+    assert "pip install 'p2p[openvino]'" in errors[0]  # absent here: the hint says how
     assert "Traceback" not in r.stderr and not (tmp_path / "out-bf16").exists()
 
 
