@@ -10,6 +10,10 @@ The public surface is the contract that ``p2p.export`` (validation), ``p2p-trans
                       # (the rule: p2p.runtime.precision)
     engine.run(x)     # NCHW float32 in [-1, 1], any batch size -> NCHW float32 in [-1, 1];
                       # NonFiniteOutput when any output value is NaN or Inf
+    engine.submit(x)  # the same run started now: a concurrent.futures.Future of its output.
+                      # Runs submitted back to back queue up in order, so a pipeline keeps
+                      # the next batch waiting while this one's outputs are written and the
+                      # backend never idles between batches (``p2p.runtime.pipeline``)
 
 Everything about the model (names, sizes, dtype, colour space) comes from its metadata. The
 session itself lives in a backend (``p2p.runtime.backends.Backend``): onnxruntime for cpu,
@@ -20,6 +24,8 @@ for and cannot run is a ``ProviderError`` that says why: never a silent CPU run.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +67,8 @@ class Engine:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.path = Path(model)
+        self._backend = None
+        self._pool: ThreadPoolExecutor | None = None  # submit() for backends without streams
         # Every check of the file runs here, once, before any backend sees it.
         self.model_file = read_model_file(self.path)
         self.metadata = self.model_file.metadata
@@ -107,15 +115,55 @@ class Engine:
         self._backend.check_size(h, w)
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """NCHW float32 in the model's value range, any batch size -> NCHW float32 (the
+        model's output channels); ValueError for a shape the model cannot take,
+        NonFiniteOutput when an output holds NaN or Inf, the backend's errors as raised."""
+        return self.submit(x).result()
+
+    def submit(self, x: np.ndarray) -> Future:
+        """``run(x)`` started now; the Future's ``result()`` is its output or raises its error
+        (a bad shape raises here, at once). Backends with streams of their own (OpenVINO)
+        queue the work on them, first come first served; the others run it on one thread
+        of the engine's, in order. Either way a second batch submitted before the first ends
+        starts the moment the first does: the cores never wait for the caller to write
+        outputs or gather the next batch."""
         x = np.asarray(x)
         self.check_shape(x.shape)
         n, _, h, w = x.shape
         if n == 0:
-            return np.zeros((0, self.metadata.out_channels, h, w), np.float32)
-        outs = []
-        for i in range(0, n, self.batch_size):
-            chunk = np.ascontiguousarray(x[i:i + self.batch_size], dtype=self._dtype)
-            outs.append(np.asarray(self._backend.run(chunk), dtype=np.float32))
+            done: Future = Future()
+            done.set_result(np.zeros((0, self.metadata.out_channels, h, w), np.float32))
+            return done
+        chunks = [np.ascontiguousarray(x[i:i + self.batch_size], dtype=self._dtype)
+                  for i in range(0, n, self.batch_size)]
+        parts = [self._start(c) for c in chunks]
+        out: Future = Future()
+        left = [len(parts)]
+        lock = threading.Lock()
+
+        def one_done(_):
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            try:
+                out.set_result(self._checked([np.asarray(p.result(), np.float32)
+                                              for p in parts], n))
+            except BaseException as e:  # the first chunk's error, or NonFiniteOutput
+                out.set_exception(e)
+
+        for p in parts:
+            p.add_done_callback(one_done)  # a Python thread of ours: never the backend's
+        return out
+
+    def _start(self, chunk: np.ndarray) -> Future:
+        if hasattr(self._backend, "submit"):
+            return self._backend.submit(chunk)
+        if self._pool is None:  # one thread: the backend runs one chunk at a time, in order
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="p2p-engine")
+        return self._pool.submit(self._backend.run, chunk)
+
+    def _checked(self, outs: list[np.ndarray], n: int) -> np.ndarray:
         y = outs[0] if len(outs) == 1 else np.concatenate(outs)
         # The one check every caller gets (translate, serve, eval's models, the exporter's
         # verification): a NaN model would otherwise become black images with exit 0
@@ -129,6 +177,9 @@ class Engine:
         return y
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._backend is not None:
             self._backend.close()
             self._backend = None

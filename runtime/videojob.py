@@ -107,8 +107,10 @@ class VideoSink:
         self.thread: threading.Thread | None = None
 
     def _finish(self, y, prep) -> np.ndarray:
-        img = images.to_image(y, prep, self.meta, self.cfg.model_size)
-        return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # 1-channel models
+        # (H, W, 3) uint8 straight from the array (no Pillow image between: a copy less a
+        # frame); 1-band models are repeated into grey RGB.
+        a = images.to_array(y, prep, self.meta, self.cfg.model_size)
+        return images.match_bands(a, 3, self.job.src)
 
     def _send(self, item) -> None:
         while not self.stop.is_set():

@@ -152,8 +152,8 @@ def test_batches_mix_tiles_across_images(models, tmp_path, monkeypatch):
     for i, (h, w) in enumerate([(40, 40), (32, 56), (20, 20)]):  # 4 + 2 + 1 tiles
         Image.fromarray(np.full((h, w, 3), 50 * i, np.uint8)).save(src / f"{i}.png")
     sizes = []
-    run = Engine.run
-    monkeypatch.setattr(Engine, "run", lambda self, x: sizes.append(len(x)) or run(self, x))
+    submit = Engine.submit  # what the pipeline calls
+    monkeypatch.setattr(Engine, "submit", lambda self, x: sizes.append(len(x)) or submit(self, x))
     r = translate(src, "-m", models["ident"], "--tile", "-b", "5")
     assert r.exit_code == 0, r.output
     assert sizes == [5, 2]  # 7 tiles of three images in two batches
@@ -168,14 +168,14 @@ def test_a_failing_tile_fails_its_image_alone(models, tmp_path, monkeypatch):
     src.mkdir()
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src / "0.png")
     Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(src / "1.png")
-    run = Engine.run
+    submit = Engine.submit  # what the pipeline calls
 
     def flaky(self, x):
         if (x > 0.5).any():
             raise RuntimeError("boom")
-        return run(self, x)
+        return submit(self, x)
 
-    monkeypatch.setattr(Engine, "run", flaky)
+    monkeypatch.setattr(Engine, "submit", flaky)
     r = translate(src, "-m", models["ident"], "--tile")
     assert r.exit_code == 1
     assert "translated 1, skipped 0, failed 1" in r.output

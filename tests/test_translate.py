@@ -294,7 +294,7 @@ def test_an_exception_without_a_message_is_still_one_line(tmp_path, monkeypatch)
 
     model = identity_model(tmp_path / "m.onnx", dynamic_size=True)
     noise(tmp_path / "in" / "a.png")
-    monkeypatch.setattr(Engine, "run", fail)
+    monkeypatch.setattr(Engine, "submit", fail)  # what the pipeline calls
     r = translate(tmp_path / "in", "--model", model, "-o", tmp_path / "out")
     assert r.exit_code == 1, r.output
     assert f"failed: {tmp_path / 'in' / 'a.png'}: inference failed: RuntimeError" in r.output

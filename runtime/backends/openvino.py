@@ -11,18 +11,21 @@ optional extra ``p2p[openvino]`` and needs neither torch nor onnxruntime.
     session.provider   # "openvino"
     session.metadata   # ModelMetadata read from the ONNX file's metadata_props
     session.run(x)     # NCHW float32 in [-1, 1], any batch size -> NCHW float32
+    session.submit(x)  # the same, queued on the streams: a Future of the output
 
 Speed choices (measured on a 2-core AVX-512 BF16 EPYC, see BENCHMARKS.md):
 - the up-convolutions (ConvTranspose) are rewritten as sub-pixel convolutions at load time
   (``subpixel_deconvolutions``): OpenVINO has no BF16 transposed-convolution kernel, and
   this rewrite is what makes bf16 ~2x FP32 here instead of ~1.15x; FP32 is unchanged;
-- one image per infer request, one request in flight per stream, streams = min(cores,
-  batch size) with the cores split between them (the THROUGHPUT hint; one stream with every
-  thread at batch size 1); each stream takes the next image when it is free (``run``), so a
-  core slowed by another process does not hold the batch. As fast as a whole static batch on one stream (~2-5% faster in
-  back-to-back runs), and it holds up when decode/encode threads or other processes take a
-  core: independent single-thread streams wait on no barrier. One compiled model (batch 1,
-  H and W as exported) then serves every batch size: no recompiles for the last, smaller
+- one image per infer request, one request per stream, streams = min(cores, batch size)
+  with the cores split between them (the THROUGHPUT hint; one stream with every thread at
+  batch size 1). Each stream has a thread of its own that takes the next image from one
+  queue (``submit``) as soon as it is free, across batches: a core slowed by another
+  process does not hold a batch, and no stream waits at the end of a batch for the caller
+  to write its outputs and gather the next (the pipeline keeps the next batch queued). As
+  fast as a whole static batch on one stream in back-to-back runs, and it holds up when
+  decode/encode threads or other processes take a core. One compiled model (batch 1, H
+  and W as exported) then serves every batch size: no recompiles for the last, smaller
   batch, and activation memory for one image per stream;
 - ``bf16`` runs convolutions on the AVX-512 BF16 units; OpenVINO quietly keeps FP32 on
   CPUs without them, so we check what the compiled model reports and refuse instead.
@@ -32,8 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import queue
 import sys
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +48,7 @@ from ..host import physical_cores
 from ..metadata import ModelMetadata
 from ..modelfile import read_model_file
 from ..precision import REGISTRY
+from .ovrewrite import subpixel_deconvolutions  # noqa: F401  (public here too)
 
 # What OpenVINO runs each precision under, from the one registry (p2p.runtime.precision):
 # int8 is a QDQ file whose convolutions run INT8 (OpenVINO's low-precision transformations)
@@ -87,139 +93,6 @@ def _openvino():
     except ImportError:
         raise ProviderError("openvino is not installed: pip install 'p2p[openvino]'") from None
     return openvino
-
-
-def subpixel_deconvolutions(model) -> int:
-    """Rewrite each ConvTranspose(kernel 4, stride 2, pad 1) as conv 2x2 -> 4 phases -> depth-to-space.
-
-    Why: OpenVINO's CPU plugin has no BF16 kernel for ConvolutionBackpropData, so under the
-    bf16 hint the U-Net's seven up-convolutions (over half of its 12.1 GFLOP) stay FP32 and
-    BF16 barely pays. The same arithmetic as plain convolutions runs on the BF16 units.
-
-    Output pixel (2m + a, 2n + b) of the transposed convolution only ever sees the 2x2 input
-    window at rows (m - 1 + a, m + a), cols (n - 1 + b, n + b), through kernel taps
-    rows (3 - a, 1 - a), cols (3 - b, 1 - b). So one convolution with a 2x2 kernel, padding 1
-    and 4 * C_out channels (one group per phase (a, b)) computes every phase on an
-    (H + 1) x (W + 1) grid; phase (a, b) is that grid shifted by (a, b); depth-to-space
-    (blocks first) interleaves the phases. Exact up to float summation order.
-    INT8 (QDQ) up-convolutions are rewritten only with fewer than ``INT8_LANES`` output
-    channels (``_deconv_weights``): OpenVINO has INT8 deconvolution kernels, and rewriting
-    all of them measured no faster; the last one (3 channels) is 4-5% of the model faster.
-    Returns the number of layers rewritten; anything else is left as it is.
-    """
-    from openvino import opset13 as ops
-
-    taps = ((3, 1), (2, 0))  # taps[a][t]: kernel row for phase a, window row t
-    count = 0
-    for node in model.get_ordered_ops():
-        if node.get_type_name() != "ConvolutionBackpropData" or node.get_input_size() != 2:
-            continue
-        attrs = node.get_attributes()
-        if (attrs["strides"], attrs["pads_begin"], attrs["pads_end"], attrs["dilations"],
-                attrs["output_padding"], attrs["auto_pad"]) != (
-                [2, 2], [1, 1], [1, 1], [1, 1], [0, 0], "explicit"):
-            continue
-        found = _deconv_weights(node.input_value(1).get_node())
-        if found is None:
-            continue
-        w, rebuild = found  # w: [C_in, C_out, 4, 4], float or INT8
-        c_in, c_out = w.shape[:2]
-        phases = np.empty((2, 2, c_out, c_in, 2, 2), w.dtype)
-        for a in range(2):
-            for b in range(2):
-                phases[a, b] = w[:, :, taps[a], :][:, :, :, taps[b]].transpose(1, 0, 2, 3)
-        grid = ops.convolution(node.input_value(0),
-                               rebuild(phases.reshape(4 * c_out, c_in, 2, 2)),
-                               strides=[1, 1], pads_begin=[1, 1], pads_end=[1, 1],
-                               dilations=[1, 1])
-        shifted = []
-        for a in range(2):
-            for b in range(2):
-                group = slice(((a * 2 + b) * c_out), ((a * 2 + b + 1) * c_out))
-                start = [group.start, a, b]
-                stop = [group.stop, -1 if a == 0 else np.iinfo(np.int64).max,
-                        -1 if b == 0 else np.iinfo(np.int64).max]
-                shifted.append(ops.slice(grid, np.array(start, np.int64),
-                                         np.array(stop, np.int64), np.ones(3, np.int64),
-                                         np.array([1, 2, 3], np.int64)))
-        out = ops.depth_to_space(ops.concat(shifted, 1), "blocks_first", 2)
-        out.set_friendly_name(node.get_friendly_name() + "/subpixel")
-        node.output(0).replace(out.output(0))
-        count += 1
-    if count:
-        model.validate_nodes_and_infer_types()
-    return count
-
-
-INT8_LANES = 16  # output channels one VNNI instruction fills (32-bit lanes of a zmm register)
-
-
-def _constant(node) -> np.ndarray | None:
-    """The float32 data behind a chain of Reshape/Convert/Unsqueeze over a Constant, or None."""
-    while node.get_type_name() in ("Reshape", "Convert", "Unsqueeze", "Squeeze"):
-        node = node.input_value(0).get_node()
-    if node.get_type_name() != "Constant":
-        return None
-    return np.asarray(node.get_data(), np.float32)
-
-
-def _deconv_weights(node):
-    """(weights [C_in, C_out, 4, 4], rebuild) of an up-convolution that is worth rewriting,
-    or None. Float weights are a Constant. INT8 weights (NNCF's QDQ file as OpenVINO reads
-    it) are Constant(i8) -> Convert -> [Subtract(zero point)] -> Multiply(scale), zero point
-    and scale per output channel (axis 1); the rewrite permutes the INT8 constant and tiles
-    the scales, so the low-precision transformations still run the sub-pixel convolution in
-    INT8 (exact: the same integer products). Only with < INT8_LANES output channels (issue
-    21: the last up-convolution, 128 -> 3 channels, took 8.6% of INT8 time for 1.6% of the
-    MACs on a Zen 4; as a sub-pixel convolution it has 12). ``rebuild(w2)`` makes the new
-    weights for [4 * C_out, C_in, 2, 2] data."""
-    from openvino import opset13 as ops
-
-    if node.get_type_name() == "Constant":
-        w = node.get_data()
-        if w.ndim != 4 or list(w.shape[2:]) != [4, 4]:
-            return None
-        return w, ops.constant
-    if node.get_type_name() != "Multiply":
-        return None
-    scale = _constant(node.input_value(1).get_node())
-    inner = node.input_value(0).get_node()
-    zero = None
-    if inner.get_type_name() == "Subtract":
-        zero = _constant(inner.input_value(1).get_node())
-        if zero is None:
-            return None
-        inner = inner.input_value(0).get_node()
-    if inner.get_type_name() != "Convert" or scale is None:
-        return None
-    q = inner.input_value(0).get_node()
-    if q.get_type_name() != "Constant":
-        return None
-    w = q.get_data()
-    if w.ndim != 4 or list(w.shape[2:]) != [4, 4] or w.dtype not in (np.int8, np.uint8):
-        return None
-    c_out = w.shape[1]
-    if c_out >= INT8_LANES:
-        return None
-
-    def per_channel(v):  # a scalar or one value per output channel -> [4 * C_out, 1, 1, 1]
-        v = v.reshape(-1)
-        if v.size not in (1, c_out):
-            return None
-        return np.tile(np.broadcast_to(v, (c_out,)), 4).reshape(-1, 1, 1, 1).astype(np.float32)
-
-    scale4 = per_channel(scale)
-    zero4 = None if zero is None else per_channel(zero)
-    if scale4 is None or (zero is not None and zero4 is None):
-        return None
-
-    def rebuild(data):
-        x = ops.convert(ops.constant(data), np.float32)
-        if zero4 is not None:
-            x = ops.subtract(x, ops.constant(zero4))
-        return ops.multiply(x, ops.constant(scale4))
-    return w, rebuild
-
 
 
 class OpenVINOSession:
@@ -297,11 +170,13 @@ class OpenVINOSession:
             raise ProviderError(f"provider openvino: {self.path.name} compiled for {got}, not "
                                 f"the requested {precision}")
         self._dtype = self.model.input(0).get_element_type().to_dtype()
-        # Plain synchronous requests, one Python thread per stream in ``run`` (no completion
+        # Plain synchronous requests, one Python thread per stream (``_serve``; no completion
         # callbacks: those run Python on OpenVINO's threads, which aborted the interpreter
-        # when a session was collected).
+        # when a session was collected). Threads start with the first run.
         self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
-        self._lock = threading.Lock()  # one run at a time owns the requests
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
 
     @property
     def compiled_precision(self) -> str:
@@ -321,60 +196,105 @@ class OpenVINOSession:
         """Any size the model's metadata allows runs here: nothing more to check."""
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Each stream's request takes the next chunk as soon as it is free (one Python
-        thread per stream, ``infer`` releases the GIL). Not a fixed round robin: when another
-        process takes a core, a fixed split waits on the slowed stream for its whole share
-        (rounds of one batch varied 2x on a shared 2-core Xeon, issue 21); here the other
-        stream takes the remaining images."""
+        """(n, C, H, W) in the model's input dtype -> (n, C_out, H, W) float32; ModelError
+        naming the file and the input shape when OpenVINO fails."""
+        return self.submit(x).result()
+
+    def submit(self, x: np.ndarray) -> Future:
+        """``run(x)`` queued on the streams (one request of ``request_batch`` images at a
+        time each, first come first served, across calls): a Future of the output. ``x`` must
+        not change until the Future is done (requests read it in place)."""
         if x.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {x.shape}")
-        rb = self.request_batch
-        starts = list(range(0, len(x), rb))
-        if not starts:
-            return np.zeros((0, self.metadata.out_channels, *x.shape[2:]), np.float32)
-        outs: list[np.ndarray | None] = [None] * len(starts)
+        task = _Task(x, self.request_batch, self._dtype,
+                     f"{self.path}: openvino failed on input {list(x.shape)}")
+        if not task.left:
+            task.future.set_result(np.zeros((0, self.metadata.out_channels, *x.shape[2:]),
+                                            np.float32))
+            return task.future
         with self._lock:
-            todo = iter(range(len(starts)))
-            take = threading.Lock()
-            errors: list[BaseException] = []
-
-            def work(request):
-                while not errors:
-                    with take:
-                        k = next(todo, None)
-                    if k is None:
-                        return
-                    chunk = np.ascontiguousarray(x[starts[k]:starts[k] + rb], dtype=self._dtype)
-                    n = len(chunk)
-                    if n < rb:  # a fixed-batch model: pad the last request, drop it after
-                        pad = np.zeros((rb - n, *chunk.shape[1:]), self._dtype)
-                        chunk = np.concatenate([chunk, pad])
-                    try:
-                        request.infer({0: chunk}, share_inputs=True)
-                    except RuntimeError as e:
-                        errors.append(e)
-                        return
-                    # The request reuses its output buffer next time: copy it out.
-                    outs[k] = np.array(request.get_output_tensor(0).data[:n], np.float32)
-
-            workers = min(self.streams, len(starts))
-            if workers == 1:
-                work(self._requests[0])
-            else:
-                threads = [threading.Thread(target=work, args=(r,), daemon=True)
-                           for r in self._requests[:workers]]
-                for t in threads:
+            if self.compiled is None:
+                raise ProviderError(f"provider openvino: {self.path.name}: session closed")
+            if not self._threads:
+                self._threads = [threading.Thread(target=_serve, args=(self._queue, r),
+                                                  name="p2p-openvino", daemon=True)
+                                 for r in self._requests]
+                for t in self._threads:
                     t.start()
-                for t in threads:
-                    t.join()
-            if errors:
-                raise ModelError(f"{self.path}: openvino failed on input {list(x.shape)}: "
-                                 f"{reason(errors[0])}") from None
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+            for k in range(task.left):
+                self._queue.put((task, k))
+        return task.future
 
     def close(self) -> None:
+        """Let queued work finish, stop the stream threads, free the compiled model."""
         with self._lock:
-            self._requests, self.compiled = [], None
+            threads, self._threads = self._threads, []
+            for _ in threads:
+                self._queue.put(None)
+        for t in threads:
+            t.join()
+        self._requests, self.compiled = [], None
+
+    def __del__(self):  # the threads hold no reference to the session: stop them here
+        try:
+            for _ in self._threads:
+                self._queue.put(None)
+        except Exception:  # noqa: BLE001 - a half-made session
+            pass
+
+
+class _Task:
+    """One ``submit``: its input split into requests, their outputs as they come, and the
+    Future that gets them concatenated (or the first failure as a ModelError)."""
+
+    def __init__(self, x: np.ndarray, rb: int, dtype, where: str):
+        self.x, self.rb, self.dtype, self.where = x, rb, dtype, where
+        self.left = -(-len(x) // rb)
+        self.outs: list[np.ndarray | None] = [None] * self.left
+        self.error: BaseException | None = None
+        self.future: Future = Future()
+        self.lock = threading.Lock()
+
+    def chunk(self, k: int) -> tuple[np.ndarray, int]:
+        chunk = np.ascontiguousarray(self.x[k * self.rb:(k + 1) * self.rb], dtype=self.dtype)
+        n = len(chunk)
+        if n < self.rb:  # a fixed-batch model: pad the last request, drop it after
+            pad = np.zeros((self.rb - n, *chunk.shape[1:]), self.dtype)
+            chunk = np.concatenate([chunk, pad])
+        return chunk, n
+
+    def done(self, k: int, out: np.ndarray | None, error: BaseException | None) -> None:
+        with self.lock:
+            self.outs[k] = out
+            if error is not None and self.error is None:
+                self.error = error
+            self.left -= 1
+            if self.left:
+                return
+        if self.error is not None:
+            self.future.set_exception(ModelError(f"{self.where}: {reason(self.error)}"))
+        else:
+            self.future.set_result(self.outs[0] if len(self.outs) == 1
+                                   else np.concatenate(self.outs))
+
+
+def _serve(work: queue.SimpleQueue, request) -> None:
+    """One stream's thread: run queued requests until None. A module function, not a
+    method: the thread must not keep its session alive (``__del__`` stops it)."""
+    while (item := work.get()) is not None:
+        task, k = item
+        if task.error is not None:  # an earlier request of this task failed: skip the rest
+            task.done(k, None, None)
+            continue
+        try:
+            chunk, n = task.chunk(k)
+            request.infer({0: chunk}, share_inputs=True)
+            # The request reuses its output buffer next time: copy it out.
+            out = np.array(request.get_output_tensor(0).data[:n], np.float32)
+        except Exception as e:  # noqa: BLE001 - the task's Future carries it
+            task.done(k, None, e)
+        else:
+            task.done(k, out, None)
 
 
 def backend(provider: str, path: Path, metadata: ModelMetadata, options) -> OpenVINOSession:
