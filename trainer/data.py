@@ -91,7 +91,7 @@ def _bands_problem(path: Path, a: np.ndarray, sides: tuple) -> str | None:
     bands = a.shape[2]
     for flag, n in sides:
         if not fits(bands, n):
-            return (f"{path}: {bands} band{'s' if bands > 1 else ''}{_BANDS}"
+            return (f"{path}: {images.bands_text(bands, path)}{_BANDS}"
                     f"{n} ({flag} {n}; greyscale and RGB convert into each other)")
     return None
 
