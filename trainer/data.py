@@ -63,6 +63,39 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
+SPLITS = ("train", "val", "test")  # the pix2pix layout's folders (``split_dirs``)
+
+
+def left_out(root: Path) -> list[Path]:
+    """The images under ``root`` that ``split_dirs``'s layout does not read: with a
+    ``train/`` folder, those outside ``train/``, ``val/`` and ``test/`` (loose beside them,
+    or in other folders). Which split they belong to is not for p2p to guess (training on
+    held-out images would make val_L1 meaningless), so they are not used, and p2p-train says
+    so (``left_out_note``). Empty for a flat folder: all of it trains."""
+    root = Path(root)
+    if not (root / "train").is_dir():
+        return []
+    found = [root / rel for rel in listing.list_images(root, recursive=False)]
+    try:
+        subs = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)
+                      and not e.name.startswith(".") and e.name not in SPLITS)
+    except OSError:
+        subs = []
+    for name in subs:
+        found += [root / name / rel for rel in listing.list_images(root / name)]
+    return found
+
+
+def left_out_note(root: Path, found: list[Path], held: Path | None) -> str:
+    """The one line p2p-train prints for ``left_out`` images."""
+    splits = "train/ and " + (f"{held.name}/" if held is not None else "val/")
+    n = len(found)
+    return (f"note: {n} image{'s' if n != 1 else ''} in {root} outside {splits} "
+            f"{'are' if n != 1 else 'is'} not used ({listing.listed(found)}): beside a "
+            f"train/ folder p2p-train trains on train/ only and samples {splits.split()[-1]}; "
+            "move them into train/ to train on them")
+
+
 def _open(path: Path) -> np.ndarray:
     """Decode fully with p2p-translate's own decoder (``images.decode``: full precision,
     EXIF orientation, colour profile to sRGB, alpha composited on white, the
@@ -236,6 +269,7 @@ class PairDataset(Dataset):
         self.items, self.mode, self.direction = list(items), mode, direction
         self.image_size, self.load_size, self.flip, self.seed = image_size, load_size, flip, seed
         self.source = "train"  # samples: the folder they come from (val, test, train)
+        self.notes: list[str] = []  # note lines for the user about the data (build_datasets)
         lab = mode == "lab"
         # What images.normalize needs: the value range and channels of the model's two
         # sides. Each file is read by its own depth's range (images.data_range), so 8- and
@@ -360,15 +394,19 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
         train_items = pair_files(train_a, train_b)
         val_items = pair_files(val_a, val_b) if val_a and val_b else train_items
         mode, held = "two-folders", val_a
+        notes = [left_out_note(side, found, held) for side in (data_a, data_b)
+                 if (found := left_out(side))]
     else:
         train_dir, held = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
         train_items = list_images(train_dir)
         val_items = list_images(held) if held else train_items
+        notes = [left_out_note(data, found, held)] if (found := left_out(data)) else []
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
               flip=flip, seed=seed, in_channels=in_channels, out_channels=out_channels)
     train, samples = PairDataset(train_items, **kw), PairDataset(val_items, **kw)
     samples.source = held.name if held else "train"
+    train.notes = notes  # printed by the trainer's first rank (images it does not read)
     if check:
         check_images(train, samples)
     return train, samples
