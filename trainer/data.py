@@ -63,37 +63,22 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-SPLITS = ("train", "val", "test")  # the pix2pix layout's folders (``split_dirs``)
-
-
-def left_out(root: Path) -> list[Path]:
-    """The images under ``root`` that ``split_dirs``'s layout does not read: with a
-    ``train/`` folder, those outside ``train/``, ``val/`` and ``test/`` (loose beside them,
-    or in other folders). Which split they belong to is not for p2p to guess (training on
-    held-out images would make val_L1 meaningless), so they are not used, and p2p-train says
-    so (``left_out_note``). Empty for a flat folder: all of it trains."""
+def left_out(root: Path, held: Path | None) -> str | None:
+    """A note line naming the images under ``root`` that ``split_dirs``'s layout leaves
+    out: with a ``train/`` folder, those outside train/, val/ and test/. Which split they
+    belong to is not p2p's to guess (held-out images trained on would make val_L1
+    meaningless), so they are not used, and said. None when there are none."""
     root = Path(root)
-    if not (root / "train").is_dir():
-        return []
-    found = [root / rel for rel in listing.list_images(root, recursive=False)]
-    try:
-        subs = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)
-                      and not e.name.startswith(".") and e.name not in SPLITS)
-    except OSError:
-        subs = []
-    for name in subs:
-        found += [root / name / rel for rel in listing.list_images(root / name)]
-    return found
-
-
-def left_out_note(root: Path, found: list[Path], held: Path | None) -> str:
-    """The one line p2p-train prints for ``left_out`` images."""
-    splits = "train/ and " + (f"{held.name}/" if held is not None else "val/")
+    found = listing.list_outside(root, ("train", "val", "test")) \
+        if (root / "train").is_dir() else []
+    if not found:
+        return None
+    held_name = f"{held.name}/" if held is not None else "val/"
     n = len(found)
-    return (f"note: {n} image{'s' if n != 1 else ''} in {root} outside {splits} "
-            f"{'are' if n != 1 else 'is'} not used ({listing.listed(found)}): beside a "
-            f"train/ folder p2p-train trains on train/ only and samples {splits.split()[-1]}; "
-            "move them into train/ to train on them")
+    return (f"note: {n} image{'s' if n != 1 else ''} in {root} outside train/ and {held_name} "
+            f"{'are' if n != 1 else 'is'} not used ({listing.listed(found)}): beside a train/ "
+            f"folder p2p-train trains on train/ only and samples {held_name}; move them into "
+            "train/ to train on them")
 
 
 def _open(path: Path) -> np.ndarray:
@@ -394,14 +379,13 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
         train_items = pair_files(train_a, train_b)
         val_items = pair_files(val_a, val_b) if val_a and val_b else train_items
         mode, held = "two-folders", val_a
-        notes = [left_out_note(side, found, held) for side in (data_a, data_b)
-                 if (found := left_out(side))]
+        notes = [n for side in (data_a, data_b) if (n := left_out(side, held))]
     else:
         train_dir, held = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
         train_items = list_images(train_dir)
         val_items = list_images(held) if held else train_items
-        notes = [left_out_note(data, found, held)] if (found := left_out(data)) else []
+        notes = [n] if (n := left_out(data, held)) else []
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
               flip=flip, seed=seed, in_channels=in_channels, out_channels=out_channels)
     train, samples = PairDataset(train_items, **kw), PairDataset(val_items, **kw)
