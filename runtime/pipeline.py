@@ -300,8 +300,10 @@ def output_format(fmt: str | None, meta, model: Path) -> str:
 
 
 def translate(cfg: TranslateConfig, log=None) -> Summary:
-    """The whole command: engine first (a provider that cannot run fails before anything is
-    written), then plan, skip what exists, run, gallery."""
+    """The whole command: the model file's metadata and the plan first (the flags and the
+    inputs' outputs checked before any model work: ``plan`` raises DataError for two
+    inputs writing one output), then the engine (a provider that cannot run fails before
+    anything is written), skip what exists, run, gallery."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
     max_whole_pixels()  # ... and a bad $P2P_MAX_WHOLE_PIXELS
