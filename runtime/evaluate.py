@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from .errors import DataError, P2PError, choices, one_line
 from .files import atomic_write
-from .images import SHOWN_EXTS, ab_pair_problem, crop_half, decode, match_bands, resize
+from .images import SHOWN_EXTS, ab_pair_problem, bands_text, crop_half, decode, match_bands, \
+    resize
 from .listing import list_images, listed, matches, pair_by_name, raise_problems
 from .locate import pick_model
 from .modelfile import read_metadata
@@ -91,14 +92,15 @@ def load(path: Path) -> np.ndarray:
     return decode(path)
 
 
-def comparable(p: np.ndarray, t: np.ndarray, pred_path: Path) -> tuple[np.ndarray, np.ndarray,
-                                                                         float]:
+def comparable(p: np.ndarray, t: np.ndarray, pred_path: Path, target_path=None
+               ) -> tuple[np.ndarray, np.ndarray, float]:
     """(pred, target, data_range) on one scale: 8-bit pairs as they are (range 255), others
     divided by their depth's peak (range 1); grey repeated to match RGB. DataError when the
     band counts cannot be compared."""
     if p.shape[2] != t.shape[2]:
         if {p.shape[2], t.shape[2]} != {1, 3}:
-            raise DataError(f"{pred_path}: {p.shape[2]} bands, its target {t.shape[2]}")
+            raise DataError(f"{pred_path}: {bands_text(p.shape[2], pred_path)}, its target "
+                            f"{bands_text(t.shape[2], target_path)}")
         p, t = match_bands(p, 3), match_bands(t, 3)
     if p.dtype == t.dtype == np.uint8:
         return p, t, 255.0
@@ -138,7 +140,7 @@ def _measure(job) -> dict:
             return {"mismatch": (pred_path, p.shape[1], p.shape[0], t.shape[1], t.shape[0])}
         p = resize(p, (t.shape[1], t.shape[0]))
     try:
-        p, t, peak = comparable(p, t, pred_path)
+        p, t, peak = comparable(p, t, pred_path, target_path)
     except DataError as e:
         return {"unusable": [str(e)]}
     try:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import DataError, P2PError
@@ -46,10 +47,51 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+_STAGED: set[str] = set()  # the temp files this process staged (absolute paths)
+# A live process counts as another than a temp's writer only when it started this much
+# after the temp was last written: margin for the clock tick of /proc's start time and for
+# file systems with coarse timestamps.
+STARTED_SLACK_S = 0.5
+
+
+def _started_at(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since the epoch (to within a clock tick and
+    the two reads' distance), from /proc; None where /proc cannot say or gives nonsense
+    (a container whose /proc/uptime is its own, not the kernel's)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # the name may hold spaces
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        now = time.time()
+        started = now - uptime + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22
+    except (OSError, ValueError, IndexError):
+        return None
+    return started if 0 < started <= now + 1 else None
+
+
+def is_stale(path: Path, pid: int) -> bool:
+    """Whether the temp file ``path``, named with the writer's ``pid``, is left over from a
+    writer that is gone: no process of that pid, or one that started after the file was
+    last written. Pids are reused, and in a container every run can have the same one
+    (pid 1): a killed run's temp then carries the pid of another process, or of the next
+    run itself, which must still remove it. This process's own staged files never are."""
+    if str(Path(path).absolute()) in _STAGED:
+        return False
+    if pid != os.getpid() and not pid_alive(pid):
+        return True
+    started = _started_at(pid)
+    try:
+        written = os.stat(path, follow_symlinks=False).st_mtime
+    except OSError:
+        return False
+    return started is not None and started > written + STARTED_SLACK_S
+
+
 def remove_stale_temps(folder: Path, pattern: str = _ANY_TEMP) -> list[Path]:
     """Delete the entries of ``folder`` whose whole name matches ``pattern`` (a regex with a
-    group named ``pid``; default: any temp file of ``stage``) when that process is gone;
-    returns what was removed."""
+    group named ``pid``; default: any temp file of ``stage``) when their writer is gone
+    (``is_stale``); returns what was removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -57,8 +99,11 @@ def remove_stale_temps(folder: Path, pattern: str = _ANY_TEMP) -> list[Path]:
         return removed
     for e in entries:
         m = re.fullmatch(pattern, e.name)
-        if m and not pid_alive(int(m.group("pid"))):
-            Path(e.path).unlink(missing_ok=True)
+        if m and is_stale(Path(e.path), int(m.group("pid"))):
+            try:
+                Path(e.path).unlink(missing_ok=True)
+            except OSError:  # a folder this run only reads: its writer's business
+                continue
             removed.append(Path(e.path))
     return removed
 
@@ -81,6 +126,7 @@ def stage(path: Path, keep_suffix: bool = False, clean: bool = True) -> Path:
         raise P2PError(f"{path}: cannot write: {path.parent} is a file, not a folder") from None
     except OSError as e:
         raise P2PError(f"{path}: cannot write: {e.strerror or e}") from None
+    _STAGED.add(os.path.abspath(tmp))  # kept from this process's own cleaning (is_stale)
     try:
         os.fchmod(fd, file_mode())  # mkstemp makes 0600 files
     finally:
@@ -95,6 +141,7 @@ def publish(tmp: Path, path: Path, fsync: bool = True) -> Path:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     os.replace(tmp, path)
+    _STAGED.discard(os.path.abspath(tmp))
     return Path(path)
 
 

@@ -25,7 +25,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from . import color, pixels
 from .errors import ImageError, one_line
 from .metadata import ModelMetadata
-from .pixels import match_bands, resize  # noqa: F401 - part of this module's interface
+from .pixels import bands_text, match_bands, resize  # noqa: F401 - part of this module's interface
 from .encoding import (FORMATS, _deflate, _zlib_rle, default_format, encode,  # noqa: F401
                        format_problem, output_kind, png_bytes, tiff_bytes)  # re-exported
 
@@ -207,7 +207,7 @@ def open_rgb(path) -> Image.Image:
     ImageError naming the file."""
     a = decode(path)
     if a.shape[2] not in (1, 3):
-        raise ImageError(f"{path}: {a.shape[2]} bands; an RGB view needs 1 or 3")
+        raise ImageError(f"{path}: {bands_text(a.shape[2], path)}; an RGB view needs 1 or 3")
     a = pixels.to_uint8(a)
     return Image.fromarray(a[..., 0]).convert("RGB") if a.shape[2] == 1 else Image.fromarray(a)
 

@@ -51,6 +51,22 @@ def list_images(root: Path, recursive: bool = True, errors: list | None = None,
     return sorted(found, key=lambda r: r.as_posix())
 
 
+def list_outside(root: Path, folders: tuple[str, ...]) -> list[Path]:
+    """The image files under ``root`` (as paths under it, ``list_images``'s rules) that
+    lie outside its subfolders named ``folders``: loose at its top or in other folders
+    (p2p-train names those its train/val layout does not read)."""
+    root = Path(root)
+    found = [root / rel for rel in list_images(root, recursive=False)]
+    try:
+        subs = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)
+                      and not e.name.startswith(".") and e.name not in folders)
+    except OSError:
+        subs = []
+    for name in subs:
+        found += [root / name / rel for rel in list_images(root / name)]
+    return found
+
+
 def matches(rel: Path, pattern: str | None) -> bool:
     """The ``--glob`` rule of every command: ``pattern`` (fnmatch) matches the file's name or
     its path relative to the folder searched ('*.jpg', 'sub/*'); None matches any image name."""

@@ -43,6 +43,7 @@ import numpy as np
 from . import files, gallery, images, video
 from .engine import Engine
 from .errors import ModelError, P2PError, one_line
+from .modelfile import read_metadata
 from .pieces import (FileSink, FileSource, Opener, Piece, Sink, Source,  # noqa: F401  (public here)
                      file_opener, max_whole_pixels, write_bytes)
 from .plan import OUTPUT_SUFFIX, Job, default_root, plan, scan  # noqa: F401  (scan: public here too)
@@ -326,8 +327,10 @@ def output_format(fmt: str | None, meta, model: Path) -> str:
 
 
 def translate(cfg: TranslateConfig, log=None) -> Summary:
-    """The whole command: engine first (a provider that cannot run fails before anything is
-    written), then plan, skip what exists, run, gallery."""
+    """The whole command: the model file's metadata and the plan first (the flags and the
+    inputs' outputs checked before any model work: ``plan`` raises DataError for two
+    inputs writing one output), then the engine (a provider that cannot run fails before
+    anything is written), skip what exists, run, gallery."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     images.max_pixels()  # a bad $P2P_MAX_IMAGE_PIXELS stops the run before it starts
     max_whole_pixels()  # ... and a bad $P2P_MAX_WHOLE_PIXELS
@@ -337,20 +340,29 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
            for p in cfg.inputs):
         video.require_av()  # a missing p2p[video] is one line, before the model loads
     model = Path(cfg.model)
+    # What the command line asks for is checked against the model file's metadata (read
+    # without a backend) and planned before the engine loads: a --tile-overlap out of range,
+    # a --format that cannot hold the outputs, two inputs writing one output are one line
+    # each, not a wait for the engine.
+    meta = read_metadata(model)
+    cfg = replace(cfg, fmt=output_format(cfg.fmt, meta, model))
+    if cfg.tile:
+        from .tiles import check_tiling
+
+        check_tiling(meta, cfg.tile_overlap, model)
+    outputs: list[Path] = []
+    jobs, refused = plan(cfg, outputs)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")
     log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
-    cfg = replace(cfg, fmt=output_format(cfg.fmt, engine.metadata, model))
     opener = None
     if cfg.tile:
-        from .tiles import tile_opener  # also refuses what cannot tile, before any work
+        from .tiles import tile_opener
 
         opener = tile_opener(engine.metadata, cfg, log)
-    outputs: list[Path] = []
-    jobs, refused = plan(cfg, outputs)
     if outputs:
         log(f"skipped {len(outputs)} earlier output folder(s) (*{OUTPUT_SUFFIX}), never inputs "
             f"again: {', '.join(map(str, outputs[:3]))}{' ...' if len(outputs) > 3 else ''}")
@@ -360,7 +372,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         (todo if cfg.overwrite or not job.dst.exists() else summary.skipped).append(job)
     for root in sorted({j.root for j in todo}):
         files.check_writable(root)
-    for folder in {j.dst.parent for j in todo}:
+    # Every output folder of the run, those whose outputs are all there too: a killed
+    # --overwrite run leaves its temp beside an output that this run skips.
+    for folder in {j.dst.parent for j in jobs}:
         files.remove_stale_temps(folder)
     videos = [j for j in todo if j.video]
     if videos:  # PyAV and the codec before any work: one line, not one per video
@@ -372,8 +386,10 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     if cfg.progress and todo:
         from tqdm import tqdm
 
-        frames = sum(videojob.estimate_frames(j.src) for j in videos)  # plus 1 a job
-        bar = tqdm(total=len(todo) + frames, unit="frame" if videos else "img",
+        # One count an image and one a video frame (a video's sink counts its frames but
+        # the first, which its job's own count when done is).
+        frames = sum(videojob.estimate_frames(j.src) for j in videos)
+        bar = tqdm(total=len(todo) - len(videos) + frames, unit="frame" if videos else "img",
                    desc="translate", dynamic_ncols=True)
     if videos:  # frames are pieces of one job, batched with the images' by the same loop
         stats = videojob.VideoStats()
@@ -387,6 +403,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         counts: dict = {}
         results = run_jobs(engine, todo, cfg, bar, log, opener, counts)
         summary.tiles = counts.get("pieces", 0) if cfg.tile else 0
+        if bar is not None and bar.n != bar.total:  # a frame count a container did not
+            bar.total = bar.n  # state (0: unknown), or frames a failure left out: the run
+            bar.refresh()  # is over all the same, so the bar ends at what it counted
     finally:
         if bar:
             bar.close()

@@ -20,6 +20,7 @@ Beside them, the array helpers ``images`` re-exports: ``match_bands`` (grey <-> 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -203,6 +204,59 @@ def orient(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(f(a)) if f else a
 
 
+def tiff_alpha(extra: tuple, photometric: int, samples: int) -> bool:
+    """Whether a TIFF's first extra sample is alpha that ``tiff`` composites: its
+    ExtraSamples tag says associated (1) or unassociated (2) alpha, and the samples are the
+    colour ones plus the extra ones."""
+    colour = 3 if photometric == 2 else 1
+    return bool(extra) and extra[0] in (1, 2) and samples == colour + len(extra)
+
+
+def alpha_note(path) -> str | None:
+    """What ``decode`` composited away from the file ``path``, for a line that reports its
+    band count: '4 samples: RGB + alpha, composited on white' (a TIFF adds which tag says
+    so and how to keep the sample as a band), or None when it had no alpha. Reads the
+    header only (Pillow; the TIFF tags)."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "TIFF":
+                tags = im.tag_v2
+                extra = tags.get(338, ())
+                extra = extra if isinstance(extra, tuple) else (extra,)
+                photometric, samples = int(tags.get(262, 1)), int(tags.get(277, 1))
+                if not tiff_alpha(extra, photometric, samples):
+                    return None
+                colour = "RGB" if photometric == 2 else "grey"
+                more = len(extra) - 1
+                return (f"{samples} samples: {colour} + alpha"
+                        f"{f' + {more} more, dropped' if more else ''}, composited on white: "
+                        f"the TIFF's ExtraSamples tag marks sample {samples - more} as alpha; "
+                        "tag it unspecified to keep it as a band")
+            mode = im.mode
+            if mode in _ALPHA_MODES:
+                grey = mode in ("LA", "La")
+                return f"{2 if grey else 4} samples: {'grey' if grey else 'RGB'} + alpha, " \
+                       "composited on white"
+            if "transparency" in im.info:
+                return "a transparent colour, composited on white"
+    except Exception:  # noqa: BLE001 - decoded already; a note is all that is at stake
+        return None
+    return None
+
+
+def bands_text(bands: int, where) -> str:
+    """'3 bands', and what became of an alpha sample where ``where`` is the image file it
+    was decoded from: '3 bands (4 samples: RGB + alpha, composited on white)'. The one
+    wording of a band count in a message, so the count never reads as the file's."""
+    text = f"{bands} band{'s' if bands != 1 else ''}"
+    try:
+        is_file = isinstance(where, (str, os.PathLike)) and os.path.isfile(where)
+    except (OSError, ValueError):
+        is_file = False
+    note = alpha_note(where) if is_file else None
+    return f"{text} ({note})" if note else text
+
+
 def tiff(src, where, limit: int) -> np.ndarray:
     """The first image (IFD) of a TIFF through tifffile: every sample of each pixel is a band
     (contiguous or planar), except alpha, composited on white."""
@@ -248,7 +302,7 @@ def tiff(src, where, limit: int) -> np.ndarray:
         raise ImageError(f"{where}: TIFF photometric {photometric} is not greyscale or RGB "
                          "(p2p reads those, any number of bands)")
     colour = 3 if photometric == 2 else 1
-    if extra and extra[0] in (1, 2) and a.shape[2] == colour + len(extra):
+    if tiff_alpha(extra, photometric, a.shape[2]):
         a = on_white(a[..., :colour], a[..., colour:colour + 1], premultiplied=extra[0] == 1)
     if a.shape[2] in (3, 4):
         refuse_profile(bytes(icc) if icc else None, a.dtype, where)
@@ -293,7 +347,7 @@ def match_bands(a: np.ndarray, bands: int, where="image") -> np.ndarray:
         if a.dtype == np.uint16:
             luma = np.clip(np.rint(luma), 0, 65535).astype(np.uint16)
         return luma[..., None]
-    raise ImageError(f"{where}: {c} band{'s' if c > 1 else ''}, the model takes {bands}")
+    raise ImageError(f"{where}: {bands_text(c, where)}, the model takes {bands}")
 
 
 def resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import images
-from .errors import ImageError
+from .errors import DataError, ImageError
 from .metadata import ModelMetadata
 from .pieces import Piece, write_bytes
 
@@ -285,6 +285,23 @@ class RasterTileSink:
         self.raster.abort()
 
 
+def check_tiling(meta: ModelMetadata, overlap: int | None, model="the model") -> int:
+    """The overlap ``--tile`` runs with (``overlap``, None: ``default_overlap``), or one
+    DataError line before any work (p2p-translate calls it with the model file's metadata,
+    before the engine loads): a colorization (Lab) model, or an overlap outside
+    0 .. half the model's tile (``Grid``'s rule), said with the range allowed."""
+    if meta.color_space == "lab":
+        raise DataError("--tile does not run colorization (Lab) models: their output "
+                        "depends on the whole image's lightness; run them without --tile")
+    tile = meta.image_size
+    if overlap is None:
+        return default_overlap(tile)
+    if not 0 <= overlap <= tile // 2:
+        raise DataError(f"--tile-overlap {overlap} px: must be 0 .. {tile // 2} (half of "
+                        f"{model}'s {tile} px tile; the default is {default_overlap(tile)})")
+    return overlap
+
+
 def tile_opener(meta: ModelMetadata, cfg, log=None):
     """The pipeline opener of ``--tile``: for each job a ``TileSource`` (a TIFF streamed by
     rasterio where it is installed, any other image decoded whole by ``images.decode``)
@@ -292,12 +309,8 @@ def tile_opener(meta: ModelMetadata, cfg, log=None):
     memory, refused above the decompression-bomb limit since it could not stream)."""
     from . import raster
 
-    if meta.color_space == "lab":
-        raise ImageError("--tile does not run colorization (Lab) models: their output "
-                         "depends on the whole image's lightness; run them without --tile")
+    overlap = check_tiling(meta, cfg.tile_overlap)
     tile = meta.image_size
-    overlap = default_overlap(tile) if cfg.tile_overlap is None else cfg.tile_overlap
-    Grid(tile, tile, tile, overlap)  # a bad --tile-overlap fails before any work
     streams = raster.available()
     if log:
         log(f"tiles: {tile}x{tile} (the model's training size), overlap {overlap}px, "

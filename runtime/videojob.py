@@ -147,8 +147,8 @@ class VideoSink:
                                               self.reader, (w, h), self.codec, self.cfg.crf)
                 self.writer.write(rgb, pts)
                 self.frames += 1
-                if self.bar is not None:
-                    self.bar.update(1)
+                if self.bar is not None and self.frames > 1:  # the first: the job's own
+                    self.bar.update(1)  # count when done (pipeline.run_jobs)
             else:
                 return  # aborted
             if self.writer is not None:

@@ -129,3 +129,42 @@ def test_translate_names_an_image_whose_bands_the_model_cannot_take(tmp_path, ba
                "--provider", "cpu")
     assert r.exit_code == 1 and "translated 1, skipped 0, failed 1" in r.output
     assert f"failed: {src / 'x.tif'}: {bands} bands, the model takes 3" in r.output
+
+
+def test_a_band_count_after_alpha_was_composited_says_so(tmp_path):
+    """tifffile writes 4 RGB samples with ExtraSamples 'unassociated alpha' unless told
+    otherwise: decoded, that is 3 bands (alpha composited on white). Every line that reports
+    such a file's band count says where the 4th sample went, and how to keep it as a band;
+    an RGBA PNG says it too; a 4th sample tagged unspecified is a band."""
+    rgbn = scene(3, 4)
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "x.tif", rgbn, photometric="rgb")  # tifffile's default tag: alpha
+    Image.fromarray(rgbn, "RGBA").save(src / "y.png")
+    tifffile.imwrite(src / "n.tif", rgbn, photometric="rgb", extrasamples=["unspecified"])
+    assert images.decode(src / "x.tif").shape[2] == 3 == images.decode(src / "y.png").shape[2]
+    tiff_note = ("3 bands (4 samples: RGB + alpha, composited on white: the TIFF's "
+                 "ExtraSamples tag marks sample 4 as alpha; tag it unspecified to keep it as "
+                 "a band)")
+    model = identity_model(tmp_path / "m.onnx", dynamic_size=True, in_channels=4,
+                           out_channels=4)
+    r = invoke(translate_cli, src, "--model", model, "-o", tmp_path / "out", "-q",
+               "--provider", "cpu")
+    assert r.exit_code == 1 and "translated 1, skipped 0, failed 2" in r.output, r.output
+    assert f"failed: {src / 'x.tif'}: {tiff_note}, the model takes 4\n" in r.output
+    assert (f"failed: {src / 'y.png'}: 3 bands (4 samples: RGB + alpha, composited on "
+            "white), the model takes 4\n") in r.output
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "n.tif"), rgbn)
+    # p2p-train's check says it the same way.
+    train = tmp_path / "d" / "train"
+    train.mkdir(parents=True)
+    tifffile.imwrite(train / "0.tif", np.concatenate([rgbn, rgbn], 1), photometric="rgb")
+    r = invoke(train_cli, "--data", tmp_path / "d", "--in-channels", 4, "--out-channels", 4,
+               *TINY, "-o", tmp_path / "run")
+    assert r.exit_code == 1
+    assert (f"Error: {train / '0.tif'}: 3 bands (4 samples: RGB + alpha, composited on white: "
+            "the TIFF's ExtraSamples tag marks sample 4 as alpha; tag it unspecified to keep "
+            "it as a band), but the model takes 4") in r.output, r.output
+    # Without alpha the count is the count.
+    assert images.bands_text(4, src / "n.tif") == "4 bands"
+    assert images.bands_text(1, "a frame at 0.5 s") == "1 band"

@@ -139,3 +139,28 @@ def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypat
     r = train("--data", d, "-o", tmp_path / "run")
     assert r.exit_code == 1
     assert f"Error: {d / 'locked'}: cannot list this folder: Permission denied" in r.output
+
+
+def test_images_beside_train_are_named_in_one_note_not_dropped_quietly(tmp_path):
+    """--data DIR with train/ (and val/) and images loose beside them: the pix2pix layout
+    trains on train/ and samples val/; which split a loose image belongs to is not p2p's to
+    guess, so they are not used, and one note line says how many, which and why."""
+    d = tmp_path / "d"
+    save(d / "train" / "0.png", 64, 32, 0)
+    save(d / "train" / "1.png", 64, 32, 1)
+    save(d / "val" / "v.png", 64, 32, 2)
+    save(d / "test" / "t.png", 64, 32, 3)  # a split of its own: not left out
+    loose = [save(d / "a.png", 64, 32, 4), save(d / "b.jpg", 64, 32, 5),
+             save(d / "extra" / "c.png", 64, 32, 6)]
+    (d / ".hidden.png").write_bytes(b"")  # hidden, like everywhere: not an image to count
+    r = train("--data", d, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    notes = [ln for ln in r.output.splitlines() if ln.startswith("note:")]
+    assert notes == [f"note: 3 images in {d} outside train/ and val/ are not used "
+                     f"({', '.join(map(str, loose))}): beside a train/ folder p2p-train "
+                     "trains on train/ only and samples val/; move them into train/ to "
+                     "train on them"], r.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train_images"] == 2
+    # A flat folder trains on all of it, and says nothing.
+    r = train("--data", d / "train", "-o", tmp_path / "flat")
+    assert r.exit_code == 0 and "not used" not in r.output, r.output

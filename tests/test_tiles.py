@@ -12,7 +12,7 @@ from PIL import Image
 
 from onnx_models import conv_model, identity_model, metadata, norm_model
 from p2p.cli.translate import main
-from p2p.runtime import images, tiles
+from p2p.runtime import images, pipeline, tiles
 from p2p.runtime.engine import Engine
 from p2p.runtime.tiles import Blender, Grid, seam_score, starts
 
@@ -82,10 +82,29 @@ def test_the_blend_is_a_partition_of_unity():
     assert sum(n for _, n in rows) == 75 == b.emitted
 
 
-def test_an_overlap_over_half_the_tile_is_one_line(models, tmp_path):
+def test_an_overlap_over_half_the_tile_is_one_line_before_the_engine_loads(
+        models, tmp_path, monkeypatch):
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
-    r = translate(tmp_path / "a.png", "-m", models["conv"], "--tile", "--tile-overlap", "17")
-    assert r.exit_code == 1 and "tile overlap 17 px: must be 0 .. 16" in r.output
+    loaded = []
+    real_engine = pipeline.Engine
+
+    def engine(*args, **kw):
+        loaded.append(args[0])
+        return real_engine(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "Engine", engine)
+    # The tile size is the model file's (its metadata, read without a backend): 32 px here.
+    for bad in ("17", "32", "40"):
+        r = translate(tmp_path / "a.png", "-m", models["conv"], "--tile", "--tile-overlap", bad,
+                      "-o", tmp_path / "out")
+        assert r.exit_code == 1, r.output
+        assert r.output == (f"Error: --tile-overlap {bad} px: must be 0 .. 16 (half of "
+                            f"{models['conv']}'s 32 px tile; the default is 8)\n")
+    assert loaded == [] and not (tmp_path / "out").exists()
+    r = translate(tmp_path / "a.png", "-m", models["conv"], "--tile", "--tile-overlap", "16",
+                  "-o", tmp_path / "out")
+    assert r.exit_code == 0 and loaded == [models["conv"]], r.output
+    assert (tmp_path / "out" / "a.png").is_file()
     r = translate(tmp_path / "a.png", "-m", models["conv"], "--tile-overlap", "8")
     assert r.exit_code == 2 and "--tile-overlap needs --tile" in r.output
 

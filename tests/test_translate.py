@@ -193,6 +193,42 @@ def test_outputs_stay_inside_output_and_names_never_collide(models, tmp_path):
     assert list(outside.iterdir()) == []
 
 
+def test_two_inputs_writing_one_output_refuse_the_run_before_the_model_loads(
+        models, tmp_path, monkeypatch):
+    """a/x.png b/x.png -o out: both would be out/x.png. Which one wins would be arbitrary, so
+    the run is refused in one line naming both and the destination, before the model loads
+    and before anything is written."""
+    from p2p.runtime import pipeline
+
+    loaded = []
+    monkeypatch.setattr(pipeline, "Engine", lambda *a, **k: loaded.append(a) or 1 / 0)
+    for d in "abc":
+        noise(tmp_path / d / "x.png", seed=ord(d))
+    out = tmp_path / "out"
+    r = translate(tmp_path / "a/x.png", tmp_path / "c/x.png", tmp_path / "b/x.png",
+                  "--model", models["atob"], "-o", out)
+    assert r.exit_code == 1, r.output
+    assert r.output == (f"Error: {tmp_path / 'a/x.png'} and {tmp_path / 'c/x.png'} would both "
+                        f"be written to {out / 'x.png'}; nothing was run: translate them into "
+                        "different --output folders, or name their folders (each is mirrored "
+                        "under its own name)\n")
+    assert loaded == [] and not out.exists()
+    # Files of one folder and the same file named twice are not collisions.
+    monkeypatch.undo()
+    noise(tmp_path / "a" / "x.jpg", seed=5)
+    r = translate(tmp_path / "a/x.png", tmp_path / "a/x.png", tmp_path / "a",
+                  "--model", models["atob"], "--split", "none")
+    assert r.exit_code == 0 and "translated 2, skipped 0, failed 0" in r.output, r.output
+    assert sorted(p.name for p in (tmp_path / "a-translated").iterdir()) == ["x.jpg.png",
+                                                                           "x.png.png"]
+    # Their folders named instead: each mirrored under its own name.
+    r = translate(tmp_path / "a", tmp_path / "b", "--model", models["atob"], "-o", out,
+                  "--split", "none")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "a/x.jpg.png", "a/x.png.png", "b/x.png"]
+
+
 def test_default_model_is_the_newest_export_under_runs(models, tmp_path, monkeypatch):
     for name in ("old", "new"):
         d = tmp_path / "runs" / name / "export"

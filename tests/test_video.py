@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from video_clips import audio_packets, decode, make_clip  # noqa: E402
 
 from p2p.cli.translate import main  # noqa: E402
 from p2p.runtime import metrics  # noqa: E402
+from p2p.runtime.files import TMP_SUFFIX  # noqa: E402
 
 CPU = ["--provider", "cpu", "--precision", "fp32", "-q"]
 
@@ -275,3 +277,150 @@ def test_a_stream_that_ends_before_the_declared_duration_is_noted(model, tmp_pat
     assert "the container declares (a truncated file" in r.output, r.output
     kept, _, _ = decode(tmp_path / "out" / "cut.mkv")
     assert 0 < len(kept) < 48
+
+
+def animation(path: Path, frames: int = 4, size=(48, 40)) -> Path:
+    ims = [Image.fromarray(np.full((size[1], size[0], 3), 40 * i + 10, np.uint8))
+           for i in range(frames)]
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=100, loop=0)
+    return path
+
+
+def test_one_naming_rule_for_images_animations_and_videos(model, clip, tmp_path):
+    """Outputs are <stem><ext>; inputs of one folder that would share a name each keep their
+    own extension in it, videos and animations as images (x.jpg.png): anim.gif.mp4 and
+    anim.webp.mp4, clip.mp4.mp4 and clip.gif.mp4. Each is the right file, and a rerun finds
+    them all (skipped)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    animation(src / "anim.gif", 3)
+    animation(src / "anim.webp", 5)
+    (src / "clip.mp4").write_bytes(clip.read_bytes())
+    animation(src / "clip.gif", 2)
+    animation(src / "solo.webp", 4)
+    out = tmp_path / "out"
+    r = run(src, "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 0, r.output
+    assert "translated 5, skipped 0, failed 0" in r.output
+    got = {p.name: len(decode(p)[0]) for p in out.iterdir()}
+    assert got == {"anim.gif.mp4": 3, "anim.webp.mp4": 5, "clip.mp4.mp4": 24,
+                   "clip.gif.mp4": 2, "solo.mp4": 4}
+    r = run(src, "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 0 and "translated 0, skipped 5, failed 0" in r.output, r.output
+
+
+def test_a_video_and_an_animation_of_one_name_from_two_folders_refuse_the_run(model, clip,
+                                                                             tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "clip.mp4").write_bytes(clip.read_bytes())
+    animation(tmp_path / "b" / "clip.gif")
+    animation(tmp_path / "b" / "clip.webp")
+    out = tmp_path / "out"
+    # Different input names: told apart by their extensions.
+    r = run(tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.gif", "--model", model,
+            "-o", out, *CPU)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["clip.gif.mp4", "clip.mp4.mp4"]
+    # The same name twice (a/clip.mp4 and c/clip.mp4): refused up front, nothing written.
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "clip.mp4").write_bytes(clip.read_bytes())
+    r = run(tmp_path / "a" / "clip.mp4", tmp_path / "c" / "clip.mp4", "--model", model,
+            "-o", tmp_path / "o2", *CPU)
+    assert r.exit_code == 1
+    assert r.output.startswith(f"Error: {tmp_path / 'a' / 'clip.mp4'} and "
+                               f"{tmp_path / 'c' / 'clip.mp4'} would both be written to "
+                               f"{tmp_path / 'o2' / 'clip.mp4'}; nothing was run")
+    assert len(r.output.splitlines()) == 1 and not (tmp_path / "o2").exists()
+
+
+def test_a_killed_video_run_s_temp_is_removed_even_when_its_pid_lives_again(model, clip,
+                                                                          tmp_path):
+    """What a killed video run leaves: a hidden temp named by the target, the writer's pid
+    and keep_suffix's extension. Pids are reused (in a container every run may be pid 1),
+    so the pid can be alive again: another process started after the temp was written, or
+    the next run itself. Those temps are removed; a live writer's is kept. A killed
+    --overwrite run's temp goes too, though the rerun skips its (older) output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    later = subprocess.Popen(["sleep", "60"])  # a process that got a dead writer's pid
+    writer = subprocess.Popen(["sleep", "60"])  # a live writer, still at work
+    try:
+        time.sleep(0.1)
+        long_ago = time.time() - 3600
+
+        def temp(pid: int, target: str = "clip.mp4", age=long_ago) -> Path:
+            p = out / f".{target}.{pid}.k1lled_x{TMP_SUFFIX}.mp4"
+            p.write_bytes(b"\x00\x00\x00\x18ftypmp42 half a video")
+            if age is not None:
+                os.utime(p, (age, age))
+            return p
+
+        gone = [temp(os.getpid()), temp(later.pid), temp(dead_pid())]
+        kept = temp(writer.pid, age=None)  # written after its writer started
+        r = run(clip, "--model", model, "-o", out, *CPU)
+        assert r.exit_code == 0, r.output
+        assert not any(p.exists() for p in gone) and kept.exists()
+        assert len(decode(out / "clip.mp4")[0]) == 24
+        # --overwrite killed: the old output stays, its temp is left; the rerun skips the
+        # output and still removes the temp.
+        stale = temp(os.getpid())
+        r = run(clip, "--model", model, "-o", out, *CPU)
+        assert r.exit_code == 0 and "skipped 1" in r.output, r.output
+        assert not stale.exists() and kept.exists()
+    finally:
+        for p in (later, writer):
+            p.kill()
+            p.wait()
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+class FakeBar:
+    """tqdm's interface as p2p-translate uses it, recording every count."""
+
+    made: list["FakeBar"] = []
+
+    def __init__(self, total=None, **kw):
+        self.total, self.n, self.updates, self.closed = total, 0, [], False
+        self.asked = total  # the total it was made with (a wrong one could be reset after)
+        self.lock = threading.Lock()
+        FakeBar.made.append(self)
+
+    def update(self, n=1):
+        with self.lock:
+            self.n += n
+            self.updates.append(n)
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("images", [0, 3])
+def test_the_progress_bar_ends_exactly_at_its_total(model, clip, tmp_path, monkeypatch,
+                                                    images):
+    """One count a frame and one an image: a 24-frame clip (and an animation of 5) with
+    ``images`` images counts 29 + images of 29 + images, never one more per video."""
+    import tqdm
+
+    monkeypatch.setattr(tqdm, "tqdm", FakeBar)
+    FakeBar.made = []
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "clip.mp4").write_bytes(clip.read_bytes())
+    animation(src / "anim.gif", 5)
+    for i in range(images):
+        Image.fromarray(np.full((40, 40, 3), 20 * i, np.uint8)).save(src / f"{i}.png")
+    r = run(src, "--model", model, "-o", tmp_path / "out", "--provider", "cpu",
+            "--precision", "fp32")
+    assert r.exit_code == 0, r.output
+    (bar,) = FakeBar.made
+    assert bar.asked == bar.total == bar.n == sum(bar.updates) == 24 + 5 + images
+    assert bar.closed

@@ -63,6 +63,24 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
+def left_out(root: Path, held: Path | None) -> str | None:
+    """A note line naming the images under ``root`` that ``split_dirs``'s layout leaves
+    out: with a ``train/`` folder, those outside train/, val/ and test/. Which split they
+    belong to is not p2p's to guess (held-out images trained on would make val_L1
+    meaningless), so they are not used, and said. None when there are none."""
+    root = Path(root)
+    found = listing.list_outside(root, ("train", "val", "test")) \
+        if (root / "train").is_dir() else []
+    if not found:
+        return None
+    held_name = f"{held.name}/" if held is not None else "val/"
+    n = len(found)
+    return (f"note: {n} image{'s' if n != 1 else ''} in {root} outside train/ and {held_name} "
+            f"{'are' if n != 1 else 'is'} not used ({listing.listed(found)}): beside a train/ "
+            f"folder p2p-train trains on train/ only and samples {held_name}; move them into "
+            "train/ to train on them")
+
+
 def _open(path: Path) -> np.ndarray:
     """Decode fully with p2p-translate's own decoder (``images.decode``: full precision,
     EXIF orientation, colour profile to sRGB, alpha composited on white, the
@@ -91,7 +109,7 @@ def _bands_problem(path: Path, a: np.ndarray, sides: tuple) -> str | None:
     bands = a.shape[2]
     for flag, n in sides:
         if not fits(bands, n):
-            return (f"{path}: {bands} band{'s' if bands > 1 else ''}{_BANDS}"
+            return (f"{path}: {images.bands_text(bands, path)}{_BANDS}"
                     f"{n} ({flag} {n}; greyscale and RGB convert into each other)")
     return None
 
@@ -236,6 +254,7 @@ class PairDataset(Dataset):
         self.items, self.mode, self.direction = list(items), mode, direction
         self.image_size, self.load_size, self.flip, self.seed = image_size, load_size, flip, seed
         self.source = "train"  # samples: the folder they come from (val, test, train)
+        self.notes: list[str] = []  # note lines for the user about the data (build_datasets)
         lab = mode == "lab"
         # What images.normalize needs: the value range and channels of the model's two
         # sides. Each file is read by its own depth's range (images.data_range), so 8- and
@@ -360,15 +379,18 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
         train_items = pair_files(train_a, train_b)
         val_items = pair_files(val_a, val_b) if val_a and val_b else train_items
         mode, held = "two-folders", val_a
+        notes = [n for side in (data_a, data_b) if (n := left_out(side, held))]
     else:
         train_dir, held = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
         train_items = list_images(train_dir)
         val_items = list_images(held) if held else train_items
+        notes = [n] if (n := left_out(data, held)) else []
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
               flip=flip, seed=seed, in_channels=in_channels, out_channels=out_channels)
     train, samples = PairDataset(train_items, **kw), PairDataset(val_items, **kw)
     samples.source = held.name if held else "train"
+    train.notes = notes  # printed by the trainer's first rank (images it does not read)
     if check:
         check_images(train, samples)
     return train, samples

@@ -241,8 +241,8 @@ def combine(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> np.ndarra
                         f"B {b_name} is {b.shape[1]}x{b.shape[0]}")
     if a.shape[2] != b.shape[2]:
         if {a.shape[2], b.shape[2]} != {1, 3}:
-            raise DataError(f"band mismatch: A {a_name} has {a.shape[2]}, B {b_name} "
-                            f"{b.shape[2]}")
+            raise DataError(f"band mismatch: A {a_name} has {images.bands_text(a.shape[2], a_name)}"
+                            f", B {b_name} {images.bands_text(b.shape[2], b_name)}")
         a, b = images.match_bands(a, 3), images.match_bands(b, 3)
     if a.dtype != b.dtype:
         deeper = max(a.dtype.name, b.dtype.name, key=DATA_DEPTHS.index)

@@ -417,6 +417,8 @@ def _start(cfg: TrainConfig, env: distributed.Job, root, train_ds, sample_ds,
         checkpoint.atomic_write(out / "config.json",
                                 lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
         print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
+        for note in getattr(train_ds, "notes", ()):
+            print(note)
         if sample_ds.source == "train":
             print("no val/ folder: samples and their L1 (train_L1 in metrics.jsonl) are on "
                   "training images, not held-out ones")
