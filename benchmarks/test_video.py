@@ -89,10 +89,10 @@ def test_video_256(benchmark, machine, model_path, clip256_short, tmp_path, prov
     model = _model(request, model_path, precision)
     from video_clips import decode
 
-    frames = decode(clip256)[0][:BATCH]
+    first = decode(clip256)[0][:BATCH]
     with Engine(model, provider, BATCH, precision=precision) as engine:
         meta = engine.metadata
-    x = np.stack([imgs.prepare_image(Image.fromarray(f), meta).array for f in frames])
+    x = np.stack([imgs.prepare_image(Image.fromarray(f), meta).array for f in first])
     out = tmp_path / "out"
     cmd = [str(translate_exe()), str(clip256), "--model", str(model), "--output", str(out),
            "--provider", provider, "--precision", precision, "--batch-size", str(BATCH),
