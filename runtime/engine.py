@@ -69,6 +69,7 @@ class Engine:
         self.path = Path(model)
         self._backend = None
         self._pool: ThreadPoolExecutor | None = None  # submit() for backends without streams
+        self._pool_lock = threading.Lock()
         # Every check of the file runs here, once, before any backend sees it.
         self.model_file = read_model_file(self.path)
         self.metadata = self.model_file.metadata
@@ -159,9 +160,10 @@ class Engine:
     def _start(self, chunk: np.ndarray) -> Future:
         if hasattr(self._backend, "submit"):
             return self._backend.submit(chunk)
-        if self._pool is None:  # one thread: the backend runs one chunk at a time, in order
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="p2p-engine")
-        return self._pool.submit(self._backend.run, chunk)
+        with self._pool_lock:  # one thread: the backend runs one chunk at a time, in order
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="p2p-engine")
+            return self._pool.submit(self._backend.run, chunk)
 
     def _checked(self, outs: list[np.ndarray], n: int) -> np.ndarray:
         y = outs[0] if len(outs) == 1 else np.concatenate(outs)
@@ -177,9 +179,10 @@ class Engine:
         return y
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         if self._backend is not None:
             self._backend.close()
             self._backend = None
