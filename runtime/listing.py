@@ -2,9 +2,11 @@
 of every command (p2p-train's two folders, p2p-process combine, p2p-eval).
 
 A name is a candidate when ``images.is_image_name`` says so (Pillow-readable extension, not
-hidden); whether it is an image is decided by decoding it. Pairs match by relative path, and
-a name also matches the one file of the other side with the same path and another extension
-(``x/1.png`` with ``x/1.jpg``: translators and converters change formats).
+hidden); whether it is an image is decided by decoding it. Pairs match by relative path; a
+name also matches the file of the other side whose whole name it extends by one extension
+(``x/1.jpg.png`` with ``x/1.jpg``: p2p-translate's outputs of same-stem files), and the one
+file of the other side with the same path and another extension (``x/1.png`` with
+``x/1.jpg``: translators and converters change formats).
 """
 
 from __future__ import annotations
@@ -121,8 +123,10 @@ def raise_problems(problems: list[str | None], total: int, what: str = "images")
 
 
 def pair_by_name(a: list[Path], b: list[Path]) -> Pairing:
-    """Pair two lists of relative paths: the same path first, else the one b with the same
-    path and another extension. Nothing is guessed: every other case is reported."""
+    """Pair two lists of relative paths: the same path first; else the b whose whole name
+    an a extends by one extension (``x.jpg.png`` with ``x.jpg``: p2p-translate's name for
+    files that share a stem, ``plan.output_names``); else the one b with the same path and
+    another extension. Nothing is guessed: every other case is reported."""
     exact = set(b)
     by_stem: dict[str, list[Path]] = {}
     for t in b:
@@ -131,6 +135,9 @@ def pair_by_name(a: list[Path], b: list[Path]) -> Pairing:
     for p in a:
         if p in exact:
             out.pairs.append((p, p))
+            continue
+        if p.suffix and p.with_suffix("") in exact:
+            out.pairs.append((p, p.with_suffix("")))
             continue
         cands = by_stem.get(p.with_suffix("").as_posix(), [])
         if len(cands) == 1:
