@@ -20,6 +20,13 @@ from .errors import DataError
 from .images import is_image_name
 
 MAX_LISTED = 5  # names shown in one error line
+OUTPUT_SUFFIX = "-translated"  # p2p-translate's default output folders: <input>-translated
+
+
+def is_output_folder(name: str) -> bool:
+    """Whether a folder name is one p2p-translate writes by default (``<name>-translated``):
+    earlier outputs, which neither p2p-translate nor p2p-train's notes take as inputs."""
+    return name.endswith(OUTPUT_SUFFIX)
 
 
 def list_images(root: Path, recursive: bool = True, errors: list | None = None,
@@ -56,16 +63,19 @@ def list_images(root: Path, recursive: bool = True, errors: list | None = None,
 def list_outside(root: Path, folders: tuple[str, ...]) -> list[Path]:
     """The image files under ``root`` (as paths under it, ``list_images``'s rules) that
     lie outside its subfolders named ``folders``: loose at its top or in other folders
-    (p2p-train names those its train/val layout does not read)."""
+    (p2p-train names those its train/val layout does not read). p2p-translate's own
+    output folders (``is_output_folder``) are not inputs here either."""
     root = Path(root)
     found = [root / rel for rel in list_images(root, recursive=False)]
     try:
         subs = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)
-                      and not e.name.startswith(".") and e.name not in folders)
+                      and not e.name.startswith(".") and e.name not in folders
+                      and not is_output_folder(e.name))
     except OSError:
         subs = []
     for name in subs:
-        found += [root / name / rel for rel in list_images(root / name)]
+        found += [root / name / rel
+                  for rel in list_images(root / name, skip_dir=is_output_folder)]
     return found
 
 

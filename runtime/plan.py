@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import images, listing, video
 from .errors import DataError
-from .listing import list_images
+from .listing import OUTPUT_SUFFIX, is_output_folder, list_images  # noqa: F401  (public here)
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,6 @@ class Job:
 
 def _natural(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
-
-
-OUTPUT_SUFFIX = "-translated"  # default output folders: <input>-translated
-
-
-def is_output_folder(name: str) -> bool:
-    """Whether a folder name is one p2p-translate writes by default (``<name>-translated``)."""
-    return name.endswith(OUTPUT_SUFFIX)
 
 
 def scan(folder: Path, pattern: str | None, exclude: Path | None,

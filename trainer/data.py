@@ -63,22 +63,50 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
+def outside(root: Path) -> list[Path]:
+    """The images under ``root`` that ``split_dirs``'s layout leaves out: with a ``train/``
+    folder, those outside train/, val/ and test/ (p2p-translate's ``*-translated`` output
+    folders are never inputs: ``listing.list_outside``); none without one."""
+    root = Path(root)
+    return listing.list_outside(root, ("train", "val", "test")) \
+        if (root / "train").is_dir() else []
+
+
 def left_out(root: Path, held: Path | None) -> str | None:
     """A note line naming the images under ``root`` that ``split_dirs``'s layout leaves
-    out: with a ``train/`` folder, those outside train/, val/ and test/. Which split they
-    belong to is not p2p's to guess (held-out images trained on would make val_L1
-    meaningless), so they are not used, and said. None when there are none."""
+    out (``outside``). Which split they belong to is not p2p's to guess (held-out images
+    trained on would make val_L1 meaningless), so they are not used, and said. None when
+    there are none."""
     root = Path(root)
-    found = listing.list_outside(root, ("train", "val", "test")) \
-        if (root / "train").is_dir() else []
+    found = outside(root)
     if not found:
         return None
-    held_name = f"{held.name}/" if held is not None else "val/"
     n = len(found)
-    return (f"note: {n} image{'s' if n != 1 else ''} in {root} outside train/ and {held_name} "
+    where = f"train/ and {held.name}/" if held is not None else "train/"
+    samples = (f"samples {held.name}/" if held is not None
+               else "with no val/ folder samples train/ too")
+    it = "them" if n != 1 else "it"
+    also = "" if held is not None else f", or into a val/ folder to sample {it}"
+    return (f"note: {n} image{'s' if n != 1 else ''} in {root} outside {where} "
             f"{'are' if n != 1 else 'is'} not used ({listing.listed(found)}): beside a train/ "
-            f"folder p2p-train trains on train/ only and samples {held_name}; move them into "
-            "train/ to train on them")
+            f"folder p2p-train trains on train/ only and {samples}; move {it} into "
+            f"train/ to train on {it}{also}")
+
+
+def list_training(train_dir: Path, root: Path) -> list[Path]:
+    """``list_images(train_dir)``; an empty ``root/train`` with images left out beside it
+    (``outside``) says where they are, so the error points at the fix."""
+    try:
+        return list_images(train_dir)
+    except DataError as e:
+        found = outside(root) if Path(train_dir) != Path(root) else []
+        if not found:
+            raise
+        n = len(found)
+        raise DataError(f"{e}; {n} image{'s' if n != 1 else ''} beside it in {root} "
+                        f"({listing.listed(found)}) {'are' if n != 1 else 'is'} not read: "
+                        f"move {'them' if n != 1 else 'it'} into {train_dir} to train on "
+                        f"{'them' if n != 1 else 'it'}") from None
 
 
 def _open(path: Path) -> np.ndarray:
@@ -383,7 +411,7 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
     else:
         train_dir, held = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
-        train_items = list_images(train_dir)
+        train_items = list_training(train_dir, data)
         val_items = list_images(held) if held else train_items
         notes = [n] if (n := left_out(data, held)) else []
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
