@@ -418,3 +418,16 @@ def test_collision_advice_fits_the_case(models, tmp_path):
     assert r.exit_code == 1 and r.output.endswith(
         "nothing was run: translate them in separate runs, or into different --output "
         "folders\n"), r.output
+
+
+def test_an_output_under_a_file_is_one_line_before_the_model_loads(models, tmp_path, monkeypatch):
+    from p2p.runtime import pipeline
+
+    loaded = []
+    monkeypatch.setattr(pipeline, "Engine", lambda *a, **k: loaded.append(a) or 1 / 0)
+    noise(tmp_path / "x.png")
+    (tmp_path / "afile").write_text("not a folder")
+    r = translate(tmp_path / "x.png", "--model", models["dyn"], "-o", tmp_path / "afile/sub")
+    assert r.exit_code == 1 and loaded == [], r.output
+    assert r.output == (f"Error: {tmp_path / 'afile/sub'}: cannot write into the output "
+                        f"folder: {tmp_path / 'afile'} is a file, not a folder\n")
