@@ -2,7 +2,8 @@
 
 Folders are scanned recursively in natural order; outputs mirror the input tree under the
 output folder, named by ``output_names`` (``<stem>.<format>``, a video's ``<stem>.<container>``;
-same-stem neighbours told apart by their own extension). Two inputs that would still write one
+files of one source folder that would share a name keep their own extension, whatever this
+run selects of that folder). Two inputs that would still write one
 output (``a/x.png b/x.png -o out``) refuse the whole run up front, in one line naming both
 (``collision``); escapes and self-overwrites are refused per input, each in one line.
 """
