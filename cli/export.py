@@ -21,7 +21,8 @@ with requires("p2p-export"):  # a deployment install has no torch: say which ext
 @click.command(context_settings=CONTEXT)
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="The FP32 model file.  [default: <run>/export/generator.onnx]")
+              help="The FP32 model file (.onnx appended when missing).  "
+                   "[default: <run>/export/generator.onnx]")
 @click.option("--fp16", is_flag=True,
               help="Also write <output>.fp16.onnx: FP16 weights and activations, FP32 norm "
                    "and output, FP16 input.")

@@ -205,6 +205,14 @@ def default_output(loaded: Loaded) -> Path:
     return loaded.run_dir / "export" / "generator.onnx"
 
 
+def model_path(output: Path) -> Path:
+    """--output as a model file name: ``.onnx`` appended where it has another or no
+    extension (``runs/tinydyn`` -> ``runs/tinydyn.onnx``, and ``runs/tinydyn.int8.onnx``
+    beside it), since the FP16/INT8 files are named from it and every command finds
+    models by that extension."""
+    return output if output.suffix.lower() == ".onnx" else output.with_name(output.name + ".onnx")
+
+
 def fp16_path(output: Path) -> Path:
     from p2p.runtime.precision import export_path
 
@@ -269,7 +277,7 @@ def main(cfg: ExportConfig) -> list[Path]:
           f"{loaded.color_space}; norm mode {cfg.norm_mode}, dropout removed")
     graph = inference_graph(loaded.generator, mc.norm, cfg.norm_mode)
     fp32 = export_graph(graph, loaded, cfg.opset, cfg.dynamic_size)
-    out = cfg.output or default_output(loaded)
+    out = model_path(cfg.output) if cfg.output else default_output(loaded)
     metas = {out: metadata(loaded, cfg.norm_mode, cfg.dynamic_size, fp16=False,
                            source_url=cfg.source_url, verified=cfg.verify)}
     models = {out: with_metadata(fp32, metas[out])}

@@ -54,11 +54,31 @@ def choices(values) -> str:
     return "|".join(str(v) for v in values)
 
 
+_SEE_CAUSE = "See previous exception for details."  # rasterio's pointer to the GDAL error
+
+
 def one_line(e: BaseException) -> str:
     """An exception as one line: its message's first line, or its type's name when the
-    message is empty (``str(KeyError())`` is '' and ``''.splitlines()[0]`` would raise)."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    message is empty (``str(KeyError())`` is '' and ``''.splitlines()[0]`` would raise).
+    A library exception whose message points at the exception it was raised ``from``
+    (rasterio's "Read failed. See previous exception for details." from GDAL's error)
+    carries that cause's line instead of the pointer, since the reason is there: "Read
+    failed: tscene.tif, band 1: IReadBlock failed ..."; other chains (Pillow's "image file
+    is truncated" from a struct.error) say enough on their own."""
+    def first(x: BaseException) -> str:
+        lines = str(x).strip().splitlines()
+        return lines[0] if lines else type(x).__name__
+
+    text, seen, cause = first(e), {id(e)}, e.__cause__
+    if _SEE_CAUSE not in text:
+        return text
+    while cause is not None and id(cause) not in seen:  # each line once, no cycles
+        seen.add(id(cause))
+        why = first(cause)
+        if why.rstrip(".") not in text:
+            text = f"{text.replace(_SEE_CAUSE, '').strip().rstrip('.')}: {why}"
+        cause = cause.__cause__
+    return text
 
 
 # A native library's source location, which some messages start with instead of the reason:

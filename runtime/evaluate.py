@@ -14,8 +14,9 @@ Conventions (also written into the JSON so a number never travels without its me
   said in one line naming the file, and left out of the SSIM mean (``ssim_count``).
 - Means are plain averages of the per-image values.
 
-Pairs are matched by ``listing.pair_by_name``: relative path, and a prediction ``x/1.png``
-also matches a target ``x/1.jpg`` (same path, other extension).
+Pairs are matched by ``listing.pair_by_name``: relative path; a prediction ``x/1.jpg.png``
+matches a target ``x/1.jpg`` (p2p-translate's name when ``1.png`` lies beside it), and a
+prediction ``x/1.png`` also matches a target ``x/1.jpg`` (same path, other extension).
 Targets come from a folder of target images, or (``targets_from``) from the other half of
 the side-by-side A|B dataset images the predictions were translated from. Every mismatch
 is an error: metrics over a different subset of images are not comparable.

@@ -180,6 +180,22 @@ def os_reason(e: OSError, path: Path) -> str:
     return f"{why} (the file system mounted at {mount}{free}); the previous file is kept"
 
 
+def check_creatable(folder: Path) -> None:
+    """``check_writable``'s refusals that need nothing created (a file in the way, a
+    read-only parent), for checks made before the model loads: the folder, or the nearest
+    of its parents that exists, must be a folder this process may write into."""
+    folder = Path(folder)
+    here = folder
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise DataError(f"{folder}: cannot write into the output folder: {here} is a file, "
+                        "not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise DataError(f"{folder}: cannot write into the output folder: Permission denied "
+                        f"({here})")
+
+
 def check_writable(folder: Path) -> None:
     """A DataError before any work when ``folder`` cannot take files (read-only, full, a
     file in the way), instead of one failure per output after all the work is done."""

@@ -2,9 +2,11 @@
 of every command (p2p-train's two folders, p2p-process combine, p2p-eval).
 
 A name is a candidate when ``images.is_image_name`` says so (Pillow-readable extension, not
-hidden); whether it is an image is decided by decoding it. Pairs match by relative path, and
-a name also matches the one file of the other side with the same path and another extension
-(``x/1.png`` with ``x/1.jpg``: translators and converters change formats).
+hidden); whether it is an image is decided by decoding it. Pairs match by relative path; a
+name also matches the file of the other side whose whole name it extends by one extension
+(``x/1.jpg.png`` with ``x/1.jpg``: p2p-translate's outputs of same-stem files), and the one
+file of the other side with the same path and another extension (``x/1.png`` with
+``x/1.jpg``: translators and converters change formats).
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from .errors import DataError
 from .images import is_image_name
 
 MAX_LISTED = 5  # names shown in one error line
+OUTPUT_SUFFIX = "-translated"  # p2p-translate's default output folders: <input>-translated
+
+
+def is_output_folder(name: str) -> bool:
+    """Whether a folder name is one p2p-translate writes by default (``<name>-translated``):
+    earlier outputs, which neither p2p-translate nor p2p-train's notes take as inputs."""
+    return name.endswith(OUTPUT_SUFFIX)
 
 
 def list_images(root: Path, recursive: bool = True, errors: list | None = None,
@@ -54,16 +63,19 @@ def list_images(root: Path, recursive: bool = True, errors: list | None = None,
 def list_outside(root: Path, folders: tuple[str, ...]) -> list[Path]:
     """The image files under ``root`` (as paths under it, ``list_images``'s rules) that
     lie outside its subfolders named ``folders``: loose at its top or in other folders
-    (p2p-train names those its train/val layout does not read)."""
+    (p2p-train names those its train/val layout does not read). p2p-translate's own
+    output folders (``is_output_folder``) are not inputs here either."""
     root = Path(root)
     found = [root / rel for rel in list_images(root, recursive=False)]
     try:
         subs = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)
-                      and not e.name.startswith(".") and e.name not in folders)
+                      and not e.name.startswith(".") and e.name not in folders
+                      and not is_output_folder(e.name))
     except OSError:
         subs = []
     for name in subs:
-        found += [root / name / rel for rel in list_images(root / name)]
+        found += [root / name / rel
+                  for rel in list_images(root / name, skip_dir=is_output_folder)]
     return found
 
 
@@ -121,8 +133,10 @@ def raise_problems(problems: list[str | None], total: int, what: str = "images")
 
 
 def pair_by_name(a: list[Path], b: list[Path]) -> Pairing:
-    """Pair two lists of relative paths: the same path first, else the one b with the same
-    path and another extension. Nothing is guessed: every other case is reported."""
+    """Pair two lists of relative paths: the same path first; else the b whose whole name
+    an a extends by one extension (``x.jpg.png`` with ``x.jpg``: p2p-translate's name for
+    files that share a stem, ``plan.output_names``); else the one b with the same path and
+    another extension. Nothing is guessed: every other case is reported."""
     exact = set(b)
     by_stem: dict[str, list[Path]] = {}
     for t in b:
@@ -131,6 +145,9 @@ def pair_by_name(a: list[Path], b: list[Path]) -> Pairing:
     for p in a:
         if p in exact:
             out.pairs.append((p, p))
+            continue
+        if p.suffix and p.with_suffix("") in exact:
+            out.pairs.append((p, p.with_suffix("")))
             continue
         cands = by_stem.get(p.with_suffix("").as_posix(), [])
         if len(cands) == 1:

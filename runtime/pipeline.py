@@ -131,6 +131,8 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         check_tiling(meta, cfg.tile_overlap, model)
     outputs: list[Path] = []
     jobs, refused = plan(cfg, outputs)
+    for root in sorted({j.root for j in jobs if not j.root.is_dir()}):
+        files.check_creatable(root)  # a file in the way is one line before the engine loads
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")

@@ -2,7 +2,8 @@
 
 Folders are scanned recursively in natural order; outputs mirror the input tree under the
 output folder, named by ``output_names`` (``<stem>.<format>``, a video's ``<stem>.<container>``;
-same-stem neighbours told apart by their own extension). Two inputs that would still write one
+files of one source folder that would share a name keep their own extension, whatever this
+run selects of that folder). Two inputs that would still write one
 output (``a/x.png b/x.png -o out``) refuse the whole run up front, in one line naming both
 (``collision``); escapes and self-overwrites are refused per input, each in one line.
 """
@@ -10,12 +11,13 @@ output (``a/x.png b/x.png -o out``) refuse the whole run up front, in one line n
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import images, listing, video
 from .errors import DataError
-from .listing import list_images
+from .listing import OUTPUT_SUFFIX, is_output_folder, list_images  # noqa: F401  (public here)
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,6 @@ class Job:
 
 def _natural(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
-
-
-OUTPUT_SUFFIX = "-translated"  # default output folders: <input>-translated
-
-
-def is_output_folder(name: str) -> bool:
-    """Whether a folder name is one p2p-translate writes by default (``<name>-translated``)."""
-    return name.endswith(OUTPUT_SUFFIX)
 
 
 def scan(folder: Path, pattern: str | None, exclude: Path | None,
@@ -74,8 +68,9 @@ def plan(cfg,
     """Every (input, output) pair in input order, and the inputs refused up front; earlier
     output folders found inside input folders (skipped) go into ``outputs``. Raises
     DataError (``collision``) when two inputs would write one output: before any model
-    work, since which of them would win is arbitrary. An input named twice is one job."""
-    pairs: list[tuple[Path, Path, Path]] = []  # (src, rel output path without suffix, root)
+    work, since which of them would win is arbitrary. A file named twice is one job
+    (``_once``)."""
+    pairs: list[tuple[Path, Path, Path, bool]] = []  # (src, rel output path, root, from_dir)
     refused: list[tuple[Path, str]] = []
     several = len(cfg.inputs) > 1
     for given in cfg.inputs:
@@ -84,16 +79,18 @@ def plan(cfg,
             base = Path(given.resolve().name) if several and cfg.output else Path()
             unlisted: list[OSError] = []
             for rel in scan(given, cfg.glob, exclude=root, errors=unlisted, outputs=outputs):
-                pairs.append((given / rel, base / rel, root))
+                pairs.append((given / rel, base / rel, root, True))
             refused += [(Path(e.filename), f"{e.filename}: cannot list this folder: "
                          f"{e.strerror or e}") for e in unlisted]
         else:
-            pairs.append((given, Path(given.name), root))
+            pairs.append((given, Path(given.name), root, False))
     pairs = _once(pairs)
-    moving = [video.is_video_name(src) or video.is_animation(src) for src, _, _ in pairs]
-    names = output_names([(root / rel, v) for (_, rel, root), v in zip(pairs, moving)], cfg.fmt)
+    moving = [is_moving(src) for src, _, _, _ in pairs]
+    names = output_names([src for src, _, _, _ in pairs],
+                         lambda p: output_suffix(p, cfg.fmt, is_moving(p)), translatable)
     jobs, seen = [], {}
-    for (src, rel, root), dst, is_video in zip(pairs, names, moving):
+    for (src, rel, root, _), name, is_video in zip(pairs, names, moving):
+        dst = root / rel.parent / name
         try:
             real, src_real = dst.resolve(), src.resolve()
         except (OSError, RuntimeError):  # RuntimeError: Python < 3.13's "Symlink loop"
@@ -111,19 +108,35 @@ def plan(cfg,
     return jobs, refused
 
 
-def _once(pairs: list[tuple[Path, Path, Path]]) -> list[tuple[Path, Path, Path]]:
-    """``pairs`` without repeats of one input to one place (``x.png x.png``; ``dir`` and
-    ``dir/x.png`` into one default folder): the same file named twice is one job."""
-    kept, seen = [], set()
-    for src, rel, root in pairs:
+def _once(pairs: list[tuple[Path, Path, Path, bool]]) -> list[tuple[Path, Path, Path, bool]]:
+    """``pairs`` with each input file once (``x.png x.png``; ``dir dir/x.png``), in the
+    order first named. A file reached both through a folder given on the command line and
+    by its own name is written where the (first) folder's tree puts it (``dir dir/x.png -o
+    out``: out/dir/x.png, as ``dir`` alone would; without -o both are the same place)."""
+    chosen: dict[object, int] = {}
+    kept: list[tuple[Path, Path, Path, bool]] = []
+    for pair in pairs:
+        src = pair[0]
         try:
-            key = (src.resolve(), root / rel)
+            key = src.resolve()
         except (OSError, RuntimeError):  # a link loop: the plan names it
-            key = (src, root / rel)
-        if key not in seen:
-            seen.add(key)
-            kept.append((src, rel, root))
+            key = src
+        if key not in chosen:
+            chosen[key] = len(kept)
+            kept.append(pair)
+        elif pair[3] and not kept[chosen[key]][3]:
+            kept[chosen[key]] = pair  # the folder's place, at the first mention's turn
     return kept
+
+
+def is_moving(src: Path) -> bool:
+    """A video or an animation (frames in, a video out)."""
+    return video.is_video_name(src) or video.is_animation(src)
+
+
+def translatable(name: str, rel: Path) -> bool:
+    """Every file p2p-translate would take in a folder, whatever --glob selects."""
+    return images.is_image_name(name) or video.is_video_name(name)
 
 
 def output_suffix(src: Path, fmt: str, is_video: bool) -> str:
@@ -132,31 +145,46 @@ def output_suffix(src: Path, fmt: str, is_video: bool) -> str:
     return video.output_suffix(src) if is_video else "." + fmt
 
 
-def output_names(targets: list[tuple[Path, bool]], fmt: str) -> list[Path]:
-    """The one naming rule of p2p-translate's outputs, images and videos alike.
+def output_names(srcs: list[Path], suffix: Callable[[Path], str],
+                 takes: Callable[[str, Path], bool] | None = None) -> list[str]:
+    """The one naming rule of the outputs of p2p-translate and p2p-process: each source
+    file's output file name (the caller puts it in the mirrored folder).
 
-    ``targets``: (the input's path mirrored into the output folder, whether it is a video or
-    an animation). Each output is ``<stem><ext>`` (``output_suffix``: ``.<fmt>``, a video's
-    container, an animation's ``.mp4``). Where inputs of one folder would share that name
-    (``x.png`` and ``x.jpg``; ``clip.mp4`` and an animated ``clip.gif``; ``anim.gif`` and
-    ``anim.webp``), every one of them keeps its own extension: ``<name><ext>`` (``x.png.png``
-    and ``x.jpg.png``; ``clip.mp4.mp4`` and ``clip.gif.mp4``). Every one, not all but one:
-    a plain name kept by one of them could be the output an earlier run made of the other
-    (``x.jpg`` alone gives ``x.png``), which the rerun would then skip as done."""
-    exts = [output_suffix(t, fmt, v) for t, v in targets]
-    plain = [t.with_name(t.stem + ext) for (t, _), ext in zip(targets, exts)]
-    names: dict[Path, set[Path]] = {}
-    for (t, _), p in zip(targets, plain):
-        names.setdefault(p, set()).add(t)
-    # One name from one folder's files of different extensions: their extensions tell them
-    # apart. The same name from two folders (a/x.png, b/x.png -o out) cannot be told apart
-    # by it: left as it is, the plan refuses it (``collision``).
-    return [p if len(names[p]) == 1 else t.with_name(t.name + ext)
-            for (t, _), ext, p in zip(targets, exts, plain)]
+    ``suffix(src)``: the output's extension (p2p-translate: ``.<fmt>``, a video's container,
+    an animation's ``.mp4``; p2p-process: ``.png``, ``.tif``). Each output is
+    ``<stem><suffix>``, but where another file of the same source folder would give that
+    name too (``x.png`` and ``x.jpg``; ``clip.mp4`` and an animated ``clip.gif``), it keeps
+    its own extension: ``<name><suffix>`` (``x.png.png`` and ``x.jpg.png``). The other
+    files are every file the command would take in that folder (``takes(name, rel)``,
+    ``listing.list_images``'s rule; default: image names), whichever of them this run
+    selects (``--glob``, files named one by one): a name that depended on the selection
+    would let ``--glob '*.png'`` find ``x.jpg``'s earlier ``x.png`` and skip it as done.
+    Each source folder is listed once."""
+    folders: dict[Path, dict[str, list[Path]]] = {}
+    names = []
+    for src in srcs:
+        stems = folders.get(src.parent)
+        if stems is None:
+            try:
+                found = list_images(src.parent, recursive=False, match=takes)
+            except OSError:
+                found = []
+            stems = folders[src.parent] = {}
+            for rel in found:
+                stems.setdefault(rel.stem, []).append(rel)
+        mine = src.stem + suffix(src)
+        clash = any(other.name != src.name and other.stem + suffix(src.parent / other) == mine
+                    for other in stems.get(src.stem, []))
+        names.append(src.name + suffix(src) if clash else mine)
+    return names
 
 
 def collision(a: Path, b: Path, dst: Path) -> str:
-    """The one line that refuses a run in which two inputs would write one output."""
-    return (f"{a} and {b} would both be written to {dst}; nothing was run: translate them "
-            "into different --output folders, or name their folders (each is mirrored "
-            "under its own name)")
+    """The one line that refuses a run in which two inputs would write one output, with
+    the advice that fits: files of one folder (``x.png`` beside ``x.jpg`` and
+    ``x.png.png``) can only be told apart by renaming one; files of two folders can be
+    translated separately or into different --output folders."""
+    head = f"{a} and {b} would both be written to {dst}; nothing was run: "
+    if a.parent.resolve() == b.parent.resolve():
+        return head + f"rename one of them (both are in {a.parent})"
+    return head + "translate them in separate runs, or into different --output folders"

@@ -178,10 +178,14 @@ def choose(requested: str | None, model_precision: str, provider: str,
         # (issue 21). Measured the first time, then cached: p2p.runtime.measure.
         return Choice("fp32", f"auto: native BF16 ({bf16}) without AMX: speed not measured, "
                       "FP32 runs", None, race=("fp32", "bf16"))
-    reason = ("no native BF16 on this CPU" if bf16 is None
-              else f"provider {provider} has no BF16 CPU path (openvino has: "
-              "pip install 'p2p[openvino]' where it is missing)")
-    return Choice("fp32", f"auto: {reason}", None)
+    if bf16 is None:
+        return Choice("fp32", "auto: no native BF16 on this CPU", None)
+    from .backends import openvino_available  # the install hint only where it is missing
+
+    hint = ("--provider openvino to use it" if openvino_available()
+            else "pip install 'p2p[openvino]', --provider openvino")
+    return Choice("fp32", f"auto: provider {provider} has no BF16 CPU path (openvino has: "
+                  f"{hint})", None)
 
 
 def runtime_precisions(compiled) -> dict[str, int]:

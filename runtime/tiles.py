@@ -142,11 +142,9 @@ class TileSource:
                 strip = strip[:, :, None]
             for c, x in enumerate(g.xs):
                 w = min(t, g.width - x)
-                try:
-                    arr = images.normalize(_pad_to(strip[:, x:x + w], t), self.meta,
-                                           where=self.name)
-                except ImageError as e:
-                    raise ImageError(f"{self.name}: {e}") from None
+                # normalize names the file (``where``) in its errors: nothing to add.
+                arr = images.normalize(_pad_to(strip[:, x:x + w], t), self.meta,
+                                       where=self.name)
                 yield Piece(arr, Tile(r, c, y, x, h, w))
 
 

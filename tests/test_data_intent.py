@@ -5,9 +5,11 @@ training images called val."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -164,3 +166,39 @@ def test_images_beside_train_are_named_in_one_note_not_dropped_quietly(tmp_path)
     # A flat folder trains on all of it, and says nothing.
     r = train("--data", d / "train", "-o", tmp_path / "flat")
     assert r.exit_code == 0 and "not used" not in r.output, r.output
+
+
+def _notes(d: Path) -> list[str]:
+    from p2p.trainer.data import build_datasets
+
+    return build_datasets(d, None, None, False, "AtoB", 32, 32, False, 0, check=False)[0].notes
+
+
+def test_the_left_out_note_skips_translate_outputs_and_fits_the_layout(tmp_path):
+    """p2p-translate's *-translated folders are never suggested as training data; without
+    val/ the note says samples come from train/ (as the line after it does); an empty
+    train/ with images beside it names them in its error."""
+    from p2p.runtime.errors import DataError
+    from p2p.trainer.data import build_datasets
+
+    d = tmp_path / "dl6"
+    save(d / "train" / "0.png", 64, 32, 0)
+    save(d / "val" / "1.png", 64, 32, 1)
+    save(d / "val-translated" / "1.png", 32, 32, 2)
+    save(d / "extra" / "x-translated" / "2.png", 32, 32, 3)
+    assert _notes(d) == []
+    loose = save(d / "a.png", 64, 32, 4)
+    assert _notes(d) == [f"note: 1 image in {d} outside train/ and val/ is not used ({loose}): "
+                         "beside a train/ folder p2p-train trains on train/ only and samples "
+                         "val/; move it into train/ to train on it"]
+    shutil.rmtree(d / "val")
+    assert _notes(d) == [f"note: 1 image in {d} outside train/ is not used ({loose}): beside a "
+                         "train/ folder p2p-train trains on train/ only and with no val/ folder "
+                         "samples train/ too; move it into train/ to train on it, or into "
+                         "a val/ folder to sample it"]
+    (d / "train" / "0.png").unlink()
+    with pytest.raises(DataError) as e:
+        build_datasets(d, None, None, False, "AtoB", 32, 32, False, 0, check=False)
+    assert str(e.value).startswith(f"{d / 'train'}: no images (") and str(e.value).endswith(
+        f"in this folder; 1 image beside it in {d} ({loose}) is not read: move it into "
+        f"{d / 'train'} to train on it"), e.value

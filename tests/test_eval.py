@@ -284,3 +284,21 @@ def test_glob_scores_a_subset(ab_set):
     r = invoke(ab_set / "pred", "--targets-from", ab_set / "ab", "--direction", "AtoB",
                "--glob", "*.jpg")
     assert r.exit_code == 1 and "no images matching --glob '*.jpg'" in r.output
+
+
+def test_predictions_named_after_their_targets_whole_name_pair_with_them(tmp_path):
+    """p2p-translate names the outputs of x.png and x.jpg x.png.png and x.jpg.png: each
+    pairs with the target whose whole name it extends, plain stems as before."""
+    from p2p.runtime.evaluate import pair_files
+
+    for i, name in enumerate(("x.png", "x.jpg", "y.png")):
+        save(tmp_path / "t" / name, textured(i, 32, 32))
+        pred = np.asarray(Image.open(tmp_path / "t" / name))  # the JPEG as decoded
+        save(tmp_path / "p" / (name + ".png" if name.startswith("x") else name), pred)
+    assert sorted(pair_files(tmp_path / "p", tmp_path / "t")) == [
+        (Path("x.jpg.png"), Path("x.jpg")), (Path("x.png.png"), Path("x.png")),
+        (Path("y.png"), Path("y.png"))]
+    r = invoke(tmp_path / "p", tmp_path / "t", "--json", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["count"] == 3 and s["psnr"] == 100, s

@@ -267,9 +267,10 @@ def test_triton_config_of_a_dynamic_size_model_and_the_fp16_flag():
 def test_running_mode_dynamic_size_and_opset(tmp_path):
     ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     out = tmp_path / "running.onnx"
-    result = run_cli([ckpt, "-o", out, "--norm-mode", "running", "--dynamic-size",
-                      "--opset", "18"])
+    result = run_cli([ckpt, "-o", tmp_path / "running", "--norm-mode", "running",
+                      "--dynamic-size", "--opset", "18"])  # .onnx appended
     assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "running.onnx"]
     assert "generated smooth images" in result.output  # no val data recorded
     assert "dynamic size 128x64" in result.output
     model = onnx.load(str(out))

@@ -238,3 +238,22 @@ def test_an_alpha_band_is_composited_on_white_as_the_decoder_does(tmp_path):
     assert streamed.shape == decoded.shape == (24, 32, 3)
     assert np.abs(streamed.astype(int) - decoded.astype(int)).max() <= 1
     assert np.abs(streamed.astype(int) - a[:3].transpose(1, 2, 0)).max() > 10  # not dropped
+
+
+def test_tile_failures_name_the_file_once_with_the_reason(models, tmp_path):
+    """A band mismatch under --tile names the file once; a truncated GeoTIFF carries GDAL's
+    reason (rasterio's chained exception), not "See previous exception for details"."""
+    geotiff(tmp_path / "five.tif", 40, 40, bands=5)
+    geotiff(tmp_path / "whole.tif", 128, 128)
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(data[:len(data) // 3])
+    r = translate(tmp_path / "five.tif", tmp_path / "trunc.tif", "-m", models["conv"],
+                  "--tile", "--format", "tif", "-o", tmp_path / "out")
+    assert r.exit_code == 1 and "translated 0, skipped 0, failed 2" in r.output, r.output
+    lines = {ln.split(": ", 2)[1]: ln for ln in r.output.splitlines()
+             if ln.startswith("failed: ")}
+    five, trunc = str(tmp_path / "five.tif"), str(tmp_path / "trunc.tif")
+    assert lines[five] == f"failed: {five}: 5 bands, the model takes 3", r.output
+    assert lines[trunc].startswith(f"failed: {trunc}: cannot read rows 0..") and \
+        "IReadBlock failed" in lines[trunc] and "previous exception" not in lines[trunc], \
+        r.output

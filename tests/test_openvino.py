@@ -87,6 +87,10 @@ def test_subpixel_rewrite_is_exact(tiny, batch, reference):
     assert "ConvolutionBackpropData" not in ops and "DepthToSpace" in ops
     assert np.abs(rewritten.run(batch) - reference).max() < 1e-4
     assert np.abs(plain.run(batch) - reference).max() < 1e-4
+    assert "5 up-convolutions as sub-pixel convolutions)" in rewritten.describe()
+    assert "up-convolution" not in plain.describe()
+    rewritten.subpixel_layers = 1  # a model with one: the count and the noun agree
+    assert rewritten.describe().endswith(", 1 up-convolution as a sub-pixel convolution)")
 
 
 def test_batch_invariant_and_outputs_not_aliased(tiny, batch, reference):

@@ -298,3 +298,29 @@ def test_fastest_export_by_cpu(tmp_path, monkeypatch, flags, want):
     assert path.name == want, why
     if want.endswith("int8.onnx"):
         assert "INT8 dot products in hardware (" in why
+
+
+@pytest.mark.parametrize("loads", [True, False])
+def test_auto_off_openvino_names_openvino_as_it_stands_here(monkeypatch, loads):
+    """--provider cpu on a BF16 CPU: where OpenVINO loads, the line says --provider openvino
+    (no install hint); where it does not, how to install it."""
+    monkeypatch.setattr(backends, "openvino_available", lambda: loads)
+    why = choose("auto", "fp32", "cpu", AVX512_BF16).why
+    assert ("--provider openvino" in why) and (("pip install" in why) != loads), why
+
+
+@pytest.mark.parametrize("table, first, says", [
+    ({"fp32": 1335.6, "bf16": 1369.3}, "fp32",
+     "auto: measured bf16 1369.3 vs fp32 1335.6 images/s, under the 1.05x a reduced "
+     "precision must gain over fp32 to be used"),
+    ({"fp32": 10.0, "bf16": 5.0}, "fp32", "auto: fp32 is the fastest here by measurement, "
+     "fp32 10.0 vs bf16 5.0 images/s"),
+    ({"fp32": 5.0, "bf16": 10.0}, "bf16", "auto: bf16 is the fastest here by measurement, "
+     "bf16 10.0 vs fp32 5.0 images/s")])
+def test_the_measured_line_says_what_was_measured(table, first, says):
+    from p2p.runtime import measure
+
+    won = measure.pick(table)
+    line = measure._line({"precision": won, "images_per_s": table}, cached=False)
+    assert won == first and line.startswith(says), line
+    assert "fastest" not in line or max(table, key=table.get) == won

@@ -290,3 +290,30 @@ def test_split_halves_cuts_ab_images_into_a_and_b(tmp_path):
     r = invoke("split", "--halves", "--ratios", "0.5,0.5", "--input", str(tmp_path / "ab"),
                "--output", str(tmp_path / "out2"))
     assert r.exit_code == 2 and "--ratios and --seed only apply" in r.output
+
+
+def test_same_stem_sources_follow_translates_naming_rule(tmp_path):
+    """pr/in holds v01.png and v01.jpg: p2p-translate's rule names them v01.png.png and
+    v01.jpg.png (each its own), in every operation; a third file that still shares a name
+    fails alone, naming the real output paths (A/ and B/ for --halves)."""
+    ab = np.concatenate([bands(20, 20), np.full((20, 20, 3), 7, np.uint8)], 1)
+    for name in ("v01.png", "v01.jpg", "v02.png"):
+        save(tmp_path / "in" / name, ab)
+    r = invoke("split", "--halves", "--input", str(tmp_path / "in"), "--output",
+               str(tmp_path / "halves"))
+    assert r.exit_code == 0 and "split: 3 written" in r.output, r.output
+    for side in "AB":
+        assert sorted(p.name for p in (tmp_path / "halves" / side).iterdir()) == [
+            "v01.jpg.png", "v01.png.png", "v02.png"]
+    r = invoke("grayscale", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "g"))
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == [
+        "v01.jpg.png", "v01.png.png", "v02.png"]
+    save(tmp_path / "in" / "v01.png.png", ab)
+    r = invoke("split", "--halves", "--input", str(tmp_path / "in"), "--output",
+               str(tmp_path / "h2"))
+    out = tmp_path / "h2"
+    assert r.exit_code == 1 and (
+        f"{tmp_path / 'in/v01.png.png'}: same output {out / 'A/v01.png.png'} and "
+        f"{out / 'B/v01.png.png'} as {tmp_path / 'in/v01.png'}; rename one of them"
+        in r.output), r.output

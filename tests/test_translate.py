@@ -209,9 +209,8 @@ def test_two_inputs_writing_one_output_refuse_the_run_before_the_model_loads(
                   "--model", models["atob"], "-o", out)
     assert r.exit_code == 1, r.output
     assert r.output == (f"Error: {tmp_path / 'a/x.png'} and {tmp_path / 'c/x.png'} would both "
-                        f"be written to {out / 'x.png'}; nothing was run: translate them into "
-                        "different --output folders, or name their folders (each is mirrored "
-                        "under its own name)\n")
+                        f"be written to {out / 'x.png'}; nothing was run: translate them in "
+                        "separate runs, or into different --output folders\n")
     assert loaded == [] and not out.exists()
     # Files of one folder and the same file named twice are not collisions.
     monkeypatch.undo()
@@ -371,3 +370,64 @@ def test_several_files_share_their_folder_s_output_and_outputs_are_never_inputs(
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
     for n, a in want.items():
         np.testing.assert_array_equal(np.asarray(Image.open(out / n)), a, err_msg=n)
+
+
+def test_output_names_depend_on_the_source_folder_not_on_the_selection(models, tmp_path):
+    """sy holds x.jpg and x.png: each is named by its own extension in every run, whether
+    --glob or the files named one by one select one of them, so the second run translates
+    x.png rather than skipping it as done by x.jpg's output."""
+    noise(tmp_path / "sy/x.jpg", seed=1)
+    a_png = noise(tmp_path / "sy/x.png", seed=2)
+    for how, first, second in (("glob", ["--glob", "*.jpg"], ["--glob", "*.png"]),
+                               ("files", [], [])):
+        out = tmp_path / f"out-{how}"
+        srcs = ([tmp_path / "sy"], [tmp_path / "sy"]) if how == "glob" else \
+            ([tmp_path / "sy/x.jpg"], [tmp_path / "sy/x.png"])
+        for src, extra in zip(srcs, (first, second)):
+            r = translate(*src, *extra, "--model", models["dyn"], "-o", out, "--split", "none")
+            assert r.exit_code == 0 and "translated 1, skipped 0, failed 0" in r.stdout, r.output
+        assert sorted(p.name for p in out.iterdir()) == ["x.jpg.png", "x.png.png"], how
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "x.png.png")), a_png)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "x.jpg.png")),
+                                      np.asarray(Image.open(tmp_path / "sy/x.jpg")))
+
+
+def test_a_file_named_with_its_folder_is_one_job_where_the_folder_puts_it(models, tmp_path):
+    noise(tmp_path / "a/x.png")
+    noise(tmp_path / "a/y.png", seed=1)
+    out = tmp_path / "col4"
+    r = translate(tmp_path / "a/x.png", tmp_path / "a", "--model", models["dyn"], "-o", out,
+                  "--split", "none")
+    assert r.exit_code == 0 and "translated 2, skipped 0, failed 0" in r.stdout, r.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "a/x.png", "a/y.png"]
+
+
+def test_collision_advice_fits_the_case(models, tmp_path):
+    for name in ("x.png", "x.jpg", "x.png.png"):
+        noise(tmp_path / "sx" / name)
+    r = translate(tmp_path / "sx", "--model", models["dyn"], "-o", tmp_path / "o1")
+    assert r.exit_code == 1 and r.output.startswith(
+        f"Error: {tmp_path / 'sx/x.png'} and {tmp_path / 'sx/x.png.png'} would both be "
+        f"written to {tmp_path / 'o1/x.png.png'}; nothing was run: rename one of them (both "
+        f"are in {tmp_path / 'sx'})"), r.output
+    noise(tmp_path / "a/x.png")
+    noise(tmp_path / "nest/a/x.png", seed=1)
+    r = translate(tmp_path / "a", tmp_path / "nest/a", "--model", models["dyn"],
+                  "-o", tmp_path / "nco")
+    assert r.exit_code == 1 and r.output.endswith(
+        "nothing was run: translate them in separate runs, or into different --output "
+        "folders\n"), r.output
+
+
+def test_an_output_under_a_file_is_one_line_before_the_model_loads(models, tmp_path, monkeypatch):
+    from p2p.runtime import pipeline
+
+    loaded = []
+    monkeypatch.setattr(pipeline, "Engine", lambda *a, **k: loaded.append(a) or 1 / 0)
+    noise(tmp_path / "x.png")
+    (tmp_path / "afile").write_text("not a folder")
+    r = translate(tmp_path / "x.png", "--model", models["dyn"], "-o", tmp_path / "afile/sub")
+    assert r.exit_code == 1 and loaded == [], r.output
+    assert r.output == (f"Error: {tmp_path / 'afile/sub'}: cannot write into the output "
+                        f"folder: {tmp_path / 'afile'} is a file, not a folder\n")

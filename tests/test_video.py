@@ -317,11 +317,12 @@ def test_a_video_and_an_animation_of_one_name_from_two_folders_refuse_the_run(mo
     animation(tmp_path / "b" / "clip.gif")
     animation(tmp_path / "b" / "clip.webp")
     out = tmp_path / "out"
-    # Different input names: told apart by their extensions.
+    # Names come from each file's own folder: b/clip.gif shares its name with b/clip.webp
+    # (both animations: clip.mp4) and keeps its extension; a/clip.mp4 is alone in a/.
     r = run(tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.gif", "--model", model,
             "-o", out, *CPU)
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir()) == ["clip.gif.mp4", "clip.mp4.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["clip.gif.mp4", "clip.mp4"]
     # The same name twice (a/clip.mp4 and c/clip.mp4): refused up front, nothing written.
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "clip.mp4").write_bytes(clip.read_bytes())

@@ -25,60 +25,9 @@ from p2p.runtime import images, listing
 from p2p.runtime.errors import DataError, ImageError, P2PError
 from p2p.runtime.metadata import DATA_DEPTHS, ModelMetadata
 
+from .layout import left_out, list_images, list_training, split_dirs  # noqa: F401  (public here)
+
 MODES = ("side-by-side", "two-folders", "lab")
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Sorted image files in ``folder`` and its subfolders (p2p-process mirrors nested
-    folders, so a set it made is nested too); a missing or empty folder is a DataError.
-    Entries with an image name that are not regular files (a FIFO, a dangling or looping
-    link) are listed too, so that the check reports them instead of silently dropping them."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such data folder")
-    unlisted: list[OSError] = []
-    files = [folder / rel for rel in listing.list_images(folder, errors=unlisted)]
-    if unlisted:  # its images would be left out without a word
-        raise DataError(f"{unlisted[0].filename}: cannot list this folder: "
-                        f"{unlisted[0].strerror or unlisted[0]}" + (
-                            f" (and {len(unlisted) - 1} more folders)" if len(unlisted) > 1 else ""))
-    if not files:
-        raise DataError(f"{folder}: no images ({images.SHOWN_EXTS}) in this folder")
-    return files
-
-
-def split_dirs(root: Path) -> tuple[Path, Path | None]:
-    """pix2pix layout: ``root/train`` and ``root/val`` (or ``test``); else ``root`` is flat.
-    A ``val/`` or ``test/`` without ``train/`` is a DataError: the flat (recursive) listing
-    would train on the held-out images."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such data folder")
-    held = [s for s in ("val", "test") if (root / s).is_dir()]
-    if (root / "train").is_dir():
-        return root / "train", root / held[0] if held else None
-    if held:
-        raise DataError(f"{root}: has {held[0]}/ but no train/ folder; put the training images "
-                        f"in {root / 'train'} (a flat folder would train on {held[0]}/ too)")
-    return root, None
-
-
-def left_out(root: Path, held: Path | None) -> str | None:
-    """A note line naming the images under ``root`` that ``split_dirs``'s layout leaves
-    out: with a ``train/`` folder, those outside train/, val/ and test/. Which split they
-    belong to is not p2p's to guess (held-out images trained on would make val_L1
-    meaningless), so they are not used, and said. None when there are none."""
-    root = Path(root)
-    found = listing.list_outside(root, ("train", "val", "test")) \
-        if (root / "train").is_dir() else []
-    if not found:
-        return None
-    held_name = f"{held.name}/" if held is not None else "val/"
-    n = len(found)
-    return (f"note: {n} image{'s' if n != 1 else ''} in {root} outside train/ and {held_name} "
-            f"{'are' if n != 1 else 'is'} not used ({listing.listed(found)}): beside a train/ "
-            f"folder p2p-train trains on train/ only and samples {held_name}; move them into "
-            "train/ to train on them")
 
 
 def _open(path: Path) -> np.ndarray:
@@ -383,7 +332,7 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
     else:
         train_dir, held = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
-        train_items = list_images(train_dir)
+        train_items = list_training(train_dir, data)
         val_items = list_images(held) if held else train_items
         notes = [n] if (n := left_out(data, held)) else []
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,

@@ -42,6 +42,7 @@ from p2p.runtime.errors import DataError, P2PError, choices, one_line
 from p2p.runtime.files import atomic_write, check_writable
 from p2p.runtime.images import SHOWN_EXTS
 from p2p.runtime.metadata import DATA_DEPTHS
+from p2p.runtime.plan import output_names
 
 OPS = ("resize", "combine", "split", "grayscale", "edges", "blank")
 RESAMPLES = ("auto", "bicubic", "nearest")
@@ -256,19 +257,27 @@ PER_IMAGE = {"grayscale": grayscale, "edges": edges, "blank": blank}
 # ---------------------------------------------------------------------------- planning
 
 
-def _png_targets(rels: list[Path], src_root: Path, out_root: Path,
-                 report: Report) -> list[tuple[Path, Path]]:
-    """Map each source to ``out/<rel>.png`` (``.tif`` for TIFF sources: 16-bit or float
-    colour, N bands); two sources with one output (a.jpg, a.png) is a failure for the
-    second, never a silent overwrite."""
+def _tif_or_png(src: Path) -> str:
+    """An output's extension: ``.tif`` for TIFF sources (16-bit or float colour, N bands),
+    else ``.png``."""
+    return ".tif" if src.suffix.lower() in (".tif", ".tiff") else ".png"
+
+
+def _targets(rels: list[Path], src_root: Path, report: Report, shown,
+             suffix=_tif_or_png) -> list[tuple[Path, Path]]:
+    """(source rel, output rel) by p2p-translate's naming rule (``plan.output_names``:
+    ``<stem><suffix>``; ``<name><suffix>`` where another image of the source folder would
+    give that name too, ``x.jpg.png`` and ``x.png.png``). Two sources that still share an
+    output (``x.png`` beside ``x.jpg`` and ``x.png.png``) fail the second, never a silent
+    overwrite; ``shown(out_rel)`` names the real output path(s)."""
+    names = output_names([src_root / rel for rel in rels], suffix)
     seen: dict[Path, Path] = {}
     jobs = []
-    for rel in rels:
-        tif = rel.suffix.lower() in (".tif", ".tiff")
-        dst = out_root / rel.with_suffix(".tif" if tif else ".png")
+    for rel, name in zip(rels, names):
+        dst = rel.parent / name
         if dst in seen:
-            report.failed.append((str(src_root / rel),
-                                  f"same output {dst} as {src_root / seen[dst]}; rename one"))
+            report.failed.append((str(src_root / rel), f"same output {shown(dst)} as "
+                                  f"{src_root / seen[dst]}; rename one of them"))
             continue
         seen[dst] = rel
         jobs.append((rel, dst))
@@ -322,8 +331,8 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
         report.failed += [(str(b_root / rb), "several A images match it") for rb in m.shared]
         jobs = []
         b_of = {ra: rb for ra, rb in m.pairs if rb not in m.shared}
-        for ra, dst in _png_targets(list(b_of), a_root, out, report):
-            pa, pb = a_root / ra, b_root / b_of[ra]
+        for ra, rel in _targets(list(b_of), a_root, report, lambda r: out / r):
+            pa, pb, dst = a_root / ra, b_root / b_of[ra], out / rel
             jobs.append((str(pa), dst, lambda dst=dst, pa=pa, pb=pb: save(
                 combine(load(pa), load(pb), str(pa), str(pb)), dst)))
         return jobs
@@ -333,9 +342,11 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
     if not rels:
         raise DataError(f"{root}: no images ({SHOWN_EXTS})")
     if cfg.op == "split" and cfg.halves:
-        return [(str(root / rel), out / "A" / rel.with_suffix(".png"),
-                 lambda src=root / rel, rel=rel: save_halves(src, out, rel.with_suffix(".png")))
-                for rel, _ in _png_targets(rels, root, out, report)]
+        # Halves are PNG whatever the source (A and B of one 8-bit image).
+        return [(str(root / rel), out / "A" / dst,
+                 lambda src=root / rel, dst=dst: save_halves(src, out, dst))
+                for rel, dst in _targets(rels, root, report, lambda r: f"{out / 'A' / r} and "
+                                         f"{out / 'B' / r}", suffix=lambda src: ".png")]
     if cfg.op == "split":
         return [(str(root / rel), out / part / rel,
                  lambda src=root / rel, dst=out / part / rel: _copy_checked(src, dst))
@@ -354,8 +365,9 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
         if cfg.op == "edges":
             _cv2()  # fail once, up front, rather than once per image
         fn = lambda a, src: op(a)  # noqa: E731
-    return [(str(root / rel), dst, lambda src=root / rel, dst=dst: save(fn(load(src), src), dst))
-            for rel, dst in _png_targets(rels, root, out, report)]
+    return [(str(root / rel), out / dst,
+             lambda src=root / rel, dst=out / dst: save(fn(load(src), src), dst))
+            for rel, dst in _targets(rels, root, report, lambda r: out / r)]
 
 
 # ---------------------------------------------------------------------------- run

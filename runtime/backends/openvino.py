@@ -186,8 +186,9 @@ class OpenVINOSession:
     def describe(self) -> str:
         threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         per = max(1, threads // self.streams)
-        rewritten = (f", {self.subpixel_layers} up-convolutions as sub-pixel convolutions"
-                     if self.subpixel_layers else "")
+        n = self.subpixel_layers
+        rewritten = ("" if not n else ", 1 up-convolution as a sub-pixel convolution" if n == 1
+                     else f", {n} up-convolutions as sub-pixel convolutions")
         return (f"openvino ({self.device}, {self.precision}, {self.streams} stream"
                 f"{'s' if self.streams > 1 else ''} x {per} thread{'s' if per > 1 else ''}"
                 f"{rewritten})")
