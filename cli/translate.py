@@ -85,7 +85,7 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
          crf):
     """Translate INPUT images, videos and folders (recursive) with a p2p model.
 
-    Videos (.mp4 .mov .mkv .webm .avi, animated GIF/WebP) become videos of the same frame
+    Videos (.mp4 .mov .mkv .webm .avi, animated GIF/WebP/PNG) become videos of the same frame
     rate, frame count and timestamps, their audio copied unchanged (needs p2p[video])."""
     if tile_overlap is not None and not tile:
         raise click.UsageError("--tile-overlap needs --tile")
