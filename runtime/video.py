@@ -212,6 +212,7 @@ class VideoReader:
                 if last is not None and pts <= last:
                     pts = last + 1  # an encoder refuses non-increasing pts
                 last = pts
+                self._last_duration = getattr(f, "duration", None) or 0  # ticks; 0 unknown
                 self.decoded.append(pts)
                 rgb = f.to_ndarray(format="rgb24")
                 turn = round((f.rotation or 0) / 90) % 4
@@ -263,7 +264,11 @@ class VideoReader:
         if not len(self.decoded):
             return None
         step = float(1 / self.rate) if self.rate else 0.04
-        end = float(max(self.decoded) * self.time_base) + step
+        # The last frame lasts its own duration where the container states it (a variable
+        # rate's last frame may be shown for seconds), else one frame at the average rate.
+        last = getattr(self, "_last_duration", 0)
+        end = float(max(self.decoded) * self.time_base) + (
+            float(last * self.time_base) if last else step)
         for declared, whose in ((getattr(self, "stream_declared", 0.0), "video stream"),
                                 (getattr(self, "declared", 0.0), "container")):
             if declared and end < declared - max(2 * step, 0.1):

@@ -332,6 +332,16 @@ def test_a_matroska_file_cut_short_fails_and_keeps_its_frames(model, tmp_path):
     assert r.exit_code == 0 and "48 frames" in r.output, r.output
 
 
+def test_a_longer_audio_track_is_a_note_not_missing_frames(model, tmp_path):
+    """A container whose duration is its longer audio track's: every frame is there (the
+    video stream's own duration says so), so exit 0, with a note."""
+    src = make_clip(tmp_path / "long_sound.mkv", frames=24, size=64, audio_seconds=3)
+    r = run(src, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 0, r.output
+    assert "the container declares (a longer audio track" in r.output, r.output
+    assert len(decode(tmp_path / "out" / "long_sound.mkv")[0]) == 24
+
+
 def test_a_cut_animation_fails_with_its_frames_kept_and_apng_is_an_animation(model,
                                                                             tmp_path):
     """A GIF cut short (Pillow: is_animated, but n_frames raises) is not a still of its
