@@ -139,8 +139,11 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     moving = [j for j in jobs if j.video]
     # PyAV and the encoder before the model loads: a codec that cannot encode these
     # frames (or a --crf it lacks) is one line, not one failure per video.
-    for suffix in sorted({video.output_suffix(j.src) for j in moving}):
-        video.pick_codec(cfg.video_codec, suffix, cfg.crf)
+    if moving:
+        from .videoenc import pick_codec
+
+        for suffix in sorted({video.output_suffix(j.src) for j in moving}):
+            pick_codec(cfg.video_codec, suffix, cfg.crf)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")

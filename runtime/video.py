@@ -9,8 +9,8 @@ the extra.
 
 ``VideoReader`` yields ``Frame`` (RGB uint8 (H, W, 3), pts in the stream's time base) and
 keeps, for frames it could not decode, their pts, so that ``problems()`` can name each by its
-index in presentation order. ``VideoWriter`` (``p2p.runtime.videoenc``, importable from
-here) encodes frames at the same pts and time base (so the frame rate, frame count and
+index in presentation order. ``VideoWriter`` (``p2p.runtime.videoenc``, the encoder side,
+which imports this module) encodes frames at the same pts and time base (so the frame rate, frame count and
 timestamps, variable ones too, come back as they were) and copies the audio packets of the
 source unchanged, interleaved with the video as it goes (no re-encode, and no whole audio
 track held in memory).
@@ -318,7 +318,3 @@ def codec_threads(w: int, h: int) -> int:
     (``ONE_THREAD_PIXELS``)."""
     return 1 if w * h <= ONE_THREAD_PIXELS else (os.cpu_count() or 1)
 
-
-# The encoder side, importable from here as before (it imports the reader from here).
-from .videoenc import (CRF_DEFAULT, JPEG_CODECS, RGB_CODECS, X264_PRESET,  # noqa: E402,F401
-                       VideoWriter, encoder_options, pick_codec)

@@ -1,5 +1,5 @@
 """Video out: the encoder of ``p2p-translate``'s video outputs (PyAV, the ``p2p[video]``
-extra), split from ``p2p.runtime.video`` (which re-exports every name here).
+extra), split from ``p2p.runtime.video`` (the reader side, which it imports).
 
 ``pick_codec`` names and tries the encoder once, before any model work; ``VideoWriter``
 encodes frames at their source pts and time base and copies the source's audio packets

@@ -34,7 +34,8 @@ from . import files, images
 from .errors import ImageError, P2PError, one_line
 from .pieces import Piece
 from .plan import Job
-from .video import VideoReader, VideoWriter, output_suffix, partial_name, pick_codec
+from .video import VideoReader, output_suffix, partial_name
+from .videoenc import VideoWriter, pick_codec
 
 _END = object()
 
