@@ -55,6 +55,11 @@ def is_animation(path) -> bool:
     unreadable is not, and the image decoder then names what is wrong with it."""
     if Path(path).suffix.lower() not in ANIMATION_EXTS:
         return False
+    try:  # a FIFO or device named *.png would block Image.open: the decoder names it
+        if not Path(path).is_file():
+            return False
+    except OSError:
+        return False
     from PIL import Image
     try:
         with Image.open(path) as im:
