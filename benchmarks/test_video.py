@@ -142,7 +142,8 @@ def test_video_720p_where_the_time_goes(benchmark, machine, model_path, clip720,
                                         request):
     """Each stage alone on the same 48 frames (CPU ms per frame, all threads: p2p's, FFmpeg's
     and the engine's), then the whole command (wall clock); the stages overlap in it."""
-    from p2p.runtime.video import VideoReader, VideoWriter
+    from p2p.runtime.video import VideoReader
+    from p2p.runtime.videoenc import VideoWriter
 
     provider, precision = "openvino", "int8"
     try:

@@ -6,7 +6,10 @@ run could not start (bad model, provider that cannot run here), 2 for usage erro
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -15,6 +18,25 @@ from p2p.cli.common import CONTEXT, engine_options, handle_errors, model_option,
 from p2p.runtime.locate import pick_model
 from p2p.runtime.images import FORMATS, SPLITS
 from p2p.runtime.pipeline import TranslateConfig, translate
+
+
+@contextlib.contextmanager
+def _term_as_interrupt():
+    """SIGTERM (a plain ``kill``, a service manager stopping the run) as Ctrl-C: the run
+    unwinds, its sinks remove their temp files, and the command exits 1 ("Aborted!")
+    instead of dying at once with the temps left for the next run to remove."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @click.command(context_settings=CONTEXT)
@@ -63,7 +85,7 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
          crf):
     """Translate INPUT images, videos and folders (recursive) with a p2p model.
 
-    Videos (.mp4 .mov .mkv .webm .avi, animated GIF/WebP) become videos of the same frame
+    Videos (.mp4 .mov .mkv .webm .avi, animated GIF/WebP/PNG) become videos of the same frame
     rate, frame count and timestamps, their audio copied unchanged (needs p2p[video])."""
     if tile_overlap is not None and not tile:
         raise click.UsageError("--tile-overlap needs --tile")
@@ -82,7 +104,7 @@ def main(inputs, model, output, provider, batch_size, threads, precision, fmt, s
                           fmt=fmt, split=split, model_size=model_size, glob=pattern, html=html, overwrite=overwrite,
                           workers=workers, progress=not quiet, tile=tile,
                           tile_overlap=tile_overlap, video_codec=video_codec, crf=crf)
-    with requires("p2p-translate"):  # PyAV, imported only when a video is among the inputs
+    with requires("p2p-translate"), _term_as_interrupt():  # PyAV: only for videos
         summary = translate(cfg, log=lambda msg: click.echo(msg, err=True))
     for line in summary.lines():
         click.echo(line)

@@ -77,6 +77,7 @@ class Summary:
     tiles: int = 0  # pieces run with --tile (0 otherwise)
     frames: int = 0  # video frames translated (each counts as an image in the rate)
     videos: list[str] = field(default_factory=list)  # one line per video written
+    partial: int = 0  # failed videos whose frames that were read are kept (*.partial.*)
 
     def lines(self) -> list[str]:
         done = sum(1 for j in self.translated if not j.video) + self.frames
@@ -84,10 +85,14 @@ class Summary:
         # --tile: one image may be thousands of tiles; the tile rate is the one to read
         tiles = (f"{rate:.2f} images/s, {self.tiles / self.seconds:.1f} tiles/s"
                  if self.tiles and self.seconds else f"{rate:.1f} images/s")
+        kept = f", partial videos kept {self.partial}" if self.partial else ""
         out = [f"translated {len(self.translated)}, skipped {len(self.skipped)}, "
-               f"failed {len(self.failed)} ({tiles} on {self.provider})"]
+               f"failed {len(self.failed)}{kept} ({tiles} on {self.provider})"]
         out += [f"video: {v}" for v in self.videos]
-        out += [f"failed: {line}" for _, reason in self.failed for line in reason.splitlines()]
+        # One entry a failure: its first line says which input, lines after it are indented.
+        for _, reason in self.failed:
+            first, *rest = reason.splitlines() or [""]
+            out += [f"failed: {first}"] + [f"  {r.strip()}" for r in rest]
         out += [f"gallery: {g}" for g in self.galleries]
         return out
 
@@ -133,17 +138,20 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     jobs, refused = plan(cfg, outputs)
     for root in sorted({j.root for j in jobs if not j.root.is_dir()}):
         files.check_creatable(root)  # a file in the way is one line before the engine loads
+    moving = [j for j in jobs if j.video]
+    # PyAV and the encoder before the model loads: a codec that cannot encode these
+    # frames (or a --crf it lacks) is one line, not one failure per video.
+    if moving:
+        from .videoenc import pick_codec
+
+        for suffix in sorted({video.output_suffix(j.src) for j in moving}):
+            pick_codec(cfg.video_codec, suffix, cfg.crf)
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")
     log(f"precision {engine.precision}: {engine.choice.why}")
     for provider, why in engine.passed_over:
         log(f"auto: skipped {provider}: {why}")
-    opener = None
-    if cfg.tile:
-        from .tiles import tile_opener
-
-        opener = tile_opener(engine.metadata, cfg, log)
     if outputs:
         log(f"skipped {len(outputs)} earlier output folder(s) (*{OUTPUT_SUFFIX}), never inputs "
             f"again: {', '.join(map(str, outputs[:3]))}{' ...' if len(outputs) > 3 else ''}")
@@ -158,11 +166,16 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     for folder in {j.dst.parent for j in jobs}:
         files.remove_stale_temps(folder)
     videos = [j for j in todo if j.video]
-    if videos:  # PyAV and the codec before any work: one line, not one per video
+    if videos:
         from . import videojob
+    opener = None
+    if cfg.tile and moving:  # frames run whole, resized to the model's size, as without it
+        log(f"note: --tile tiles images only; the frames of {len(moving)} video(s) are "
+            "not tiled")
+    if cfg.tile and len(todo) > len(videos):
+        from .tiles import tile_opener
 
-        for suffix in sorted({video.output_suffix(j.src) for j in videos}):
-            video.pick_codec(cfg.video_codec, suffix)
+        opener = tile_opener(engine.metadata, cfg, log)
     bar = None
     if cfg.progress and todo:
         from tqdm import tqdm
@@ -183,7 +196,8 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     try:
         counts: dict = {}
         results = run_jobs(engine, todo, cfg, bar, log, opener, counts)
-        summary.tiles = counts.get("pieces", 0) if cfg.tile else 0
+        # Tiles of images only: a video frame is one piece but no tile.
+        summary.tiles = (counts.get("pieces", 0) - counts.get("frames", 0)) if cfg.tile else 0
         if bar is not None and bar.n != bar.total:  # a frame count a container did not
             bar.total = bar.n  # state (0: unknown), or frames a failure left out: the run
             bar.refresh()  # is over all the same, so the bar ends at what it counted
@@ -194,6 +208,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     summary.seconds = time.perf_counter() - t0
     if videos:
         summary.frames, summary.videos = stats.frames, stats.lines
+        summary.partial = stats.partial
     reasons = {}
     for job, reason in zip(todo, results):
         if reason is None:

@@ -46,7 +46,8 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg, bar=None,
     walks the opened jobs in order and queues their pieces; the calling thread batches
     pieces of one shape (across jobs), runs the engine and hands outputs to each job's sink;
     writer threads close sinks. Every queue is bounded, so memory stays flat. ``counts``,
-    when given, gets ``pieces``: how many pieces ran through the engine. ``cfg``: a
+    when given, gets ``pieces``: how many pieces ran through the engine, and ``frames``: how
+many of them were video frames. ``cfg``: a
     ``pipeline.TranslateConfig`` (``workers``, and what the default opener reads)."""
     meta, bs = engine.metadata, engine.batch_size
     opener = opener or file_opener(meta, cfg, log)
@@ -163,6 +164,8 @@ def run_jobs(engine: Engine, jobs: list[Job], cfg, bar=None,
                 ys = fut.result()
                 if counts is not None:
                     counts["pieces"] = counts.get("pieces", 0) + len(items)
+                    frames = sum(1 for i, _ in items if jobs[i].video)
+                    counts["frames"] = counts.get("frames", 0) + frames
             except Exception as e:
                 if len(items) > 1:  # find the input that fails; the rest still run
                     for item in items:

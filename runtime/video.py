@@ -1,7 +1,7 @@
 """Video in and out: frames with their timestamps from a file, and a file back from frames.
 
 PyAV (FFmpeg, the ``p2p[video]`` extra) decodes and encodes ``.mp4 .mov .mkv .webm .avi``;
-Pillow, the image decoder of every command, decodes animated GIF and WebP (FFmpeg's webp
+Pillow, the image decoder of every command, decodes animated GIF, WebP and PNG (FFmpeg's webp
 decoder reads stills only, and Pillow composites GIF transparency exactly as a still GIF's).
 ``av`` is imported inside the functions that need it, so ``p2p.runtime`` imports without it; its
 absence is an ImportError naming ``av`` that ``p2p.cli.common`` turns into one line naming
@@ -9,10 +9,11 @@ the extra.
 
 ``VideoReader`` yields ``Frame`` (RGB uint8 (H, W, 3), pts in the stream's time base) and
 keeps, for frames it could not decode, their pts, so that ``problems()`` can name each by its
-index in presentation order. ``VideoWriter`` encodes frames at the same pts and time base
-(so the frame rate, frame count and timestamps, variable ones too, come back as they were)
-and copies the audio packets of the source unchanged, interleaved with the video as it goes
-(no re-encode, and no whole audio track held in memory).
+index in presentation order. ``VideoWriter`` (``p2p.runtime.videoenc``, the encoder side,
+which imports this module) encodes frames at the same pts and time base (so the frame rate, frame count and
+timestamps, variable ones too, come back as they were) and copies the audio packets of the
+source unchanged, interleaved with the video as it goes (no re-encode, and no whole audio
+track held in memory).
 """
 
 from __future__ import annotations
@@ -26,22 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, ImageError, one_line
+from .errors import ImageError, one_line
 from .images import check_regular_file, to_rgb
 
 VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
-ANIMATION_EXTS = frozenset({".gif", ".webp"})  # video when animated, an image otherwise
+# Video when animated (APNG: a .png of several frames), an image otherwise.
+ANIMATION_EXTS = frozenset({".gif", ".webp", ".png"})
 ANIMATION_OUTPUT = ".mp4"  # an animation's translation is an H.264 video (GIF has 256 colours)
-# Constant-quality defaults that do not visibly degrade frames: x264's "visually lossless"
-# 18 (x264 docs / FFmpeg H.264 guide: 17-18), and the VP9/AV1 equivalents of the FFmpeg guides.
-CRF_DEFAULT = {"libx264": 18, "libx265": 20, "libvpx-vp9": 24, "libvpx": 10, "libsvtav1": 28}
-# x264's speed preset. veryfast, not x264's medium: on 1280x720 facades frames at CRF 18 it
-# took 40 instead of 118 CPU ms a frame (more than the INT8 model's own time) for files of
-# the same size and 0.6 dB less PSNR (39.9 vs 40.5 dB against the frames; measured side by
-# side on the 2-core AMD EPYC Zen 4, BENCHMARKS.md).
-X264_PRESET = "veryfast"
-# Lossless codecs store RGB as it is (no 4:2:0 chroma subsampling): bit-exact frames.
-RGB_CODECS = {"ffv1": "bgr0", "png": "rgb24", "huffyuv": "rgb24", "libx264rgb": "rgb24"}
 
 
 def _ff(e: BaseException) -> str:
@@ -56,16 +48,36 @@ def is_video_name(name) -> bool:
 
 
 def is_animation(path) -> bool:
-    """A .gif/.webp file with more than one frame (Pillow reads the header only); anything
+    """A .gif/.webp/.png (APNG) file with more than one frame (Pillow reads the headers
+    only). One whose header says animated but whose frames cannot all be counted (a file
+    cut short) is one too: ``VideoReader`` keeps its frames and names where they end,
+    rather than a still of its first frame passing as the whole file. Anything else
     unreadable is not, and the image decoder then names what is wrong with it."""
     if Path(path).suffix.lower() not in ANIMATION_EXTS:
+        return False
+    try:  # a FIFO or device named *.png would block Image.open: the decoder names it
+        if not Path(path).is_file():
+            return False
+    except OSError:
         return False
     from PIL import Image
     try:
         with Image.open(path) as im:
-            return getattr(im, "n_frames", 1) > 1
+            if not getattr(im, "is_animated", False):
+                return False
+            try:
+                return im.n_frames > 1
+            except Exception:  # noqa: BLE001 - animated, frames cut short
+                return True
     except Exception:  # noqa: BLE001 - decided by the decoder later
         return False
+
+
+def partial_name(dst: Path) -> Path:
+    """Where a video with frames missing is published (``clip.partial.mp4`` for
+    ``clip.mp4``): never under the finished name, so a rerun does not skip it as done."""
+    dst = Path(dst)
+    return dst.with_name(f"{dst.stem}.partial{dst.suffix}")
 
 
 def output_suffix(src: Path) -> str:
@@ -82,30 +94,10 @@ def require_av():
     return av
 
 
-def pick_codec(wanted: str, suffix: str) -> str:
-    """The encoder for an output of ``suffix``: ``wanted`` when it is one, else (auto) H.264
-    (libx264 where this FFmpeg has it) and, for WebM, which cannot hold H.264, VP9."""
-    av = require_av()
-    encoders = {n for n in av.codecs_available if _is_encoder(av, n)}
-    if wanted != "auto":
-        if wanted not in encoders:
-            near = sorted(n for n in encoders if wanted.lower() in n.lower())[:8]
-            raise DataError(f"--video-codec {wanted}: not a video encoder of this FFmpeg"
-                            + (f" (similar: {', '.join(near)})" if near else ""))
-        return wanted
-    order = (("libvpx-vp9", "libvpx", "libsvtav1") if suffix == ".webm"
-             else ("libx264", "h264", "mpeg4"))
-    for name in order:
-        if name in encoders:
-            return name
-    raise DataError(f"no encoder for {suffix} in this FFmpeg (tried {', '.join(order)})")
-
-
-def _is_encoder(av, name: str) -> bool:
-    try:
-        return av.codec.Codec(name, "w").type == "video"
-    except Exception:  # noqa: BLE001 - a decoder-only name
-        return False
+def _hms(text: str) -> float:
+    """Seconds of a Matroska DURATION tag ("00:00:01.600000000"); 0.0 when not one."""
+    m = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", text.strip())
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else 0.0
 
 
 @dataclass(frozen=True)
@@ -166,20 +158,37 @@ class VideoReader:
         # What the container says the whole file lasts (seconds; 0 unknown): a file cut
         # short keeps it (Matroska, WebM), so frames that end well before it are said.
         self.declared = float(self._c.duration / 1e6) if self._c.duration else 0.0
+        # What the video stream itself says it lasts (0 unknown): MP4's track duration,
+        # Matroska's per-track DURATION tag. Frames that end well before it are missing
+        # whatever the audio does.
+        self.stream_declared = (float(s.duration * s.time_base) if s.duration
+                                else _hms(s.metadata.get("DURATION", "")))
 
     def _open_animation(self) -> None:
         from PIL import Image
         try:
             self._im = Image.open(self.path)
             self.width, self.height = self._im.size
-            self.frames = getattr(self._im, "n_frames", 1)
         except Exception as e:  # noqa: BLE001 - whatever the plug-in raises on a bad file
             raise ImageError(f"{self.path}: cannot decode: {_ff(e)}") from None
-        total = 0
-        for i in range(self.frames):  # header walk only: each frame's duration in ms
-            self._im.seek(i)
-            total += self._im.info.get("duration", 100) or 100
-        self.rate = Fraction(self.frames * 1000, total).limit_denominator(1001)
+        # A header walk, frame by frame (each frame's duration in ms), not ``n_frames``:
+        # a file cut short raises there, and its frames up to the cut are still kept.
+        durations: list[int] = []
+        while True:
+            try:
+                self._im.seek(len(durations))
+            except EOFError:
+                break
+            except Exception as e:  # noqa: BLE001 - the file breaks off here
+                self.failed.append((None, f"the file cannot be read past here: {_ff(e)}"))
+                break
+            # ms; APNG gives a float (its delay is a fraction): pts are whole ms
+            durations.append(round(self._im.info.get("duration", 100) or 100) or 1)
+        if not durations:
+            raise ImageError(f"{self.path}: cannot decode: {self.failed[-1][1]}")
+        self.frames = len(durations)
+        self._durations = durations
+        self.rate = Fraction(self.frames * 1000, sum(durations)).limit_denominator(1001)
         self._index_counts = True
 
     def __iter__(self):
@@ -208,6 +217,7 @@ class VideoReader:
                 if last is not None and pts <= last:
                     pts = last + 1  # an encoder refuses non-increasing pts
                 last = pts
+                self._last_duration = getattr(f, "duration", None) or 0  # ticks; 0 unknown
                 self.decoded.append(pts)
                 rgb = f.to_ndarray(format="rgb24")
                 turn = round((f.rotation or 0) / 90) % 4
@@ -217,7 +227,7 @@ class VideoReader:
 
     def _frames_animation(self):
         t = 0
-        for i in range(self.frames):
+        for i, duration in enumerate(self._durations):
             try:
                 self._im.seek(i)
                 rgb = np.asarray(to_rgb(self._im.convert("RGBA")))
@@ -226,7 +236,7 @@ class VideoReader:
             else:
                 self.decoded.append(t)
                 yield Frame(t, rgb)
-            t += self._im.info.get("duration", 100) or 100
+            t += duration
 
     def problems(self) -> list[str]:
         """After iterating: one line per frame that could not be decoded, by its index in
@@ -248,131 +258,55 @@ class VideoReader:
         if self.frames > seen and self._index_counts:
             lines.append(f"{self.path}: {self.frames - seen} of the {self.frames} frames its "
                          "index lists are missing: the file ends early (truncated?)")
+        elif (missing := self.frames_missing()) is not None:
+            lines.append(missing)
         return lines
 
-    def ends_early(self) -> str | None:
-        """After iterating: a note when the frames end well before the duration the
-        container declares (more than two frames and 0.1 s short: audio may outlast the
-        video by a little), else None. A note, not a failure: a container's duration can
-        cover a longer audio track."""
-        declared = getattr(self, "declared", 0.0)
-        if not declared or not len(self.decoded):
+    def _short(self) -> tuple[float, float, str] | None:
+        """After iterating: (where the frames end, the duration they fall short of, whose),
+        when they end more than two frames and 0.1 s before a declared duration (audio may
+        outlast the video by a little), else None."""
+        if not len(self.decoded):
             return None
         step = float(1 / self.rate) if self.rate else 0.04
-        end = float(max(self.decoded) * self.time_base) + step
-        if end < declared - max(2 * step, 0.1):
-            return (f"note: the frames end at {end:.3f} s of the {declared:.3f} s the "
-                    "container declares (a truncated file, or a longer audio track?)")
+        # The last frame lasts its own duration where the container states it (a variable
+        # rate's last frame may be shown for seconds), else one frame at the average rate.
+        last = getattr(self, "_last_duration", 0)
+        end = float(max(self.decoded) * self.time_base) + (
+            float(last * self.time_base) if last else step)
+        for declared, whose in ((getattr(self, "stream_declared", 0.0), "video stream"),
+                                (getattr(self, "declared", 0.0), "container")):
+            if declared and end < declared - max(2 * step, 0.1):
+                return end, declared, whose
         return None
+
+    def frames_missing(self) -> str | None:
+        """After iterating: a failure line when the frames end early and nothing but missing
+        frames explains it (the video stream's own duration says so, or the file has no
+        audio track that the container's duration could cover), else None."""
+        short = self._short()
+        if short is None or (short[2] == "container" and self.has_audio):
+            return None
+        end, declared, whose = short
+        return (f"{self.path}: the frames end at {end:.3f} s of the {declared:.3f} s the "
+                f"{whose} declares{'' if self.has_audio else ' (no audio track)'}: the "
+                "rest are missing (a truncated or damaged file)")
+
+    def ends_early(self) -> str | None:
+        """After iterating: a note when the frames end well before the duration only the
+        container declares and the file has an audio track: that duration can be the
+        audio's, so a note, not a failure (``frames_missing`` covers the rest)."""
+        short = self._short()
+        if short is None or short[2] != "container" or not self.has_audio:
+            return None
+        return (f"note: the frames end at {short[0]:.3f} s of the {short[1]:.3f} s the "
+                "container declares (a longer audio track, or a truncated file?)")
 
     def close(self) -> None:
         for name in ("_c", "_im"):
             if getattr(self, name, None) is not None:
                 getattr(self, name).close()
                 setattr(self, name, None)
-
-
-class VideoWriter:
-    """Encode frames to ``tmp`` (a staged temp path; the container comes from ``suffix``)
-    with ``codec`` at ``size`` (width, height), each at its source pts in ``reader``'s time
-    base, and copy the source's audio packets as they are. ``crf`` None: ``CRF_DEFAULT``.
-    Raises DataError (without a file name: the caller names the input) for a codec,
-    container, size or ``crf`` this FFmpeg refuses."""
-
-    def __init__(self, tmp: Path, suffix: str, reader: VideoReader, size: tuple[int, int],
-                 codec: str, crf: int | None = None):
-        av = require_av()
-        self.reader, self.tb = reader, reader.time_base
-        fmt = {".mkv": "matroska", ".mov": "mov", ".mp4": "mp4", ".webm": "webm",
-               ".avi": "avi"}[suffix]
-        self._out = av.open(str(tmp), "w", format=fmt)
-        self._src = None
-        try:
-            self._v = self._out.add_stream(codec, rate=reader.rate)
-            w, h = size
-            self._v.width, self._v.height = w, h
-            self._v.pix_fmt = self.pix_fmt = _pix_fmt(codec, w, h)
-            self._v.time_base = self.tb
-            self._v.codec_context.time_base = self.tb
-            options = {"threads": str(codec_threads(w, h))}
-            if codec in CRF_DEFAULT:
-                options["crf"] = str(CRF_DEFAULT[codec] if crf is None else crf)
-                if codec.startswith("libvpx"):
-                    options["b"] = "0"  # constant quality, no bit-rate cap
-            elif crf is not None:
-                raise DataError(f"--crf: {codec} has no constant-quality setting "
-                                f"(those that do: {', '.join(CRF_DEFAULT)})")
-            if codec in ("libx264", "libx264rgb"):
-                options["preset"] = X264_PRESET
-            if suffix == ".avi":
-                options["bf"] = "0"  # AVI stores decode order only: B-frames garble the pts
-            self._v.options = options
-            self._audio = {}
-            if reader.has_audio:  # (animations have none)
-                # A second handle on the source: its audio packets are muxed as the video
-                # reaches their time, so neither stream is read ahead in memory.
-                self._src = av.open(str(reader.path))
-                for a in self._src.streams.audio:
-                    self._audio[a.index] = self._out.add_stream_from_template(a)
-                self._packets = self._src.demux(*self._src.streams.audio)
-                self._pending = None
-        except av.error.FFmpegError as e:
-            self.close(abort=True)
-            raise DataError(f"cannot encode {codec} at {size[0]}x{size[1]}: {_ff(e)}"
-                            ) from None  # the sink names the input in front
-        except Exception:
-            self.close(abort=True)
-            raise
-        self.written = 0
-
-    def write(self, rgb: np.ndarray, pts: int) -> None:
-        av = require_av()
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts, frame.time_base = pts, self.tb
-        self._audio_until(pts * self.tb)
-        for packet in self._v.encode(frame):
-            self._out.mux(packet)
-        self.written += 1
-
-    def _audio_until(self, t) -> None:
-        """Mux the source's audio packets that start before ``t`` seconds (None: all)."""
-        if not self._audio:
-            return
-        av = require_av()
-        while True:
-            p = self._pending
-            if p is None:
-                try:
-                    p = next(self._packets)
-                except (StopIteration, av.error.FFmpegError):  # a truncated file ends here
-                    self._audio = {}
-                    return
-                if p.dts is None and p.pts is None:  # the demuxer's end-of-stream flush
-                    continue
-            at = (p.pts if p.pts is not None else p.dts) * p.time_base
-            if t is not None and at >= t:
-                self._pending = p
-                return
-            self._pending = None
-            p.stream = self._audio[p.stream.index]
-            self._out.mux(p)
-
-    def finish(self) -> None:
-        """Flush the encoder, the rest of the audio, the container."""
-        for packet in self._v.encode():
-            self._out.mux(packet)
-        self._audio_until(None)
-        self.close()
-
-    def close(self, abort: bool = False) -> None:
-        for c in (self._src, self._out):
-            if c is not None:
-                try:
-                    c.close()
-                except Exception:  # noqa: BLE001 - closing a half-written file on failure
-                    if not abort:
-                        raise
-        self._src = self._out = None
 
 
 # Frames up to this many pixels are decoded and encoded on one thread each. The model
@@ -389,10 +323,3 @@ def codec_threads(w: int, h: int) -> int:
     (``ONE_THREAD_PIXELS``)."""
     return 1 if w * h <= ONE_THREAD_PIXELS else (os.cpu_count() or 1)
 
-
-def _pix_fmt(codec: str, w: int, h: int) -> str:
-    """yuv420p (what every player plays); 4:4:4 where a side is odd (4:2:0 needs even
-    sides); RGB for lossless codecs."""
-    if codec in RGB_CODECS:
-        return RGB_CODECS[codec]
-    return "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"

@@ -11,9 +11,11 @@ file (``files.stage``). ``close`` finishes it and renames it over the target
 (``files.publish``): the output appears only when complete. ``abort`` removes the temp file;
 a killed run leaves only a hidden temp that the next run removes.
 
-Frames the decoder could not read are left out and named (``VideoReader.problems``): the
-video is still published, and ``close`` then raises an ImageError with those lines, so the
-job counts as failed (exit 1) while the frames that were read are kept.
+Frames the decoder could not read, or that a file cut short lacks, are left out and named
+(``VideoReader.problems``): the frames that were read are still published, as
+``<stem>.partial<ext>`` (``video.partial_name``; never the finished name, which a rerun
+would skip as done), and ``close`` then raises one ImageError (a first line naming the
+partial, the problems indented below), so the job counts as failed (exit 1), on a rerun too.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from . import files, images
 from .errors import ImageError, P2PError, one_line
 from .pieces import Piece
 from .plan import Job
-from .video import VideoReader, VideoWriter, output_suffix, pick_codec
+from .video import VideoReader, output_suffix, partial_name
+from .videoenc import VideoWriter, pick_codec
 
 _END = object()
 
@@ -42,6 +45,7 @@ class VideoStats:
     """What the summary says about videos; shared by the sinks (encoder threads)."""
 
     frames: int = 0
+    partial: int = 0  # videos published as <stem>.partial<ext> (frames missing)
     lines: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -98,7 +102,7 @@ class VideoSink:
                  stats: VideoStats, bar=None):
         self.job, self.reader, self.meta, self.cfg = job, reader, meta, cfg
         self.stats, self.bar, self.workers = stats, bar, workers
-        self.codec = pick_codec(cfg.video_codec, output_suffix(job.src))
+        self.codec = pick_codec(cfg.video_codec, output_suffix(job.src), cfg.crf)
         self.q: queue.Queue = queue.Queue(window)
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -179,20 +183,30 @@ class VideoSink:
         problems = self.reader.problems()
         if self.writer is None:
             raise ImageError("\n".join(problems) or f"{src}: no video frame in it")
+        # Frames missing: published as <stem>.partial<ext>, never under the finished
+        # name, so a rerun does not skip the input as done but fails it again.
+        dst = partial_name(self.job.dst) if problems else self.job.dst
         try:
-            files.publish(self.tmp, self.job.dst, fsync=False)
+            files.publish(self.tmp, dst, fsync=False)
+            if not problems:  # an earlier run's partial of this input is out of date
+                partial_name(dst).unlink(missing_ok=True)
         except OSError as e:
-            raise ImageError(f"{self.job.dst}: cannot write: {e.strerror or e}") from None
+            raise ImageError(f"{dst}: cannot write: {e.strerror or e}") from None
         self.published = True
         audio = self.reader.has_audio
+        n = f"{self.frames} frame{'' if self.frames == 1 else 's'}"
         with self.stats.lock:
             self.stats.frames += self.frames
             early = self.reader.ends_early()
-            self.stats.lines.append(f"{self.job.dst}: {self.frames} frames, {self.codec}"
+            self.stats.lines.append(f"{dst}: {n}, {self.codec}"
                                     f"{', audio copied' if audio else ''}"
+                                    f"{', PARTIAL (frames missing)' if problems else ''}"
                                     f"{'; ' + early if early else ''}")
+            if problems:
+                self.stats.partial += 1
         if problems:  # published with the frames that were read; the job still fails
-            raise ImageError("\n".join(problems))
+            raise ImageError("\n".join([f"{src}: frames missing; the {n} read are kept in "
+                                         f"{dst}:"] + ["  " + p for p in problems]))
 
     def abort(self) -> None:
         if self.published:

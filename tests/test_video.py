@@ -119,15 +119,34 @@ def test_truncated_file_keeps_its_frames_and_names_the_bad_one(model, clip, tmp_
     bad.write_bytes(data[:int(len(data) * 0.6)])
     r = run(bad, "--model", model, "-o", tmp_path / "out", *CPU)
     assert r.exit_code == 1, r.output
-    assert "failed 1" in r.output
-    lines = [ln for ln in r.output.splitlines() if ln.startswith("failed: ")]
-    assert any(f"{bad}: frame " in ln and "cannot be decoded" in ln for ln in lines), lines
-    assert any("are missing: the file ends early" in ln for ln in lines), lines
-    kept, t_out, _ = decode(tmp_path / "out" / "cut.mp4")
+    assert "failed 1, partial videos kept 1" in r.output
+    partial = tmp_path / "out" / "cut.partial.mp4"
+    # One failure entry: its first line names the partial, the problems indented below.
+    lines = r.output.splitlines()
+    failed = [k for k, ln in enumerate(lines) if ln.startswith("failed: ")]
+    assert len(failed) == 1, r.output
+    assert lines[failed[0]].startswith(f"failed: {bad}: frames missing; the ")
+    assert lines[failed[0]].endswith(f"frames read are kept in {partial}:")
+    detail = lines[failed[0] + 1:failed[0] + 3]
+    assert detail[0].startswith(f"  {bad}: frame ") and "cannot be decoded" in detail[0]
+    assert "are missing: the file ends early" in detail[1], detail
+    assert f"video: {partial}: " in r.output and "PARTIAL (frames missing)" in r.output
+    assert not (tmp_path / "out" / "cut.mp4").exists()
+    kept, t_out, _ = decode(partial)
     _, t_in, _ = decode(clip)
     assert 6 <= len(kept) < 24
     assert set(t_out) <= set(t_in)  # the kept frames keep their times
-    assert audio_packets(tmp_path / "out" / "cut.mp4")  # and the sound that was there
+    assert audio_packets(partial)  # and the sound that was there
+    # A rerun fails it again (the finished name is not there to skip), and keeps the partial.
+    os.utime(partial, (1, 1))
+    r = run(bad, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 1 and "translated 0, skipped 0, failed 1" in r.output, r.output
+    assert partial.stat().st_mtime > 1 and len(decode(partial)[0]) == len(kept)
+    # Once the input is whole, the finished video replaces the partial.
+    bad.write_bytes(data)
+    r = run(bad, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 0 and "translated 1, skipped 0, failed 0" in r.output, r.output
+    assert not partial.exists() and len(decode(tmp_path / "out" / "cut.mp4")[0]) == 24
 
 
 def test_animated_gif_is_a_video(model, tmp_path):
@@ -160,10 +179,11 @@ def test_codec_problems_are_one_line_and_leave_nothing(model, clip, tmp_path):
     out = tmp_path / "out"
     r = run(clip, "--model", model, "-o", out, "--video-codec", "nosuch264", *CPU)
     assert r.exit_code == 1 and "Error: --video-codec nosuch264: not a video encoder" in r.output
-    # Refused by the encoder once frames are flowing: no output, no temp file.
+    # A --crf the encoder has no setting for: one line before the model loads, no output.
     r = run(clip, "--model", model, "-o", out, "--video-codec", "mpeg4", "--crf", "5", *CPU)
-    assert r.exit_code == 1 and "mpeg4 has no constant-quality setting" in r.output, r.output
-    assert not (out / "clip.mp4").exists() and temps(out) == []
+    assert r.exit_code == 1 and "Error: --crf: mpeg4 has no constant-quality setting" \
+        in r.output, r.output
+    assert "model " not in r.output and not out.exists()
 
 
 def test_killed_run_leaves_no_partial_video(tmp_path):
@@ -189,6 +209,32 @@ def test_killed_run_leaves_no_partial_video(tmp_path):
     r = run(src, "--model", model, "-o", out, *CPU)
     assert r.exit_code == 0, r.output
     assert temps(out) == [] and len(decode(out / "long.mp4")[0]) == 96
+
+
+def test_sigterm_is_an_interrupt_that_leaves_no_temp(tmp_path):
+    """A plain kill (SIGTERM) unwinds like Ctrl-C: exit 1, and the temp video is removed by
+    the run itself, not left for the next one."""
+    model = slow_model(tmp_path / "slow.onnx", depth=8, width=32, image_size=64)
+    src = make_clip(tmp_path / "long.mp4", frames=96, size=128, audio=False)
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("p2p-translate")
+    cmd = [str(exe), str(src), "--model", str(model), "-o", str(out), "-b", "2", *CPU]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the encoder has written something
+            if out.is_dir() and any(p.stat().st_size > 0 for p in temps(out)):
+                break
+            assert proc.poll() is None, "finished before it could be killed: use a slower model"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, err
+    assert "Aborted!" in err
+    assert temps(out) == [] and not (out / "long.mp4").exists()
 
 
 def test_without_pyav_one_line_names_the_extra(model, clip, tmp_path):
@@ -259,9 +305,10 @@ def test_a_model_whose_outputs_are_not_8_bit_rgb_is_refused_before_decoding(clip
     assert not (tmp_path / "out" / "clip.mp4").exists()
 
 
-def test_a_stream_that_ends_before_the_declared_duration_is_noted(model, tmp_path):
-    """A Matroska file cut short keeps its declared duration: its frames are kept and the
-    summary says where they end, against the duration the container declares."""
+def test_a_matroska_file_cut_short_fails_and_keeps_its_frames(model, tmp_path):
+    """A Matroska file cut short keeps its declared duration (and the video track's own
+    DURATION tag): with no audio track to explain the gap, the missing frames fail the
+    input (exit 1) and the frames that were read are kept as a partial video."""
     import av
 
     whole = make_clip(tmp_path / "whole.mkv", frames=48, size=64, audio=False,
@@ -274,9 +321,92 @@ def test_a_stream_that_ends_before_the_declared_duration_is_noted(model, tmp_pat
     with av.open(str(cut)) as c:
         assert c.duration and abs(c.duration / 1e6 - declared) < 1e-3  # still declared
     r = run(cut, "--model", model, "-o", tmp_path / "out", *CPU)
-    assert "the container declares (a truncated file" in r.output, r.output
-    kept, _, _ = decode(tmp_path / "out" / "cut.mkv")
-    assert 0 < len(kept) < 48
+    assert r.exit_code == 1, r.output
+    assert f"s of the {declared:.3f} s the video stream declares (no audio track): the " \
+        "rest are missing" in r.output, r.output
+    assert "longer audio track" not in r.output
+    kept, _, _ = decode(tmp_path / "out" / "cut.partial.mkv")
+    assert 0 < len(kept) < 48 and not (tmp_path / "out" / "cut.mkv").exists()
+    # The whole file still passes: the check can tell the two apart.
+    r = run(whole, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 0 and "48 frames" in r.output, r.output
+
+
+def test_a_longer_audio_track_is_a_note_not_missing_frames(model, tmp_path):
+    """A container whose duration is its longer audio track's: every frame is there (the
+    video stream's own duration says so), so exit 0, with a note."""
+    src = make_clip(tmp_path / "long_sound.mkv", frames=24, size=64, audio_seconds=3)
+    r = run(src, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 0, r.output
+    assert "the container declares (a longer audio track" in r.output, r.output
+    assert len(decode(tmp_path / "out" / "long_sound.mkv")[0]) == 24
+
+
+def test_a_cut_animation_fails_with_its_frames_kept_and_apng_is_an_animation(model,
+                                                                            tmp_path):
+    """A GIF cut short (Pillow: is_animated, but n_frames raises) is not a still of its
+    first frame: its frames up to the cut are kept as a partial video, exit 1. An animated
+    PNG is an animation like GIF/WebP: every frame, at its own duration."""
+    ims = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), np.uint8))
+           for i in range(12)]
+    ims[0].save(tmp_path / "whole.gif", save_all=True, append_images=ims[1:], duration=80)
+    data = (tmp_path / "whole.gif").read_bytes()
+    (tmp_path / "cut.gif").write_bytes(data[:len(data) // 2])
+    r = run(tmp_path / "cut.gif", "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 1, r.output
+    assert "the file cannot be read past here" in r.output, r.output
+    assert not (tmp_path / "out" / "cut.png").exists()
+    kept, _, _ = decode(tmp_path / "out" / "cut.partial.mp4")
+    assert 1 < len(kept) < 12
+    ims[0].save(tmp_path / "anim.png", save_all=True, append_images=ims[1:6],
+                duration=[100, 50, 100, 200, 100, 100])
+    r = run(tmp_path / "anim.png", "--model", model, "-o", tmp_path / "apng", *CPU)
+    assert r.exit_code == 0, r.output
+    got, times, _ = decode(tmp_path / "apng" / "anim.mp4")
+    assert len(got) == 6 and [float(t) for t in times] == [0, 0.1, 0.15, 0.25, 0.45, 0.55]
+    assert not (tmp_path / "apng" / "anim.png").exists()
+
+
+def test_tile_says_video_frames_are_not_tiled(model, tmp_path):
+    src = make_clip(tmp_path / "v.mp4", frames=3, size=64, audio=False)
+    r = run(src, "--model", model, "-o", tmp_path / "out", "--tile", *CPU)
+    assert r.exit_code == 0, r.output
+    assert "note: --tile tiles images only; the frames of 1 video(s) are not tiled" in r.output
+    assert "tiles/s" not in r.output and "tiles: " not in r.output
+    Image.fromarray(np.zeros((64, 96, 3), np.uint8)).save(tmp_path / "img.png")
+    r = run(src, tmp_path / "img.png", "--model", model, "-o", tmp_path / "mix", "--tile", *CPU)
+    assert r.exit_code == 0, r.output
+    # 96x64 in 64 px tiles of the default 16 px overlap: 2 tiles, the 3 frames not counted
+    assert "tiles: 64x64" in r.output
+    rate = [ln for ln in r.output.splitlines() if ln.startswith("translated 2")][0]
+    assert " images/s, " in rate and " tiles/s " in rate
+
+
+def test_encoders_that_need_other_pixel_formats_work_or_are_refused_up_front(model, tmp_path):
+    one = make_clip(tmp_path / "one.mp4", frames=1, size=(66, 50), audio=False)
+    r = run(one, "--model", model, "-o", tmp_path / "mj", "--video-codec", "mjpeg", *CPU)
+    assert r.exit_code == 0, r.output
+    assert "one.mp4: 1 frame, mjpeg" in r.output  # full-range YUV, as JPEG needs
+    got, _, info = decode(tmp_path / "mj" / "one.mp4")
+    assert len(got) == 1 and info["codec"] == "mjpeg" and info["pix_fmt"] == "yuvj420p"
+    # gif takes palettes only: one line before the model loads, nothing written
+    r = run(one, "--model", model, "-o", tmp_path / "gif", "--video-codec", "gif", *CPU)
+    assert r.exit_code == 1 and "Error: --video-codec gif: cannot encode" in r.output
+    assert "model " not in r.output and not (tmp_path / "gif").exists()
+
+
+def test_x265_is_quiet(model, tmp_path):
+    import av
+
+    if "libx265" not in av.codecs_available:
+        pytest.skip("this FFmpeg has no libx265")
+    src = make_clip(tmp_path / "v.mp4", frames=4, size=64, audio=False)
+    exe = Path(sys.executable).with_name("p2p-translate")
+    p = subprocess.run([str(exe), str(src), "--model", str(model), "-o", str(tmp_path / "o"),
+                        "--video-codec", "libx265", *CPU], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "x265 [" not in p.stderr, p.stderr
+    assert len(decode(tmp_path / "o" / "v.mp4")[0]) == 4
 
 
 def animation(path: Path, frames: int = 4, size=(48, 40)) -> Path:

@@ -4,6 +4,7 @@
     make_clip(path, vfr=[20, 50, 33, 100])                     # variable frame durations (ms)
     make_clip(path, codec="ffv1", repeat=4)                    # lossless; frame i == frame i+4
     make_clip(path, images=[rgb, ...])                         # these frames (H, W, 3) uint8
+    make_clip(path, audio_seconds=3)                           # sound longer than the video
     decode(path) -> (frames (list of (H, W, 3) uint8), pts seconds (list of Fraction), info)
     audio_packets(path) -> [(pts, dts, bytes)] of the first audio stream
 """
@@ -29,8 +30,9 @@ def pattern(i: int, w: int, h: int) -> np.ndarray:
 
 def make_clip(path, frames: int = 24, size=256, rate: int = 24, audio: bool = True,
               vfr=None, codec: str = "libx264", repeat: int | None = None, images=None,
-              faststart: bool = True) -> Path:
-    """Write a clip; ``size`` is an int (square) or (w, h). Returns ``path``."""
+              faststart: bool = True, audio_seconds: float | None = None) -> Path:
+    """Write a clip; ``size`` is an int (square) or (w, h); ``audio_seconds``: the sound's
+    length (default: the video's). Returns ``path``."""
     path = Path(path)
     w, h = (size, size) if isinstance(size, int) else size
     options = {"movflags": "faststart"} if faststart and path.suffix in (".mp4", ".mov") else {}
@@ -59,7 +61,7 @@ def make_clip(path, frames: int = 24, size=256, rate: int = 24, audio: bool = Tr
         out.mux(p)
     if a is not None:
         sr, s = 44100, 0
-        total = int(sr * n / rate)
+        total = int(sr * (n / rate if audio_seconds is None else audio_seconds))
         while s < total:
             k = np.arange(s, s + 1024)
             data = (0.3 * np.sin(2 * np.pi * 440 * k / sr)).astype(np.float32)[None]
