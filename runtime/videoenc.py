@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .video import VideoReader, _ff, codec_threads, require_av
+from .video import ONE_THREAD_PIXELS, VideoReader, _ff, codec_threads, require_av
 
 # Constant-quality defaults that do not visibly degrade frames: x264's "visually lossless"
 # 18 (x264 docs / FFmpeg H.264 guide: 17-18), and the VP9/AV1 equivalents of the FFmpeg guides.
@@ -25,6 +25,14 @@ CRF_DEFAULT = {"libx264": 18, "libx265": 20, "libvpx-vp9": 24, "libvpx": 10, "li
 # the same size and 0.6 dB less PSNR (39.9 vs 40.5 dB against the frames; measured side by
 # side on the 2-core AMD EPYC Zen 4, BENCHMARKS.md).
 X264_PRESET = "veryfast"
+# Small frames (up to ONE_THREAD_PIXELS, a model's own size among them) get superfast: there
+# the encoder's CPU time is taken from the model's, frame for frame (on 256x256 facades
+# frames at CRF 18, one thread: 1.8 vs 2.8 CPU ms a frame, the INT8 model ~40), and
+# superfast kept *more* of the frames (37.6 vs 35.3 dB against the same frames through
+# yuv420p alone) for files 16% larger (772 vs 668 kB for 128 frames). At 1280x720 its files
+# were 2.1x larger for 18% less CPU: veryfast stays there. Measured side by side on the
+# 2-core AMD EPYC Zen 4 (BENCHMARKS.md, round 3, second session).
+X264_PRESET_SMALL = "superfast"
 # Lossless codecs store RGB as it is (no 4:2:0 chroma subsampling): bit-exact frames.
 RGB_CODECS = {"ffv1": "bgr0", "png": "rgb24", "huffyuv": "rgb24", "libx264rgb": "rgb24"}
 # JPEG codecs take full-range YUV only (FFmpeg refuses limited range without -strict).
@@ -75,7 +83,8 @@ def _try_encoder(codec: str, suffix: str, crf: int | None) -> None:
 
 def encoder_options(codec: str, suffix: str, w: int, h: int, crf: int | None) -> dict:
     """The FFmpeg options of ``codec`` for ``w`` x ``h`` frames into ``suffix``: threads,
-    constant quality (``crf`` None: ``CRF_DEFAULT``), x264's preset, x265's own logging
+    constant quality (``crf`` None: ``CRF_DEFAULT``), x264's preset (``X264_PRESET_SMALL``
+    for frames up to ``ONE_THREAD_PIXELS``, else ``X264_PRESET``), x265's own logging
     off (it prints ~25 info lines to stderr itself, past FFmpeg's log level). Raises
     DataError for a ``crf`` the codec has no setting for."""
     options = {"threads": str(codec_threads(w, h))}
@@ -87,7 +96,7 @@ def encoder_options(codec: str, suffix: str, w: int, h: int, crf: int | None) ->
         raise DataError(f"--crf: {codec} has no constant-quality setting "
                         f"(those that do: {', '.join(CRF_DEFAULT)})")
     if codec in ("libx264", "libx264rgb"):
-        options["preset"] = X264_PRESET
+        options["preset"] = X264_PRESET_SMALL if w * h <= ONE_THREAD_PIXELS else X264_PRESET
     if codec == "libx265":
         options["x265-params"] = "log-level=error"
     if suffix == ".avi":
