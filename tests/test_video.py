@@ -186,34 +186,9 @@ def test_codec_problems_are_one_line_and_leave_nothing(model, clip, tmp_path):
     assert "model " not in r.output and not out.exists()
 
 
-def test_killed_run_leaves_no_partial_video(tmp_path):
-    """kill -9 in the middle: the target does not exist (only a hidden temp), and the next
-    run removes the temp and writes the whole video."""
-    model = slow_model(tmp_path / "slow.onnx", depth=8, width=32, image_size=64)
-    src = make_clip(tmp_path / "long.mp4", frames=96, size=128, audio=False)
-    out = tmp_path / "out"
-    exe = Path(sys.executable).with_name("p2p-translate")
-    cmd = [str(exe), str(src), "--model", str(model), "-o", str(out), "-b", "2", *CPU]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # until the encoder has written something
-            if out.is_dir() and any(p.stat().st_size > 0 for p in temps(out)):
-                break
-            assert proc.poll() is None, "finished before it could be killed: use a slower model"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert not (out / "long.mp4").exists() and len(temps(out)) == 1
-    r = run(src, "--model", model, "-o", out, *CPU)
-    assert r.exit_code == 0, r.output
-    assert temps(out) == [] and len(decode(out / "long.mp4")[0]) == 96
-
-
-def test_sigterm_is_an_interrupt_that_leaves_no_temp(tmp_path):
-    """A plain kill (SIGTERM) unwinds like Ctrl-C: exit 1, and the temp video is removed by
-    the run itself, not left for the next one."""
+def signalled_midway(tmp_path, sig) -> tuple[Path, Path, subprocess.Popen, str]:
+    """A slow 96-frame video run, sent ``sig`` once its encoder has written something:
+    (src, out, the finished process, its stderr)."""
     model = slow_model(tmp_path / "slow.onnx", depth=8, width=32, image_size=64)
     src = make_clip(tmp_path / "long.mp4", frames=96, size=128, audio=False)
     out = tmp_path / "out"
@@ -227,11 +202,29 @@ def test_sigterm_is_an_interrupt_that_leaves_no_temp(tmp_path):
                 break
             assert proc.poll() is None, "finished before it could be killed: use a slower model"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.wait()
+    return src, out, proc, err
+
+
+def test_killed_run_leaves_no_partial_video(tmp_path):
+    """kill -9 in the middle: the target does not exist (only a hidden temp), and the next
+    run removes the temp and writes the whole video."""
+    src, out, _, _ = signalled_midway(tmp_path, signal.SIGKILL)
+    assert not (out / "long.mp4").exists() and len(temps(out)) == 1
+    model = tmp_path / "slow.onnx"
+    r = run(src, "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 0, r.output
+    assert temps(out) == [] and len(decode(out / "long.mp4")[0]) == 96
+
+
+def test_sigterm_is_an_interrupt_that_leaves_no_temp(tmp_path):
+    """A plain kill (SIGTERM) unwinds like Ctrl-C: exit 1, and the temp video is removed by
+    the run itself, not left for the next one."""
+    _, out, proc, err = signalled_midway(tmp_path, signal.SIGTERM)
     assert proc.returncode == 1, err
     assert "Aborted!" in err
     assert temps(out) == [] and not (out / "long.mp4").exists()
