@@ -22,21 +22,27 @@ from p2p.runtime.pipeline import TranslateConfig, translate
 
 @contextlib.contextmanager
 def _term_as_interrupt():
-    """SIGTERM (a plain ``kill``, a service manager stopping the run) as Ctrl-C: the run
-    unwinds, its sinks remove their temp files, and the command exits 1 ("Aborted!")
-    instead of dying at once with the temps left for the next run to remove."""
+    """SIGTERM (a plain ``kill``, a service manager stopping the run) and SIGHUP (a closed
+    terminal) as Ctrl-C: the run unwinds, its sinks remove their temp files, and the
+    command exits 1 ("Aborted!") instead of dying at once with the temps left for the next
+    run to remove. Further TERM/HUP signals are ignored while it cleans up."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
 
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
     def interrupt(signum, frame):
+        for s in signals:  # a second kill must not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    before = signal.signal(signal.SIGTERM, interrupt)
+    before = {s: signal.signal(s, interrupt) for s in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 @click.command(context_settings=CONTEXT)

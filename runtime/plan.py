@@ -26,6 +26,9 @@ class Job:
     dst: Path
     root: Path  # the output folder this job's tree is mirrored into (gallery location)
     video: bool = False  # a video or animation: frames in, a video out (p2p.runtime.videorun)
+    # A video's output when frames are missing (``partial_output``): never the finished
+    # name, nor any name another input of its folder or of this run is written to.
+    partial: Path | None = None
 
 
 def _natural(s: str):
@@ -105,7 +108,48 @@ def plan(cfg,
         else:
             seen[real] = Job(src, dst, root, is_video)
             jobs.append(seen[real])
-    return jobs, refused
+    return _with_partials(jobs, cfg.fmt), refused
+
+
+def _with_partials(jobs: list[Job], fmt: str) -> list[Job]:
+    """Video jobs with their ``partial`` output (``partial_output``), checked against the
+    outputs of every file of the source folder (by the one naming rule) and of this run."""
+    if not any(j.video for j in jobs):
+        return jobs
+    taken = {j.dst for j in jobs}
+    folders: dict[Path, set[str]] = {}
+    out = []
+    for job in jobs:
+        if job.video:
+            names = folders.get(job.src.parent)
+            if names is None:
+                try:
+                    siblings = [job.src.parent / rel for rel in list_images(
+                        job.src.parent, recursive=False, match=translatable)]
+                except OSError:
+                    siblings = []
+                names = folders[job.src.parent] = set(output_names(
+                    siblings, lambda p: output_suffix(p, fmt, is_moving(p)), translatable))
+            job = Job(job.src, job.dst, job.root, True,
+                      partial_output(job, {d for d in taken if d.parent == job.dst.parent}
+                                     | {job.dst.parent / n for n in names}))
+        out.append(job)
+    return out
+
+
+def partial_output(job: Job, taken: set[Path]) -> Path:
+    """Where ``job``'s video goes when frames are missing: ``<stem>.partial<ext>``
+    (``clip.partial.mp4``), or ``<name>.partial<ext>`` (``clip.mp4.partial.mp4``) where an
+    input's output already has that name (a ``clip.partial.mp4`` beside ``clip.mp4``): a
+    partial never overwrites another output, and a rerun that completes removes only its
+    own. DataError when both are taken."""
+    dst = job.dst
+    for name in (f"{dst.stem}.partial{dst.suffix}", f"{job.src.name}.partial{dst.suffix}"):
+        if dst.with_name(name) not in taken:
+            return dst.with_name(name)
+    raise DataError(f"{job.src}: no name for its partial video beside {dst}: "
+                    f"{dst.stem}.partial{dst.suffix} and {job.src.name}.partial{dst.suffix} "
+                    "are other inputs' outputs; rename one of them")
 
 
 def _once(pairs: list[tuple[Path, Path, Path, bool]]) -> list[tuple[Path, Path, Path, bool]]:

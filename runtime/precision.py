@@ -149,7 +149,7 @@ def choose(requested: str | None, model_precision: str, provider: str,
         raise ModelError(f"{model} is a float export: --precision int8 needs an INT8 file "
                          "(p2p-export RUN --int8 writes generator.int8.onnx)")
     if requested == "fp32":
-        return Choice("fp32", "fp32: asked for (the exact path)", None)
+        return Choice("fp32", "asked for with --precision fp32 (the exact path)", None)
     bf16 = native(flags, REGISTRY["bf16"].native)
     if requested == "bf16":
         if provider != "openvino":
@@ -162,7 +162,7 @@ def choose(requested: str | None, model_precision: str, provider: str,
         if bf16 is None:
             raise ProviderError("precision bf16 needs a CPU with native BF16 (AMX or "
                                 "AVX512_BF16); this one has neither; use fp32")
-        return Choice("bf16", f"bf16: asked for; the CPU has native BF16 ({bf16})", "bf16")
+        return Choice("bf16", f"asked for with --precision bf16; the CPU has native BF16 ({bf16})", "bf16")
     if provider == "openvino" and bf16 is not None and output_depth != "uint8":
         # BF16 keeps 8 significant bits: a [-1, 1] output near 1 moves in steps of 1/256,
         # 128 levels of a 16-bit image; the model's depth would be written but not computed.

@@ -185,11 +185,14 @@ class VideoSink:
             raise ImageError("\n".join(problems) or f"{src}: no video frame in it")
         # Frames missing: published as <stem>.partial<ext>, never under the finished
         # name, so a rerun does not skip the input as done but fails it again.
-        dst = partial_name(self.job.dst) if problems else self.job.dst
+        partial = self.job.partial or partial_name(self.job.dst)  # plan() sets it
+        dst = partial if problems else self.job.dst
         try:
             files.publish(self.tmp, dst, fsync=False)
-            if not problems:  # an earlier run's partial of this input is out of date
-                partial_name(dst).unlink(missing_ok=True)
+            # The other of the two is out of date: an earlier run's partial once the input
+            # is whole; an earlier finished output once it is not (--overwrite), which a
+            # later run would otherwise skip as done.
+            (self.job.dst if problems else partial).unlink(missing_ok=True)
         except OSError as e:
             raise ImageError(f"{dst}: cannot write: {e.strerror or e}") from None
         self.published = True

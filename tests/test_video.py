@@ -186,9 +186,9 @@ def test_codec_problems_are_one_line_and_leave_nothing(model, clip, tmp_path):
     assert "model " not in r.output and not out.exists()
 
 
-def signalled_midway(tmp_path, sig) -> tuple[Path, Path, subprocess.Popen, str]:
-    """A slow 96-frame video run, sent ``sig`` once its encoder has written something:
-    (src, out, the finished process, its stderr)."""
+def signalled_midway(tmp_path, *sigs) -> tuple[Path, Path, subprocess.Popen, str]:
+    """A slow 96-frame video run, sent ``sigs`` (0.2 s apart) once its encoder has written
+    something: (src, out, the finished process, its stderr)."""
     model = slow_model(tmp_path / "slow.onnx", depth=8, width=32, image_size=64)
     src = make_clip(tmp_path / "long.mp4", frames=96, size=128, audio=False)
     out = tmp_path / "out"
@@ -202,7 +202,11 @@ def signalled_midway(tmp_path, sig) -> tuple[Path, Path, subprocess.Popen, str]:
                 break
             assert proc.poll() is None, "finished before it could be killed: use a slower model"
             time.sleep(0.05)
-        proc.send_signal(sig)
+        for k, sig in enumerate(sigs):
+            if k:
+                time.sleep(0.2)
+            if proc.poll() is None:
+                proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -221,10 +225,14 @@ def test_killed_run_leaves_no_partial_video(tmp_path):
     assert temps(out) == [] and len(decode(out / "long.mp4")[0]) == 96
 
 
-def test_sigterm_is_an_interrupt_that_leaves_no_temp(tmp_path):
-    """A plain kill (SIGTERM) unwinds like Ctrl-C: exit 1, and the temp video is removed by
-    the run itself, not left for the next one."""
-    _, out, proc, err = signalled_midway(tmp_path, signal.SIGTERM)
+@pytest.mark.parametrize("sigs", [(signal.SIGTERM,), (signal.SIGHUP,),
+                                  (signal.SIGTERM, signal.SIGTERM)],
+                         ids=["term", "hup", "term-twice"])
+def test_sigterm_is_an_interrupt_that_leaves_no_temp(tmp_path, sigs):
+    """A plain kill (SIGTERM) or a closed terminal (SIGHUP) unwinds like Ctrl-C: exit 1,
+    and the temp video is removed by the run itself, not left for the next one; a second
+    kill during the clean-up does not cut it short."""
+    _, out, proc, err = signalled_midway(tmp_path, *sigs)
     assert proc.returncode == 1, err
     assert "Aborted!" in err
     assert temps(out) == [] and not (out / "long.mp4").exists()
@@ -296,6 +304,47 @@ def test_a_model_whose_outputs_are_not_8_bit_rgb_is_refused_before_decoding(clip
     assert f"failed: {clip}: a video's frames are 8-bit RGB" in r.output
     assert "uint16" in r.output and "to_array" not in r.output
     assert not (tmp_path / "out" / "clip.mp4").exists()
+
+
+def test_a_partial_never_takes_another_inputs_output(model, clip, tmp_path):
+    """A damaged v.mp4 beside a whole v.partial.mp4 (whose output is v.partial.mp4): v's
+    partial goes to v.mp4.partial.mp4, the other output is kept, and a later whole v.mp4
+    removes only its own partial, also when v.partial.mp4 is not among the inputs."""
+    src = tmp_path / "in"
+    src.mkdir()
+    data = clip.read_bytes()
+    (src / "v.mp4").write_bytes(data[:int(len(data) * 0.6)])
+    (src / "v.partial.mp4").write_bytes(data)
+    out = tmp_path / "out"
+    r = run(src, "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 1 and "translated 1, skipped 0, failed 1" in r.output, r.output
+    own = out / "v.mp4.partial.mp4"
+    assert f"kept in {own}" in r.output
+    assert len(decode(out / "v.partial.mp4")[0]) == 24  # the whole input's output, intact
+    assert 0 < len(decode(own)[0]) < 24
+    r = run(src, "--model", model, "-o", out, *CPU)  # a rerun: the whole one is done
+    assert r.exit_code == 1 and "skipped 1, failed 1" in r.output, r.output
+    assert len(decode(out / "v.partial.mp4")[0]) == 24
+    (src / "v.mp4").write_bytes(data)  # whole now, translated alone
+    r = run(src / "v.mp4", "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 0, r.output
+    assert not own.exists() and len(decode(out / "v.partial.mp4")[0]) == 24
+
+
+def test_overwrite_with_frames_missing_removes_the_old_finished_video(model, clip, tmp_path):
+    """--overwrite of a video whose input is now damaged: the old finished output is no
+    translation of this input any more, so it goes (a later run must not skip it as done)."""
+    data = clip.read_bytes()
+    src = tmp_path / "t.mp4"
+    src.write_bytes(data)
+    out = tmp_path / "out"
+    assert run(src, "--model", model, "-o", out, *CPU).exit_code == 0
+    src.write_bytes(data[:int(len(data) * 0.6)])
+    r = run(src, "--model", model, "-o", out, "--overwrite", *CPU)
+    assert r.exit_code == 1, r.output
+    assert (out / "t.partial.mp4").exists() and not (out / "t.mp4").exists()
+    r = run(src, "--model", model, "-o", out, *CPU)
+    assert r.exit_code == 1 and "skipped 0" in r.output, r.output
 
 
 def test_a_matroska_file_cut_short_fails_and_keeps_its_frames(model, tmp_path):
