@@ -9,6 +9,7 @@ unchanged, interleaved with the video as it goes (no re-encode, no audio track i
 from __future__ import annotations
 
 import functools
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,6 +36,9 @@ X264_PRESET = "veryfast"
 X264_PRESET_SMALL = "superfast"
 # Lossless codecs store RGB as it is (no 4:2:0 chroma subsampling): bit-exact frames.
 RGB_CODECS = {"ffv1": "bgr0", "png": "rgb24", "huffyuv": "rgb24", "libx264rgb": "rgb24"}
+# FFmpeg's muxer of each video container p2p writes (the output keeps the input's).
+CONTAINERS = {".mkv": "matroska", ".mov": "mov", ".mp4": "mp4", ".webm": "webm",
+              ".avi": "avi"}
 # JPEG codecs take full-range YUV only (FFmpeg refuses limited range without -strict).
 JPEG_CODECS = frozenset({"mjpeg"})
 
@@ -79,6 +83,23 @@ def _try_encoder(codec: str, suffix: str, crf: int | None) -> None:
     except av.error.FFmpegError as e:
         raise DataError(f"--video-codec {codec}: cannot encode RGB frames "
                         f"({cc.pix_fmt}): {_ff(e)}") from None
+    # ... and the container must take it (WebM holds VP8/VP9/AV1 only): its header is
+    # written once into memory, so a mismatch is one line too, not a failure per video.
+    out = av.open(io.BytesIO(), "w", format=CONTAINERS[suffix])
+    try:
+        stream = out.add_stream(codec, rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = cc.pix_fmt
+        stream.options = options  # x265's quiet logging too
+        out.start_encoding()
+    except (av.error.FFmpegError, ValueError) as e:
+        raise DataError(f"--video-codec {codec}: cannot go into {suffix} files: "
+                        f"{_ff(e)}") from None
+    finally:
+        try:
+            out.close()
+        except Exception:  # noqa: BLE001 - an in-memory header that was never finished
+            pass
 
 
 def encoder_options(codec: str, suffix: str, w: int, h: int, crf: int | None) -> dict:
@@ -122,8 +143,7 @@ class VideoWriter:
                  codec: str, crf: int | None = None):
         av = require_av()
         self.reader, self.tb = reader, reader.time_base
-        fmt = {".mkv": "matroska", ".mov": "mov", ".mp4": "mp4", ".webm": "webm",
-               ".avi": "avi"}[suffix]
+        fmt = CONTAINERS[suffix]
         self._out = av.open(str(tmp), "w", format=fmt)
         self._src = None
         try:

@@ -214,6 +214,17 @@ def signalled_midway(tmp_path, *sigs) -> tuple[Path, Path, subprocess.Popen, str
     return src, out, proc, err
 
 
+def test_a_codec_the_container_cannot_hold_is_one_line_up_front(model, tmp_path):
+    """--video-codec mjpeg for a .webm input (WebM holds VP8/VP9/AV1 only): refused once,
+    before the model loads, not a failure per video after it."""
+    src = make_clip(tmp_path / "a.webm", frames=4, size=64, audio=False, codec="libvpx-vp9")
+    out = tmp_path / "out"
+    r = run(src, "--model", model, "-o", out, "--video-codec", "mjpeg", *CPU)
+    assert r.exit_code == 1, r.output
+    assert "Error: --video-codec mjpeg: cannot go into .webm files" in r.output, r.output
+    assert "model " not in r.output and not out.exists()
+
+
 def test_killed_run_leaves_no_partial_video(tmp_path):
     """kill -9 in the middle: the target does not exist (only a hidden temp), and the next
     run removes the temp and writes the whole video."""
