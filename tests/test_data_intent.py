@@ -174,6 +174,39 @@ def _notes(d: Path) -> list[str]:
     return build_datasets(d, None, None, False, "AtoB", 32, 32, False, 0, check=False)[0].notes
 
 
+def test_translate_outputs_are_never_training_data_in_any_layout(tmp_path):
+    """A flat --data folder (no train/) with p2p-translate's output inside it trains on the
+    originals only and says which folders it left out; so do train/ and val/ with an output
+    folder inside them (nested at any depth)."""
+    from p2p.trainer.data import build_datasets
+
+    d = tmp_path / "flat"
+    a = save(d / "0.png", 64, 32, 0)
+    b = save(d / "sub" / "1.png", 64, 32, 1)
+    save(d / "sub-translated" / "0.png", 32, 32, 2)
+    save(d / "sub" / "deep-translated" / "1.png", 32, 32, 3)
+    (d / "empty-translated").mkdir()  # holds no images: not worth a note
+    train_set, samples = build_datasets(d, None, None, False, "AtoB", 32, 32, False, 0,
+                                        check=False)
+    assert train_set.items == [a, b] == samples.items
+    assert train_set.notes == [
+        f"note: 2 p2p-translate output folders (*-translated) in {d} are not used "
+        f"({d / 'sub' / 'deep-translated'}, {d / 'sub-translated'}): translated images are "
+        "never training data; rename them to train on them"]
+
+    d = tmp_path / "layout"
+    t = save(d / "train" / "0.png", 64, 32, 0)
+    v = save(d / "val" / "1.png", 64, 32, 1)
+    save(d / "val" / "val-translated" / "1.png", 32, 32, 2)
+    train_set, samples = build_datasets(d, None, None, False, "AtoB", 32, 32, False, 0,
+                                        check=False)
+    assert train_set.items == [t] and samples.items == [v]
+    assert train_set.notes == [
+        f"note: 1 p2p-translate output folder (*-translated) in {d} is not used "
+        f"({d / 'val' / 'val-translated'}): translated images are never training data; "
+        "rename it to train on it"]
+
+
 def test_the_left_out_note_skips_translate_outputs_and_fits_the_layout(tmp_path):
     """p2p-translate's *-translated folders are never suggested as training data; without
     val/ the note says samples come from train/ (as the line after it does); an empty

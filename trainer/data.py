@@ -328,13 +328,13 @@ def build_datasets(data: Path | None, data_a: Path | None, data_b: Path | None,
         train_items = pair_files(train_a, train_b)
         val_items = pair_files(val_a, val_b) if val_a and val_b else train_items
         mode, held = "two-folders", val_a
-        notes = [n for side in (data_a, data_b) if (n := left_out(side, held))]
+        notes = [n for side in (data_a, data_b) for n in left_out(side, held)]
     else:
         train_dir, held = split_dirs(data)
         mode = "lab" if lab_colorization else "side-by-side"
         train_items = list_training(train_dir, data)
         val_items = list_images(held) if held else train_items
-        notes = [n] if (n := left_out(data, held)) else []
+        notes = left_out(data, held)
     kw = dict(mode=mode, direction=direction, image_size=image_size, load_size=load_size,
               flip=flip, seed=seed, in_channels=in_channels, out_channels=out_channels)
     train, samples = PairDataset(train_items, **kw), PairDataset(val_items, **kw)

@@ -15,12 +15,15 @@ def list_images(folder: Path) -> list[Path]:
     """Sorted image files in ``folder`` and its subfolders (p2p-process mirrors nested
     folders, so a set it made is nested too); a missing or empty folder is a DataError.
     Entries with an image name that are not regular files (a FIFO, a dangling or looping
-    link) are listed too, so that the check reports them instead of silently dropping them."""
+    link) are listed too, so that the check reports them instead of silently dropping them.
+    p2p-translate's output folders (``*-translated``) are never training data, at any depth
+    (``translated_folders`` names them for the note)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such data folder")
     unlisted: list[OSError] = []
-    files = [folder / rel for rel in listing.list_images(folder, errors=unlisted)]
+    files = [folder / rel for rel in listing.list_images(
+        folder, errors=unlisted, skip_dir=listing.is_output_folder)]
     if unlisted:  # its images would be left out without a word
         raise DataError(f"{unlisted[0].filename}: cannot list this folder: "
                         f"{unlisted[0].strerror or unlisted[0]}" + (
@@ -55,25 +58,48 @@ def outside(root: Path) -> list[Path]:
         if (root / "train").is_dir() else []
 
 
-def left_out(root: Path, held: Path | None) -> str | None:
-    """A note line naming the images under ``root`` that ``split_dirs``'s layout leaves
-    out (``outside``). Which split they belong to is not p2p's to guess (held-out images
-    trained on would make val_L1 meaningless), so they are not used, and said. None when
-    there are none."""
+def translated_folders(root: Path) -> list[Path]:
+    """p2p-translate's output folders (``*-translated``) under ``root`` that hold images:
+    ``list_images`` never reads them, and the note says so."""
+    skipped: list[Path] = []
+    listing.list_images(root, skip_dir=listing.is_output_folder, skipped=skipped)
+    return sorted(d for d in skipped if listing.list_images(d))
+
+
+def left_out(root: Path, held: Path | None) -> list[str]:
+    """Note lines naming the images under ``root`` that p2p-train does not read: those
+    ``split_dirs``'s layout leaves out (``outside``) and p2p-translate's output folders
+    (``translated_folders``) inside what it reads. Which split loose images belong to is not
+    p2p's to guess (held-out images trained on would make val_L1 meaningless), so they are
+    not used, and said. Empty when there are none."""
     root = Path(root)
+    layout = (root / "train").is_dir()
+    # held names the split (two-folder runs pass side A's for both sides): this root's own
+    read = ([root / "train"] + ([root / held.name] if held is not None else [])) if layout \
+        else [root]
+    notes = []
+    folders = [f for d in read for f in translated_folders(d)]
+    if folders:
+        n = len(folders)
+        them = "them" if n != 1 else "it"
+        notes.append(f"note: {n} p2p-translate output folder{'s' if n != 1 else ''} "
+                     f"(*{listing.OUTPUT_SUFFIX}) in {root} {'are' if n != 1 else 'is'} not "
+                     f"used ({listing.listed(folders)}): translated images are never training "
+                     f"data; rename {them} to train on {them}")
     found = outside(root)
     if not found:
-        return None
+        return notes
     n = len(found)
     where = f"train/ and {held.name}/" if held is not None else "train/"
     samples = (f"samples {held.name}/" if held is not None
                else "with no val/ folder samples train/ too")
     it = "them" if n != 1 else "it"
     also = "" if held is not None else f", or into a val/ folder to sample {it}"
-    return (f"note: {n} image{'s' if n != 1 else ''} in {root} outside {where} "
-            f"{'are' if n != 1 else 'is'} not used ({listing.listed(found)}): beside a train/ "
-            f"folder p2p-train trains on train/ only and {samples}; move {it} into "
-            f"train/ to train on {it}{also}")
+    return notes + [
+        f"note: {n} image{'s' if n != 1 else ''} in {root} outside {where} "
+        f"{'are' if n != 1 else 'is'} not used ({listing.listed(found)}): beside a train/ "
+        f"folder p2p-train trains on train/ only and {samples}; move {it} into "
+        f"train/ to train on {it}{also}"]
 
 
 def list_training(train_dir: Path, root: Path) -> list[Path]:
