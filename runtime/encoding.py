@@ -8,11 +8,12 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from .errors import ImageError
 from .metadata import ModelMetadata
 from .pixels import TIFF_EXTRA
+from .provenance import KEY, Record
 
 # Output formats of every command (p2p-translate --format, p2p-serve ?format=): tif holds
 # any depth and band count (``format_problem`` says what the others hold).
@@ -35,7 +36,7 @@ except ImportError:  # pragma: no cover - a platform without an isal wheel
     _deflate = _zlib_rle
 
 
-def png_bytes(a: np.ndarray) -> bytes:
+def png_bytes(a: np.ndarray, text: str | None = None) -> bytes:
     """A lossless PNG of a uint8 or uint16 (H, W), (H, W, 1) or (H, W, 3) array: every row
     with the Up filter (each byte minus the one above it, computed by numpy in one pass) and
     zlib level 1 with the RLE strategy; 16-bit samples are stored big-endian, as PNG
@@ -47,7 +48,9 @@ def png_bytes(a: np.ndarray) -> bytes:
     Huffman/RLE coding packs well, and LZ77 matching finds little. The deflate is ISA-L's
     where the ``isal`` package is installed (a dependency of p2p), zlib's level 1 RLE
     otherwise; both write a standard zlib stream. Pillow cannot write 16-bit colour PNGs at
-    all. Format: PNG specification (ISO/IEC 15948) sections 5, 7.2, 9.2 and 11.2."""
+    all. ``text``: a ``tEXt`` chunk (keyword ``provenance.KEY``, Latin-1) before the image
+    data: p2p-translate's record of what made the file. Format: PNG specification
+    (ISO/IEC 15948) sections 5, 7.2, 9.2, 11.2 and 11.3.4.3."""
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
@@ -72,7 +75,8 @@ def png_bytes(a: np.ndarray) -> bytes:
                 + struct.pack(">I", zlib.crc32(kind + data)))
 
     ihdr = struct.pack(">IIBBBBB", w, h, bits, 0 if channels == 1 else 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+    note = b"" if text is None else chunk(b"tEXt", KEY.encode() + b"\0" + text.encode("latin-1"))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + note + chunk(b"IDAT", idat)
             + chunk(b"IEND", b""))
 
 
@@ -103,17 +107,25 @@ def default_format(meta: ModelMetadata) -> str:
     return "png" if format_problem("png", *output_kind(meta)) is None else "tif"
 
 
-def encode(img, fmt: str) -> bytes:
+def encode(img, fmt: str, record: Record | None = None) -> bytes:
     """Bytes of ``img`` (an (H, W[, C]) uint8|uint16|float32 array or a Pillow image) in
     ``fmt``, tuned so encoding never holds up inference: PNG (lossless) through
     ``png_bytes`` for 8/16-bit RGB and greyscale (Pillow at compress_level 1 with zlib's
     Huffman-only strategy for other Pillow modes); JPEG at quality 95, lossy WebP at
-    quality 90; TIFF deflate-compressed (any depth and band count). ValueError when the
-    format cannot hold the image (``format_problem``)."""
+    quality 90; TIFF deflate-compressed (any depth and band count). ``record``: what made
+    the output (``p2p.runtime.provenance``), written into it: a PNG tEXt chunk, the JPEG
+    comment, WebP XMP, the TIFF ImageDescription. ValueError when the format cannot hold
+    the image (``format_problem``)."""
     buf = io.BytesIO()
+    text = record.text() if record is not None else None
     if isinstance(img, Image.Image):
         if fmt == "png" and img.mode not in ("L", "RGB"):
-            img.save(buf, "PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
+            info = None
+            if text is not None:
+                info = PngImagePlugin.PngInfo()
+                info.add_text(KEY, text)
+            img.save(buf, "PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY,
+                     pnginfo=info)
             return buf.getvalue()
         img = np.asarray(img)
     a = img[..., None] if img.ndim == 2 else img
@@ -121,21 +133,23 @@ def encode(img, fmt: str) -> bytes:
     if why:
         raise ValueError(why)
     if fmt == "png":
-        return png_bytes(a)
+        return png_bytes(a, text)
     if fmt == "tif":
-        return tiff_bytes(a)
+        return tiff_bytes(a, text)
     pil = Image.fromarray(a[..., 0] if a.shape[2] == 1 else a)
     if fmt == "jpg":
-        pil.save(buf, "JPEG", quality=95)
+        pil.save(buf, "JPEG", quality=95, **({"comment": text.encode()} if text else {}))
     else:
-        pil.save(buf, "WEBP", quality=90, method=2)
+        pil.save(buf, "WEBP", quality=90, method=2,
+                 **({"xmp": record.xmp()} if record is not None else {}))
     return buf.getvalue()
 
 
-def tiff_bytes(a: np.ndarray) -> bytes:
+def tiff_bytes(a: np.ndarray, description: str | None = None) -> bytes:
     """A deflate-compressed TIFF of (H, W, C) uint8|uint16|float32: RGB for 3 bands,
-    greyscale (MinIsBlack) with C samples per pixel otherwise. Through tifffile
-    (``p2p[tiff]``); without it Pillow writes 8-bit greyscale/RGB and 1-band 16-bit/float."""
+    greyscale (MinIsBlack) with C samples per pixel otherwise, ``description`` in its
+    ImageDescription tag. Through tifffile (``p2p[tiff]``); without it Pillow writes 8-bit
+    greyscale/RGB and 1-band 16-bit/float."""
     buf = io.BytesIO()
     try:
         import tifffile
@@ -145,11 +159,13 @@ def tiff_bytes(a: np.ndarray) -> bytes:
         if mode is None:
             raise ImageError(f"a {a.shape[2]}-band {a.dtype} TIFF needs tifffile, which is "
                              f"not installed: pip install 'p2p[{TIFF_EXTRA}]'") from None
-        Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(buf, "TIFF",
-                                                                  compression="tiff_adobe_deflate")
+        Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(
+            buf, "TIFF", compression="tiff_adobe_deflate",
+            **({"tiffinfo": {270: description}} if description else {}))
         return buf.getvalue()
     tifffile.imwrite(buf, a[..., 0] if a.shape[2] == 1 else a,
                      photometric="rgb" if a.shape[2] == 3 else "minisblack",
                      planarconfig=None if a.shape[2] == 1 else "contig",
-                     compression="zlib", compressionargs={"level": 1})
+                     compression="zlib", compressionargs={"level": 1},
+                     description=description, metadata=None if description else {})
     return buf.getvalue()

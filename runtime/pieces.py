@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from . import files, images
+from . import files, images, provenance
 from .errors import ImageError, P2PError
 from .plan import Job
 
@@ -86,6 +86,7 @@ class FileSink:
     def close(self) -> None:
         # (H, W, C) at the model's output depth (uint8, uint16 or float32)
         a = images.to_array(self.y, self.prep, self.meta, self.cfg.model_size)
+        record = provenance.for_output(self.job.src, self.cfg.model_id)
         if self.cfg.fmt == "tif" and self.prep.half is None and \
                 (a.shape[1], a.shape[0]) == tuple(self.prep.size):
             from . import raster  # a georeferenced input keeps its CRS and transform
@@ -93,7 +94,8 @@ class FileSink:
             georef = raster.georef_of(self.job.src)
             if georef.present:
                 sink = raster.RasterSink(self.job.dst, self.job.src, a.shape[0], a.shape[1],
-                                         a.shape[2], georef, a.dtype.name)
+                                         a.shape[2], georef, a.dtype.name,
+                                         record.text() if record else None)
                 try:
                     sink.write_rows(0, a)
                     sink.close()
@@ -102,7 +104,7 @@ class FileSink:
                     raise
                 return
         try:
-            data = images.encode(a, self.cfg.fmt)
+            data = images.encode(a, self.cfg.fmt, record)
         except ValueError as e:  # a format that cannot hold this depth or band count
             raise ImageError(f"{self.job.src}: {e}") from None
         write_bytes(self.job, data)

@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import files, gallery, images, video
+from . import files, gallery, images, provenance, video
 from .engine import Engine
-from .errors import ModelError, P2PError
+from .errors import DataError, ModelError, P2PError
 from .modelfile import read_metadata
 from .pieces import (FileSink, FileSource, Opener, Piece, Sink, Source,  # noqa: F401  (public here)
                      file_opener, max_whole_pixels, write_bytes)
@@ -64,6 +64,9 @@ class TranslateConfig:
     tile_overlap: int | None = None  # pixels shared by neighbouring tiles; None: the default
     video_codec: str = "auto"  # video outputs: an FFmpeg encoder name (p2p.runtime.video)
     crf: int | None = None  # video outputs: constant quality; None: the codec's default
+    # Set by translate(), not by the command line: provenance.model_id of the model, the
+    # record every output carries (None: outputs carry none).
+    model_id: str | None = None
 
 
 @dataclass
@@ -129,7 +132,8 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     # a --format that cannot hold the outputs, two inputs writing one output are one line
     # each, not a wait for the engine.
     meta = read_metadata(model)
-    cfg = replace(cfg, fmt=output_format(cfg.fmt, meta, model))
+    cfg = replace(cfg, fmt=output_format(cfg.fmt, meta, model),
+                  model_id=provenance.model_id(meta, model))
     if cfg.tile:
         from .tiles import check_tiling
 
@@ -138,6 +142,20 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     jobs, refused = plan(cfg, outputs)
     for root in sorted({j.root for j in jobs if not j.root.is_dir()}):
         files.check_creatable(root)  # a file in the way is one line before the engine loads
+    # Existing outputs are skipped as done only when this input and this model made them
+    # (their provenance record): another's are refused before the model loads, never
+    # passed off as this run's.
+    todo, skipped = [], []
+    for job in jobs:
+        (todo if cfg.overwrite or not job.dst.exists() else skipped).append(job)
+    foreign = [(j.dst, why) for j in skipped
+               if (why := provenance.made_elsewhere(j.dst, j.src, cfg.model_id))]
+    if foreign:
+        n = len(foreign)
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        raise DataError(f"{foreign[0][0]}: {foreign[0][1]}{more}: an existing output is "
+                        "skipped as done only when this input and model made it; "
+                        "--overwrite replaces it, or give another --output")
     moving = [j for j in jobs if j.video]
     # PyAV and the encoder before the model loads: a codec that cannot encode these
     # frames (or a --crf it lacks) is one line, not one failure per video.
@@ -155,10 +173,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     if outputs:
         log(f"skipped {len(outputs)} earlier output folder(s) (*{OUTPUT_SUFFIX}), never inputs "
             f"again: {', '.join(map(str, outputs[:3]))}{' ...' if len(outputs) > 3 else ''}")
-    summary = Summary(provider=engine.provider, failed=list(refused))
-    todo = []
-    for job in jobs:
-        (todo if cfg.overwrite or not job.dst.exists() else summary.skipped).append(job)
+    summary = Summary(provider=engine.provider, skipped=skipped, failed=list(refused))
     for root in sorted({j.root for j in todo}):
         files.check_writable(root)
     # Every output folder of the run, those whose outputs are all there too: a killed

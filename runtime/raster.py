@@ -152,8 +152,10 @@ class RasterSink:
     of its own, so the engine never waits on compression; at most one strip waits."""
 
     def __init__(self, dst: Path, src: Path, height: int, width: int, channels: int,
-                 georef: Georef | None = None, dtype: str = "uint8"):
+                 georef: Georef | None = None, dtype: str = "uint8",
+                 description: str | None = None):
         self.dst, self.src, self.dtype = Path(dst), Path(src), dtype
+        self.description = description  # the TIFF ImageDescription (provenance.Record)
         self.height, self.width, self.channels = height, width, channels
         self.georef = georef or Georef()
         self.written = 0  # rows on disk (or being written)
@@ -187,6 +189,8 @@ class RasterSink:
             self._ds = rio.open(self._tmp, "w", **profile)
             if g.gcps:
                 self._ds.gcps = g.gcps
+            if self.description:  # GDAL writes this metadata item as TIFF tag 270
+                self._ds.update_tags(TIFFTAG_IMAGEDESCRIPTION=self.description)
         except Exception as e:  # noqa: BLE001
             raise ImageError(f"{self.src}: cannot write {self.dst}: {one_line(e)}") from None
 

@@ -140,11 +140,13 @@ class VideoWriter:
     container, size or ``crf`` this FFmpeg refuses."""
 
     def __init__(self, tmp: Path, suffix: str, reader: VideoReader, size: tuple[int, int],
-                 codec: str, crf: int | None = None):
+                 codec: str, crf: int | None = None, comment: str | None = None):
         av = require_av()
         self.reader, self.tb = reader, reader.time_base
         fmt = CONTAINERS[suffix]
         self._out = av.open(str(tmp), "w", format=fmt)
+        if comment:  # the container's comment tag: p2p-translate's provenance record
+            self._out.metadata["comment"] = comment
         self._src = None
         try:
             self._v = self._out.add_stream(codec, rate=reader.rate)
