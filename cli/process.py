@@ -53,8 +53,9 @@ def main():
     """Turn folders of your own images into pix2pix training pairs.
 
     Outputs mirror the input's relative paths as PNG (TIFF inputs stay TIFF, at their depth
-    and band count); existing outputs are skipped, bad
-    files are listed at the end (exit code 1), and the input is never written to.
+    and band count); existing outputs are skipped when these inputs and settings made them
+    (an output made from others is refused: --overwrite replaces it), bad files are listed
+    at the end (exit code 1), and the input is never written to.
     """
 
 

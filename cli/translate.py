@@ -75,7 +75,9 @@ def _term_as_interrupt():
               help="Only files in folders matching this pattern (e.g. '*.jpg') "
                    "[default: every image type Pillow reads].")
 @click.option("--html", is_flag=True, help="Write index.html: input | output | target.")
-@click.option("--overwrite", is_flag=True, help="Redo outputs that already exist.")
+@click.option("--overwrite", is_flag=True,
+              help="Redo outputs that already exist (without it, those this input and model "
+                   "made are skipped, others refused).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decode and encode threads (each) [default: min(4, CPUs)].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

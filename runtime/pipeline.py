@@ -149,7 +149,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     for job in jobs:
         (todo if cfg.overwrite or not job.dst.exists() else skipped).append(job)
     foreign = [(j.dst, why) for j in skipped
-               if (why := provenance.made_elsewhere(j.dst, j.src, cfg.model_id))]
+               if (why := provenance.made_elsewhere(j.dst, (j.src,), cfg.model_id))]
     if foreign:
         n = len(foreign)
         more = f" (and {n - 1} more)" if n > 1 else ""

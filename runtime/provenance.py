@@ -1,20 +1,23 @@
-"""Which input and which model made an output: a one-line record that p2p-translate writes
-into every output (a PNG ``tEXt`` chunk, a JPEG comment, WebP XMP, the TIFF
-ImageDescription, a video's ``comment`` tag), so that a later run skips an existing output
-only when it made it itself (an interrupted run resuming) and refuses, in one line, one
-that another input or another model made (a second folder with the same names, a
-retrained model): such a skip would pass an old result off as this run's.
+"""Which inputs and what made an output: a one-line record that p2p-translate and
+p2p-process write into every image or video they make (a PNG ``tEXt`` chunk, a JPEG
+comment, WebP XMP, the TIFF ImageDescription, a video's ``comment`` tag), so that a later
+run skips an existing output only when it made it itself (an interrupted run resuming) and
+refuses, in one line, one that another input or another maker made (a second folder with
+the same names into one output folder, a retrained model, other p2p-process settings):
+such a skip would pass an old result off as this run's.
 
-    record = Record(source_id(src), model_id(meta, model_path))
-    record.text()             # 'p2p-provenance/1 source=9f2c... model=41ab...'
+    record = for_output((src,), maker)   # maker: model_id(meta, path), or operation_id(...)
+    record.text()             # 'p2p-provenance/1 source=9f2c... by=41ab...'
     read(dst)                 # the Record in an output file, or None (none written: an
                               # output of p2p before this record, or someone else's file)
+    made_elsewhere(dst, (src,), maker, "model")   # why dst is not this run's, or None
 
 Identities are short SHA-256 digests: an input by its size and its first and last 1 MiB
-(cheap for a 4 GB video, and any edit that changes the size or either end is seen), a
-model by its source checkpoint's SHA-256 from the metadata (so the FP32, FP16 and INT8
-exports of one checkpoint share it: a run resumed at another precision keeps its outputs),
-or by the file itself when the metadata has none.
+(cheap for a 4 GB video, and any edit that changes the size or either end is seen; several
+inputs, such as p2p-process combine's A and B, by their ids in order), a model by its
+source checkpoint's SHA-256 from the metadata (so the FP32, FP16 and INT8 exports of one
+checkpoint share it: a run resumed at another precision keeps its outputs), or by the file
+itself when the metadata has none; a p2p-process operation by its name and settings.
 """
 
 from __future__ import annotations
@@ -29,21 +32,35 @@ KEY = "p2p-provenance"  # the PNG tEXt keyword; the record's text starts with it
 VERSION = 1
 _EDGE = 1 << 20  # bytes hashed at each end of an input
 _XMP_NS = "https://github.com/p2p/provenance/1.0/"
-_TEXT = re.compile(rf"{KEY}/(\d+) source=([0-9a-f]+) model=([0-9a-f]+)")
+_TEXT = re.compile(rf"{KEY}/(\d+) source=([0-9a-f]+) by=([0-9a-f]+)")
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def file_id(path) -> str:
     """16 hex digits: SHA-256 over the file's size and its first and last 1 MiB. OSError
     when it cannot be read."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        h.update(str(size).encode())
-        h.update(f.read(_EDGE))
+        head = f.read(_EDGE)
+        tail = b""
         if size > _EDGE:
             f.seek(max(_EDGE, size - _EDGE))
-            h.update(f.read(_EDGE))
-    return h.hexdigest()[:16]
+            tail = f.read(_EDGE)
+    return _digest(size, head, tail)
+
+
+def source_id(sources) -> str:
+    """``file_id`` of one input; of several, a digest of their ids in order. OSError when
+    one cannot be read."""
+    ids = [file_id(p) for p in sources]
+    return ids[0] if len(ids) == 1 else _digest(*ids)
 
 
 def model_id(meta, model_path) -> str:
@@ -53,13 +70,19 @@ def model_id(meta, model_path) -> str:
     return sha[:16].lower() if sha else file_id(model_path)
 
 
+def operation_id(*settings) -> str:
+    """16 hex digits naming a p2p-process operation and the settings that change its
+    pixels (``operation_id('resize', 256, False, 'auto')``)."""
+    return _digest("p2p-process", *settings)
+
+
 @dataclass(frozen=True)
 class Record:
-    source: str  # file_id of the input
-    model: str  # model_id of the model
+    source: str  # source_id of the input(s)
+    by: str  # model_id or operation_id of what made the output
 
     def text(self) -> str:
-        return f"{KEY}/{VERSION} source={self.source} model={self.model}"
+        return f"{KEY}/{VERSION} source={self.source} by={self.by}"
 
     def xmp(self) -> bytes:
         """A minimal XMP packet carrying ``text()`` (WebP's metadata chunk holds XMP)."""
@@ -77,33 +100,39 @@ class Record:
         return cls(m.group(2), m.group(3)) if m else None
 
 
-def for_output(src, model: str | None) -> Record | None:
-    """The record for an output of ``src`` made by the model ``model`` (``model_id``), or
-    None: no model id given (a caller that keeps no record), or ``src`` unreadable now."""
-    if not model:
+def for_output(sources, by: str | None) -> Record | None:
+    """The record for an output of ``sources`` (paths) made by ``by`` (``model_id`` or
+    ``operation_id``), or None: no maker given (a caller that keeps no record), or an
+    input unreadable now."""
+    if not by:
         return None
     try:
-        return Record(file_id(src), model)
+        return Record(source_id(sources), by)
     except OSError:
         return None
 
 
-def made_elsewhere(dst, src, model: str) -> str | None:
-    """Why the existing output ``dst`` is not what this run would make of ``src`` with the
-    model ``model`` (``model_id``): another model's weights, or another input (two folders
-    with the same names into one --output; an input edited since). None when its record
-    matches, or when it has none (an earlier p2p's output, kept as done as it always was)."""
+def made_elsewhere(dst, sources, by: str, maker: str = "model") -> str | None:
+    """Why the existing output ``dst`` is not what this run would make of ``sources`` with
+    ``by`` (``maker`` names its kind in the reason: "model", "operation"): another maker,
+    or other inputs (two folders with the same names into one output folder; an input
+    edited since). None when its record matches, or when it has none (an earlier p2p's
+    output, kept as done as it always was)."""
     rec = read(dst)
     if rec is None:
         return None
-    if rec.model != model:
-        return f"made by another model (weights {rec.model[:8]}, this run's {model[:8]})"
+    if rec.by != by:
+        what = "weights" if maker == "model" else "settings"
+        return (f"made by another {maker} ({what} {rec.by[:8]}, this run's {by[:8]})")
     try:
-        source = file_id(src)
+        source = source_id(sources)
     except OSError:  # unreadable now: the run's decoder says so if it ever reads it
         return None
     if rec.source != source:
-        return f"made from another input than {src} (or from an earlier version of it)"
+        if len(sources) == 1:
+            return f"made from another input than {sources[0]} (or from an earlier version of it)"
+        names = " and ".join(map(str, sources))
+        return f"made from other inputs than {names} (or from earlier versions of them)"
     return None
 
 

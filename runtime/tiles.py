@@ -229,7 +229,7 @@ class CanvasSink:
                              f"{self.canvas.shape[0]} rows were translated")
         try:
             data = images.encode(self.canvas, self.fmt,
-                                 provenance.for_output(self.job.src, self.model_id))
+                                 provenance.for_output((self.job.src,), self.model_id))
         except ValueError as e:  # a format that cannot hold this depth or band count
             raise ImageError(f"{self.job.src}: {e}") from None
         write_bytes(self.job, data)
@@ -272,7 +272,7 @@ class RasterTileSink:
                  model_id: str | None = None):
         from .raster import RasterSink
 
-        record = provenance.for_output(job.src, model_id)
+        record = provenance.for_output((job.src,), model_id)
         self.raster = RasterSink(job.dst, job.src, grid.height, grid.width,
                                  meta.out_channels, georef, meta.output_depth,
                                  record.text() if record else None)

@@ -150,7 +150,7 @@ class VideoSink:
                 if self.writer is None:
                     h, w = rgb.shape[:2]
                     self.tmp = files.stage(self.job.dst, keep_suffix=True, clean=False)
-                    record = provenance.for_output(self.job.src, self.cfg.model_id)
+                    record = provenance.for_output((self.job.src,), self.cfg.model_id)
                     self.writer = VideoWriter(self.tmp, output_suffix(self.job.src),
                                               self.reader, (w, h), self.codec, self.cfg.crf,
                                               record.text() if record else None)

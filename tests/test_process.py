@@ -198,6 +198,16 @@ def test_split_is_deterministic_copies_and_reports_bad_files(tmp_path):
 
     r, _ = run_split(tmp_path / "s1", 7)  # rerun: everything already there
     assert "0 written, 20 skipped" in r.output
+    # another seed into the same folder would leave images in two splits: refused, even
+    # with --overwrite, nothing written
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "s1").rglob("*"))
+    for extra in ([], ["--overwrite"]):
+        r = invoke("split", "--input", str(src), "--output", str(tmp_path / "s1"), "--seed", "8",
+                   *extra)
+        assert r.exit_code != 0 and "an earlier split (other --ratios or --seed) put this " \
+            "image there; this one puts it in " in r.output, r.output
+        assert "it would be in two splits, a held-out image trained on" in r.output
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "s1").rglob("*")) == before
 
     r = invoke("split", "--input", str(src), "--output", str(tmp_path / "s4"),
                "--ratios", "0.9,0.2")

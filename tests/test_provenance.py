@@ -192,3 +192,41 @@ def test_geotiffs_carry_the_record_beside_their_georeference(model, tmp_path, ti
     assert provenance.read(out) == expected(src, model)
     with rasterio.open(out) as d:
         assert d.crs.to_epsg() == 32633 and d.transform.a == 2
+
+
+def process(*args):
+    from p2p.cli.process import main as process_main
+
+    return CliRunner().invoke(process_main, [str(a) for a in args] + ["--quiet"])
+
+
+def test_p2p_process_skips_only_what_these_inputs_and_settings_made(tmp_path):
+    """The same rule in p2p-process: a rerun resumes; other settings, another folder's
+    same-named image, or other A/B inputs are refused in one line; split's byte copies are
+    compared by content; --overwrite replaces."""
+    a = noise(tmp_path / "a" / "x.png", 40, 30, seed=1)
+    b = noise(tmp_path / "b" / "x.png", 40, 30, seed=2)
+    out = tmp_path / "out"
+    assert process("resize", "--input", a.parent, "--output", out, "--size", "16").exit_code == 0
+    assert provenance.read(out / "x.png") is not None
+    r = process("resize", "--input", a.parent, "--output", out, "--size", "16")
+    assert r.exit_code == 0 and "0 written, 1 skipped" in r.output
+    r = process("resize", "--input", a.parent, "--output", out, "--size", "24")
+    assert r.exit_code == 1 and f"Error: {out / 'x.png'}: made by another operation " in r.output
+    r = process("resize", "--input", b.parent, "--output", out, "--size", "16")
+    assert r.exit_code == 1 and \
+        f"Error: {out / 'x.png'}: made from another input than {b} " in r.output
+    assert np.asarray(Image.open(out / "x.png")).shape == (16, 16, 3)  # untouched
+    r = process("resize", "--input", b.parent, "--output", out, "--size", "24", "--overwrite")
+    assert r.exit_code == 0 and np.asarray(Image.open(out / "x.png")).shape == (24, 24, 3)
+
+    pairs = tmp_path / "pairs"
+    assert process("combine", "--a", a.parent, "--b", b.parent, "--output", pairs).exit_code == 0
+    r = process("combine", "--a", b.parent, "--b", a.parent, "--output", pairs)
+    assert r.exit_code == 1 and f"made from other inputs than {b} and {a} " in r.output
+
+    split = tmp_path / "split"
+    assert process("split", "--input", a.parent, "--output", split).exit_code == 0
+    assert process("split", "--input", a.parent, "--output", split).exit_code == 0
+    r = process("split", "--input", b.parent, "--output", split)
+    assert r.exit_code == 1 and f"is not a copy of {b} " in r.output

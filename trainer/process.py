@@ -18,8 +18,11 @@ TIFF, for float and N-band data). Every generated image is written as PNG (lossl
 and blanks must not grow JPEG ringing; no colour profile: pixels are sRGB after decoding)
 or TIFF under the same relative path as its source; ``split`` copies files byte for byte.
 The output folder may neither be, nor lie inside, an input (nor the other way round), so
-the tools never write into their input. Existing outputs are skipped unless ``overwrite``;
-a bad file is recorded and the run goes on; each write is atomic (temp file + rename).
+the tools never write into their input. Existing outputs are skipped unless ``overwrite``,
+and only when this run would have made them (the provenance record every generated image
+carries: its sources and the operation with its settings; ``split``'s copies: the same
+bytes); one made from other inputs or settings refuses the run in one line. A bad file is
+recorded and the run goes on; each write is atomic (temp file + rename).
 
 This module must stay torch-free (``p2p.trainer`` has an empty ``__init__``), and OpenCV is
 imported only by ``edges`` so every other operation works without the ``process`` extra.
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from p2p.runtime import images, listing, pixels
+from p2p.runtime import images, listing, pixels, provenance
 from p2p.runtime.errors import DataError, P2PError, choices, one_line
 from p2p.runtime.files import atomic_write, check_writable
 from p2p.runtime.images import SHOWN_EXTS
@@ -143,11 +146,12 @@ def load(path: Path) -> np.ndarray:
     return images.decode(path)
 
 
-def save(a: np.ndarray, path: Path) -> None:
+def save(a: np.ndarray, path: Path, record: provenance.Record | None = None) -> None:
     """``images.encode`` in the format the name says (.png: 8/16-bit, 1 or 3 bands; .tif:
-    anything). No colour profile is written: the pixels are sRGB (``images.decode``), and a
-    profile copied from an RGB source onto a greyscale PNG is one libpng rejects."""
-    data = images.encode(a, "tif" if path.suffix == ".tif" else "png")
+    anything), with ``record`` (which sources and operation made it) inside. No colour
+    profile is written: the pixels are sRGB (``images.decode``), and a profile copied from
+    an RGB source onto a greyscale PNG is one libpng rejects."""
+    data = images.encode(a, "tif" if path.suffix == ".tif" else "png", record)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
@@ -298,16 +302,33 @@ def split_assignment(rels: list[Path], ratios, seed: int) -> dict[str, list[Path
     return {SPLIT_NAMES[i]: names[cuts[i]:cuts[i + 1]] for i in range(len(ratios))}
 
 
-def save_halves(src: Path, out: Path, rel: Path) -> None:
+def save_halves(src: Path, out: Path, rel: Path, by: str) -> None:
     """An A|B image (exactly 2:1, the rule of every command) as ``out/A/rel`` and
     ``out/B/rel``; any other shape is a DataError naming it."""
+    record = provenance.for_output((src,), by)
     a = load(src)
     problem = images.ab_pair_problem(src, (a.shape[1], a.shape[0]))
     if problem:
         raise DataError(problem)
     # B first: A/rel is what marks the job done, so a run killed in between redoes it.
     for side, half in (("B", "right"), ("A", "left")):
-        save(images.crop_half(a, half), out / side / rel)
+        save(images.crop_half(a, half), out / side / rel, record)
+
+
+def check_earlier_split(out: Path, assignment: dict[str, list[Path]]) -> None:
+    """DataError when ``out`` holds one of these images in another split folder than this
+    split puts it (an earlier split with other --ratios or --seed): it would then be in two
+    splits, a held-out image trained on; --overwrite cannot fix that, so it is refused even
+    then."""
+    stale = [(out / other / rel, part) for part, chosen in assignment.items()
+             for rel in chosen for other in SPLIT_NAMES
+             if other != part and (out / other / rel).exists()]
+    if stale:
+        (path, part), n = stale[0], len(stale)
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        raise DataError(f"{path}: an earlier split (other --ratios or --seed) put this image "
+                        f"there; this one puts it in {part}/{more}: it would be in two splits, "
+                        "a held-out image trained on; give another --output")
 
 
 def _copy_checked(src: Path, dst: Path) -> None:
@@ -315,9 +336,21 @@ def _copy_checked(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
-    """(name shown on failure, destination, zero-argument work function) for every output."""
+def operation(cfg: ProcessConfig) -> str | None:
+    """``provenance.operation_id`` of ``cfg``'s operation and the settings that change its
+    pixels; None for ``split``'s copies (an output is its source's bytes: no record)."""
+    if cfg.op == "split":
+        return provenance.operation_id("split-halves") if cfg.halves else None
+    if cfg.op == "resize":
+        return provenance.operation_id("resize", cfg.size, cfg.pad, cfg.resample)
+    return provenance.operation_id(cfg.op)
+
+
+def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object, tuple]]:
+    """(name shown on failure, destination, zero-argument work function, its sources) for
+    every output."""
     out = Path(cfg.output)
+    by = operation(cfg)
     if cfg.op == "combine":
         a_root, b_root = Path(cfg.a), Path(cfg.b)
         a_rels, b_rels = list_images(a_root, report), list_images(b_root, report)
@@ -334,7 +367,8 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
         for ra, rel in _targets(list(b_of), a_root, report, lambda r: out / r):
             pa, pb, dst = a_root / ra, b_root / b_of[ra], out / rel
             jobs.append((str(pa), dst, lambda dst=dst, pa=pa, pb=pb: save(
-                combine(load(pa), load(pb), str(pa), str(pb)), dst)))
+                combine(load(pa), load(pb), str(pa), str(pb)), dst,
+                provenance.for_output((pa, pb), by)), (pa, pb)))
         return jobs
 
     root = Path(cfg.input)
@@ -344,13 +378,16 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
     if cfg.op == "split" and cfg.halves:
         # Halves are PNG whatever the source (A and B of one 8-bit image).
         return [(str(root / rel), out / "A" / dst,
-                 lambda src=root / rel, dst=dst: save_halves(src, out, dst))
+                 lambda src=root / rel, dst=dst: save_halves(src, out, dst, by), (root / rel,))
                 for rel, dst in _targets(rels, root, report, lambda r: f"{out / 'A' / r} and "
                                          f"{out / 'B' / r}", suffix=lambda src: ".png")]
     if cfg.op == "split":
+        assignment = split_assignment(rels, cfg.ratios, cfg.seed)
+        check_earlier_split(out, assignment)
         return [(str(root / rel), out / part / rel,
-                 lambda src=root / rel, dst=out / part / rel: _copy_checked(src, dst))
-                for part, chosen in split_assignment(rels, cfg.ratios, cfg.seed).items()
+                 lambda src=root / rel, dst=out / part / rel: _copy_checked(src, dst),
+                 (root / rel,))
+                for part, chosen in assignment.items()
                 for rel in chosen]
     if cfg.op == "resize":
         def fn(a: np.ndarray, src: Path) -> np.ndarray:
@@ -366,11 +403,25 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object]]:
             _cv2()  # fail once, up front, rather than once per image
         fn = lambda a, src: op(a)  # noqa: E731
     return [(str(root / rel), out / dst,
-             lambda src=root / rel, dst=out / dst: save(fn(load(src), src), dst))
+             lambda src=root / rel, dst=out / dst: save(
+                 fn(load(src), src), dst, provenance.for_output((src,), by)), (root / rel,))
             for rel, dst in _targets(rels, root, report, lambda r: out / r)]
 
 
 # ---------------------------------------------------------------------------- run
+
+
+def elsewhere(dst: Path, sources: tuple, by: str | None) -> str | None:
+    """Why the existing ``dst`` is not what this run would write (``provenance``), or None.
+    ``split``'s copies (``by`` None) are compared by content."""
+    if by is not None:
+        return provenance.made_elsewhere(dst, sources, by, "operation")
+    try:
+        if provenance.file_id(dst) == provenance.file_id(sources[0]):
+            return None
+    except OSError:
+        return None
+    return f"is not a copy of {sources[0]} (another input's, or an earlier version's)"
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -388,15 +439,25 @@ def run(cfg: ProcessConfig) -> Report:
     report = Report()
     jobs = plan(cfg, report)
     out = Path(cfg.output).resolve()
-    todo = []
-    for name, dst, work in jobs:
+    todo, foreign = [], []
+    by = operation(cfg)
+    for name, dst, work, sources in jobs:
         if not _inside(dst, out):
             report.failed.append((name, f"output {dst} escapes the output folder {cfg.output} "
                                         "(a link inside it points elsewhere); not written"))
         elif dst.exists() and not cfg.overwrite:
+            why = elsewhere(dst, sources, by)
+            if why:
+                foreign.append((dst, why))
             report.skipped += 1
         else:
             todo.append((name, work))
+    if foreign:  # never skipped as done: refused before anything is written
+        n = len(foreign)
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        raise DataError(f"{foreign[0][0]}: {foreign[0][1]}{more}: an existing output is "
+                        "skipped as done only when these inputs and settings made it; "
+                        "--overwrite replaces it, or give another --output")
     if todo:
         check_writable(Path(cfg.output))  # one line now, not one failure per image
     workers = cfg.workers or os.cpu_count() or 1
