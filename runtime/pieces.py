@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from . import files, images, provenance
+from . import files, images
 from .errors import ImageError, P2PError
 from .plan import Job
 
@@ -86,7 +86,7 @@ class FileSink:
     def close(self) -> None:
         # (H, W, C) at the model's output depth (uint8, uint16 or float32)
         a = images.to_array(self.y, self.prep, self.meta, self.cfg.model_size)
-        record = provenance.for_output((self.job.src,), self.cfg.model_id)
+        record = self.cfg.record(self.job)
         if self.cfg.fmt == "tif" and self.prep.half is None and \
                 (a.shape[1], a.shape[0]) == tuple(self.prep.size):
             from . import raster  # a georeferenced input keeps its CRS and transform

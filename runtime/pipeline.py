@@ -64,9 +64,29 @@ class TranslateConfig:
     tile_overlap: int | None = None  # pixels shared by neighbouring tiles; None: the default
     video_codec: str = "auto"  # video outputs: an FFmpeg encoder name (p2p.runtime.video)
     crf: int | None = None  # video outputs: constant quality; None: the codec's default
-    # Set by translate(), not by the command line: provenance.model_id of the model, the
-    # record every output carries (None: outputs carry none).
-    model_id: str | None = None
+    # Set by translate(), not by the command line: what makes this run's image and video
+    # outputs (provenance.Maker), the record each output carries (None: they carry none).
+    makers: tuple | None = None
+
+    def record(self, job: Job):
+        """The provenance record for ``job``'s output (None: the run keeps none)."""
+        return None if self.makers is None else self.makers[bool(job.video)].record((job.src,))
+
+
+IMAGE_FLAGS = "--split, --model-size, --tile, --tile-overlap"  # what changes an image's pixels
+VIDEO_FLAGS = "--split, --model-size, --video-codec, --crf"  # ... and a video's
+
+
+def makers(cfg: TranslateConfig, meta, model: Path, overlap: int | None) -> tuple:
+    """(images' Maker, videos' Maker): the model's id and the settings that change each
+    kind's output (``--tile`` tiles images only; the codec and quality apply to videos)."""
+    by = provenance.model_id(meta, model)
+    size = "model" if cfg.model_size else "input"
+    tile = f"tile {overlap}" if cfg.tile else "whole"
+    return (provenance.Maker("translate", by, provenance.digest(cfg.split, size, tile),
+                             "model", IMAGE_FLAGS),
+            provenance.Maker("translate", by, provenance.digest(
+                cfg.split, size, cfg.video_codec, cfg.crf), "model", VIDEO_FLAGS))
 
 
 @dataclass
@@ -132,29 +152,38 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     # a --format that cannot hold the outputs, two inputs writing one output are one line
     # each, not a wait for the engine.
     meta = read_metadata(model)
-    cfg = replace(cfg, fmt=output_format(cfg.fmt, meta, model),
-                  model_id=provenance.model_id(meta, model))
+    cfg = replace(cfg, fmt=output_format(cfg.fmt, meta, model))
+    overlap = None
     if cfg.tile:
         from .tiles import check_tiling
 
-        check_tiling(meta, cfg.tile_overlap, model)
+        overlap = check_tiling(meta, cfg.tile_overlap, model)
+    cfg = replace(cfg, makers=makers(cfg, meta, model, overlap))
     outputs: list[Path] = []
     jobs, refused = plan(cfg, outputs)
     for root in sorted({j.root for j in jobs if not j.root.is_dir()}):
         files.check_creatable(root)  # a file in the way is one line before the engine loads
-    # Existing outputs are skipped as done only when this input and this model made them
-    # (their provenance record): another's are refused before the model loads, never
-    # passed off as this run's.
-    todo, skipped = [], []
+    # Existing outputs are skipped as done only when this input, this model and these
+    # settings made them (their provenance record): others are refused before the model
+    # loads, never passed off as this run's. Something not a file at an output's path
+    # fails that input now (never opened, never skipped as done).
+    todo, skipped, blocked = [], [], set()
     for job in jobs:
-        (todo if cfg.overwrite or not job.dst.exists() else skipped).append(job)
+        if (why := provenance.in_the_way(job.dst)) is not None:
+            refused.append((job.src, f"{job.src}: cannot write {job.dst}: {why}"))
+            blocked.add(id(job))
+        elif cfg.overwrite or not job.dst.exists():
+            todo.append(job)
+        else:
+            skipped.append(job)
+    jobs = [j for j in jobs if id(j) not in blocked]
     foreign = [(j.dst, why) for j in skipped
-               if (why := provenance.made_elsewhere(j.dst, (j.src,), cfg.model_id))]
+               if (why := cfg.makers[bool(j.video)].made_elsewhere(j.dst, (j.src,)))]
     if foreign:
         n = len(foreign)
         more = f" (and {n - 1} more)" if n > 1 else ""
         raise DataError(f"{foreign[0][0]}: {foreign[0][1]}{more}: an existing output is "
-                        "skipped as done only when this input and model made it; "
+                        "skipped as done only when this input, model and settings made it; "
                         "--overwrite replaces it, or give another --output")
     moving = [j for j in jobs if j.video]
     # PyAV and the encoder before the model loads: a codec that cannot encode these

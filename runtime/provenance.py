@@ -1,23 +1,28 @@
-"""Which inputs and what made an output: a one-line record that p2p-translate and
+"""Which inputs, what and how made an output: a one-line record that p2p-translate and
 p2p-process write into every image or video they make (a PNG ``tEXt`` chunk, a JPEG
 comment, WebP XMP, the TIFF ImageDescription, a video's ``comment`` tag), so that a later
-run skips an existing output only when it made it itself (an interrupted run resuming) and
-refuses, in one line, one that another input or another maker made (a second folder with
-the same names into one output folder, a retrained model, other p2p-process settings):
-such a skip would pass an old result off as this run's.
+run skips an existing output only when it would have made it itself (an interrupted run
+resuming) and refuses, in one line, one that another input, another model or other
+settings made (a second folder with the same names into one output folder, a retrained
+model, ``--split right`` after ``--split left``): such a skip would pass an old result off
+as this run's.
 
-    record = for_output((src,), maker)   # maker: model_id(meta, path), or operation_id(...)
-    record.text()             # 'p2p-provenance/1 source=9f2c... by=41ab...'
-    read(dst)                 # the Record in an output file, or None (none written: an
-                              # output of p2p before this record, or someone else's file)
-    made_elsewhere(dst, (src,), maker, "model")   # why dst is not this run's, or None
+    maker = Maker("translate", model_id(meta, path), settings_id(...), "model", "--split, ...")
+    maker.record(sources).text()   # 'p2p-provenance/1 tool=translate source=9f2c... by=41ab...
+                                   #  settings=07d1...'
+    read(dst)                      # the Record in an output file, or None (none written: an
+                                   # output of p2p before this record, or someone else's file)
+    maker.made_elsewhere(dst, sources)   # why dst is not this run's, or None
 
-Identities are short SHA-256 digests: an input by its size and its first and last 1 MiB
-(cheap for a 4 GB video, and any edit that changes the size or either end is seen; several
-inputs, such as p2p-process combine's A and B, by their ids in order), a model by its
-source checkpoint's SHA-256 from the metadata (so the FP32, FP16 and INT8 exports of one
-checkpoint share it: a run resumed at another precision keeps its outputs), or by the file
-itself when the metadata has none; a p2p-process operation by its name and settings.
+Identities are short SHA-256 digests (16 hex digits). An input: the whole file up to
+``WHOLE`` bytes; above that (videos, large rasters) its size, first and last 1 MiB and 64
+blocks of 64 KiB spread over it, so that reading a 4 GB video costs 6 MiB (an edit that
+touches none of those blocks is not seen). Several inputs (p2p-process combine's A and B):
+their ids in order. A model: its source checkpoint's SHA-256 with the metadata that changes
+its pixels (norm mode, dynamic size, sizes, ranges), so the FP32, FP16 and INT8 exports of
+one checkpoint share it (a run resumed at another precision keeps its outputs) but a
+``--norm-mode running`` export does not; the file itself when the metadata names no
+checkpoint. Settings: the values of the flags that change the pixels.
 """
 
 from __future__ import annotations
@@ -25,17 +30,27 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 KEY = "p2p-provenance"  # the PNG tEXt keyword; the record's text starts with it too
 VERSION = 1
-_EDGE = 1 << 20  # bytes hashed at each end of an input
+WHOLE = 64 << 20  # inputs up to this size are hashed whole
+_EDGE = 1 << 20  # larger ones: this much at each end ...
+_BLOCK, _BLOCKS = 64 << 10, 64  # ... and this many blocks of this size spread between
 _XMP_NS = "https://github.com/p2p/provenance/1.0/"
-_TEXT = re.compile(rf"{KEY}/(\d+) source=([0-9a-f]+) by=([0-9a-f]+)")
+_TEXT = re.compile(rf"{KEY}/(\d+) tool=([a-z]+) source=([0-9a-f]+) by=([0-9a-f]+) "
+                   r"settings=([0-9a-f]+)")
+# What a model file's metadata says that changes its pixels (not its precision: the FP32,
+# FP16 and INT8 exports of one checkpoint are one model here).
+_MODEL_FIELDS = ("direction", "image_size", "size_multiple", "dynamic_size", "color_space",
+                 "in_channels", "out_channels", "norm_mode", "value_range", "input_depth",
+                 "input_range", "output_depth", "output_range")
 
 
-def _digest(*parts) -> str:
+def digest(*parts) -> str:
+    """16 hex digits of SHA-256 over ``parts`` (bytes, or anything ``str`` gives)."""
     h = hashlib.sha256()
     for part in parts:
         h.update(part if isinstance(part, bytes) else str(part).encode())
@@ -43,46 +58,60 @@ def _digest(*parts) -> str:
     return h.hexdigest()[:16]
 
 
+def _regular(path) -> os.stat_result:
+    """``os.stat`` of a regular file; OSError for anything else (a FIFO would block the
+    read, a folder has no bytes)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"{path}: not a regular file")
+    return st
+
+
 def file_id(path) -> str:
-    """16 hex digits: SHA-256 over the file's size and its first and last 1 MiB. OSError
-    when it cannot be read."""
+    """16 hex digits naming a file's content (the module docstring says how much of it is
+    read). OSError when it is not a regular file or cannot be read."""
+    size = _regular(path).st_size
+    h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(_EDGE)
-        tail = b""
-        if size > _EDGE:
-            f.seek(max(_EDGE, size - _EDGE))
-            tail = f.read(_EDGE)
-    return _digest(size, head, tail)
+        if size <= WHOLE:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        else:
+            step = (size - 2 * _EDGE) // (_BLOCKS + 1)
+            for offset, n in ([(0, _EDGE)] + [(_EDGE + k * step, _BLOCK)
+                                              for k in range(1, _BLOCKS + 1)]
+                              + [(size - _EDGE, _EDGE)]):
+                f.seek(offset)
+                h.update(f.read(n))
+    return h.hexdigest()[:16]
 
 
 def source_id(sources) -> str:
     """``file_id`` of one input; of several, a digest of their ids in order. OSError when
     one cannot be read."""
     ids = [file_id(p) for p in sources]
-    return ids[0] if len(ids) == 1 else _digest(*ids)
+    return ids[0] if len(ids) == 1 else digest(*ids)
 
 
 def model_id(meta, model_path) -> str:
-    """16 hex digits naming the weights: the metadata's ``checkpoint_sha256`` (shared by a
-    checkpoint's FP32/FP16/INT8 exports), else ``file_id`` of the model file."""
+    """16 hex digits naming what a model computes: its checkpoint's SHA-256 with the
+    metadata that changes its pixels (``_MODEL_FIELDS``), else ``file_id`` of the file."""
     sha = getattr(meta, "checkpoint_sha256", "") or ""
-    return sha[:16].lower() if sha else file_id(model_path)
-
-
-def operation_id(*settings) -> str:
-    """16 hex digits naming a p2p-process operation and the settings that change its
-    pixels (``operation_id('resize', 256, False, 'auto')``)."""
-    return _digest("p2p-process", *settings)
+    if not sha:
+        return file_id(model_path)
+    return digest(sha.lower(), *(getattr(meta, f, "") for f in _MODEL_FIELDS))
 
 
 @dataclass(frozen=True)
 class Record:
+    tool: str  # "translate" or "process": the p2p command that wrote the output
     source: str  # source_id of the input(s)
-    by: str  # model_id or operation_id of what made the output
+    by: str  # model_id, or p2p-process's operation: what made the output
+    settings: str  # digest of the settings that change the pixels
 
     def text(self) -> str:
-        return f"{KEY}/{VERSION} source={self.source} by={self.by}"
+        return (f"{KEY}/{VERSION} tool={self.tool} source={self.source} by={self.by} "
+                f"settings={self.settings}")
 
     def xmp(self) -> bytes:
         """A minimal XMP packet carrying ``text()`` (WebP's metadata chunk holds XMP)."""
@@ -97,43 +126,66 @@ class Record:
         if isinstance(text, bytes):
             text = text.decode("latin-1")
         m = _TEXT.search(text or "")
-        return cls(m.group(2), m.group(3)) if m else None
+        return cls(*m.groups()[1:]) if m else None
 
 
-def for_output(sources, by: str | None) -> Record | None:
-    """The record for an output of ``sources`` (paths) made by ``by`` (``model_id`` or
-    ``operation_id``), or None: no maker given (a caller that keeps no record), or an
-    input unreadable now."""
-    if not by:
-        return None
-    try:
-        return Record(source_id(sources), by)
-    except OSError:
-        return None
+@dataclass(frozen=True)
+class Maker:
+    """What a run makes its outputs with: the command (``tool``), the model or operation
+    (``by``, named ``noun`` in messages) and the settings (``settings``, a digest of the
+    values of ``flags``, which messages name)."""
 
+    tool: str
+    by: str
+    settings: str
+    noun: str  # "model" or "operation"
+    flags: str  # "--split, --model-size, --tile, --tile-overlap"
 
-def made_elsewhere(dst, sources, by: str, maker: str = "model") -> str | None:
-    """Why the existing output ``dst`` is not what this run would make of ``sources`` with
-    ``by`` (``maker`` names its kind in the reason: "model", "operation"): another maker,
-    or other inputs (two folders with the same names into one output folder; an input
-    edited since). None when its record matches, or when it has none (an earlier p2p's
-    output, kept as done as it always was)."""
-    rec = read(dst)
-    if rec is None:
-        return None
-    if rec.by != by:
-        what = "weights" if maker == "model" else "settings"
-        return (f"made by another {maker} ({what} {rec.by[:8]}, this run's {by[:8]})")
-    try:
-        source = source_id(sources)
-    except OSError:  # unreadable now: the run's decoder says so if it ever reads it
-        return None
-    if rec.source != source:
+    def record(self, sources) -> Record | None:
+        """The record for an output of ``sources`` (paths), or None when an input cannot
+        be read now (its output is written without one)."""
+        try:
+            return Record(self.tool, source_id(sources), self.by, self.settings)
+        except OSError:
+            return None
+
+    def made_elsewhere(self, dst, sources) -> str | None:
+        """Why the existing output ``dst`` is not what this run would make of ``sources``:
+        another command, model or operation, other settings, or other inputs (two folders
+        with the same names into one output folder; an input edited since). None when its
+        record matches, or when it has none (an earlier p2p's output, kept as done as it
+        always was)."""
+        rec = read(dst)
+        if rec is None:
+            return None
+        if rec.tool != self.tool:
+            return f"made by p2p-{rec.tool}, not p2p-{self.tool}"
+        if rec.by != self.by:
+            return f"made by another {self.noun} ({rec.by[:8]}, this run's {self.by[:8]})"
+        if rec.settings != self.settings:
+            return f"made with other settings ({self.flags})"
+        try:
+            source = source_id(sources)
+        except OSError:  # unreadable now: the run's decoder says so if it ever reads it
+            return None
+        if rec.source == source:
+            return None
         if len(sources) == 1:
             return f"made from another input than {sources[0]} (or from an earlier version of it)"
-        names = " and ".join(map(str, sources))
-        return f"made from other inputs than {names} (or from earlier versions of them)"
-    return None
+        return (f"made from other inputs than {' and '.join(map(str, sources))} (or from "
+                "earlier versions of them)")
+
+
+def in_the_way(dst) -> str | None:
+    """Why an existing ``dst`` cannot be an output at all (a folder, a FIFO, a device:
+    never opened, never skipped as done), or None for a regular file (or nothing there)."""
+    try:
+        mode = os.stat(dst).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder is in the way" if stat.S_ISDIR(mode) else "something not a file is in the way"
 
 
 def _texts(dst: Path):
@@ -170,6 +222,7 @@ def read(dst) -> Record | None:
     """The Record written into an output file, or None when it has none (or cannot be
     read as the format its name says: whether to skip it is the caller's rule)."""
     try:
+        _regular(dst)  # never open a FIFO (it would block) or a device
         for text in _texts(Path(dst)):
             rec = Record.parse(text)
             if rec is not None:

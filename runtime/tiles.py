@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import images, provenance
+from . import images
 from .errors import DataError, ImageError
 from .metadata import ModelMetadata
 from .pieces import Piece, write_bytes
@@ -211,8 +211,8 @@ class CanvasSink:
     the raster writer is not used."""
 
     def __init__(self, job, grid: Grid, meta: ModelMetadata, fmt: str,
-                 model_id: str | None = None):
-        self.job, self.fmt, self.model_id = job, fmt, model_id
+                 record=None):
+        self.job, self.fmt, self.record = job, fmt, record  # record: provenance.Record
         channels = meta.out_channels
         self.canvas = np.zeros((grid.height, grid.width, channels), np.dtype(meta.output_depth))
         self.blender = Blender(grid, channels, meta, self._emit)
@@ -229,7 +229,7 @@ class CanvasSink:
                              f"{self.canvas.shape[0]} rows were translated")
         try:
             data = images.encode(self.canvas, self.fmt,
-                                 provenance.for_output((self.job.src,), self.model_id))
+                                 self.record)
         except ValueError as e:  # a format that cannot hold this depth or band count
             raise ImageError(f"{self.job.src}: {e}") from None
         write_bytes(self.job, data)
@@ -269,10 +269,9 @@ class RasterTileSink:
     """Blended tiles streamed into a tiled, compressed GeoTIFF (``p2p.runtime.raster``)."""
 
     def __init__(self, job, grid: Grid, meta: ModelMetadata, georef,
-                 model_id: str | None = None):
+                 record=None):
         from .raster import RasterSink
 
-        record = provenance.for_output((job.src,), model_id)
         self.raster = RasterSink(job.dst, job.src, grid.height, grid.width,
                                  meta.out_channels, georef, meta.output_depth,
                                  record.text() if record else None)
@@ -340,12 +339,12 @@ def tile_opener(meta: ModelMetadata, cfg, log=None):
         try:
             grid = Grid(h, w, tile, overlap)
             if cfg.fmt == "tif" and streams:
-                sink = RasterTileSink(job, grid, meta, georef, cfg.model_id)
+                sink = RasterTileSink(job, grid, meta, georef, cfg.record(job))
             elif h * w > images.max_pixels():
                 raise ImageError(f"{job.src}: a {w}x{h} {cfg.fmt.upper()} output would be "
                                  "held whole in memory; --format tif streams it to disk")
             else:
-                sink = CanvasSink(job, grid, meta, cfg.fmt, cfg.model_id)
+                sink = CanvasSink(job, grid, meta, cfg.fmt, cfg.record(job))
         except BaseException:
             if reader is not None:
                 reader.close()

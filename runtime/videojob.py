@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, images, provenance
+from . import files, images
 from .errors import ImageError, P2PError, one_line
 from .pieces import Piece
 from .plan import Job
@@ -150,7 +150,7 @@ class VideoSink:
                 if self.writer is None:
                     h, w = rgb.shape[:2]
                     self.tmp = files.stage(self.job.dst, keep_suffix=True, clean=False)
-                    record = provenance.for_output((self.job.src,), self.cfg.model_id)
+                    record = self.cfg.record(self.job)
                     self.writer = VideoWriter(self.tmp, output_suffix(self.job.src),
                                               self.reader, (w, h), self.codec, self.cfg.crf,
                                               record.text() if record else None)

@@ -186,6 +186,9 @@ def test_translate_outputs_are_never_training_data_in_any_layout(tmp_path):
     save(d / "sub-translated" / "0.png", 32, 32, 2)
     save(d / "sub" / "deep-translated" / "1.png", 32, 32, 3)
     (d / "empty-translated").mkdir()  # holds no images: not worth a note
+    save(tmp_path / "elsewhere" / "2.png", 64, 32, 4)
+    (d / "link-translated").symlink_to(tmp_path / "elsewhere")  # links are never followed:
+    # renaming it would not make it data, so the note does not name it
     train_set, samples = build_datasets(d, None, None, False, "AtoB", 32, 32, False, 0,
                                         check=False)
     assert train_set.items == [a, b] == samples.items

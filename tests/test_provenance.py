@@ -44,9 +44,16 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("P2P_CACHE", str(tmp_path_factory.getbasetemp() / "p2p-cache"))
 
 
-def expected(src: Path, model: Path) -> provenance.Record:
-    return provenance.Record(provenance.file_id(src),
-                             provenance.model_id(read_metadata(model), model))
+def expected(src: Path, model: Path, video: bool = False, **flags) -> provenance.Record:
+    """The record a run of ``model`` with ``flags`` (TranslateConfig fields; the defaults
+    otherwise) writes for ``src``."""
+    from p2p.runtime.pipeline import TranslateConfig, makers
+    from p2p.runtime.tiles import check_tiling
+
+    cfg = TranslateConfig(inputs=(src,), model=model, **flags)
+    meta = read_metadata(model)
+    overlap = check_tiling(meta, cfg.tile_overlap) if cfg.tile else None
+    return makers(cfg, meta, model, overlap)[video].record((src,))
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "tif"])
@@ -72,7 +79,7 @@ def test_tiled_and_float_outputs_carry_the_record(tmp_path):
     m8 = identity_model(tmp_path / "t.onnx", image_size=32)
     r = translate(src, "--model", m8, "-o", tmp_path / "o2", "--tile")
     assert r.exit_code == 0, r.output
-    assert provenance.read(tmp_path / "o2" / "big.png") == expected(src, m8)
+    assert provenance.read(tmp_path / "o2" / "big.png") == expected(src, m8, tile=True)
 
 
 def test_png_text_chunk_is_standard():
@@ -99,7 +106,8 @@ def test_another_folders_output_of_the_same_name_is_refused_not_skipped(model, t
     assert r.exit_code != 0
     assert r.output.strip().splitlines()[-1] == (
         f"Error: {target}: made from another input than {b} (or from an earlier version of "
-        "it): an existing output is skipped as done only when this input and model made it; "
+        "it): an existing output is skipped as done only when this input, model and settings "
+        "made it; "
         "--overwrite replaces it, or give another --output")
     assert target.stat().st_mtime == 1 and sorted(os.listdir(out)) == ["x.png"]
     # the same input again: its own output, skipped as done (a resumed run)
@@ -121,7 +129,7 @@ def test_an_edited_input_or_another_model_is_refused(model, tmp_path):
     mine = provenance.model_id(read_metadata(model), model)
     theirs = provenance.model_id(read_metadata(other), other)
     assert r.exit_code != 0 and mine != theirs
-    assert (f"Error: {out / '0.png'}: made by another model (weights {mine[:8]}, this run's "
+    assert (f"Error: {out / '0.png'}: made by another model ({mine[:8]}, this run's "
             f"{theirs[:8]}) (and 2 more): ") in r.output
     noise(src / "1.png", seed=9)  # edited since
     r = translate(src, "--model", model, "-o", out)
@@ -153,11 +161,74 @@ def test_videos_carry_the_record_and_resume(tmp_path, suffix):
                      **({"codec": "ffv1"} if suffix == ".mkv" else {}))
     out = tmp_path / "out"
     assert translate(clip, "--model", m, "-o", out).exit_code == 0
-    assert provenance.read(out / clip.name) == expected(clip, m)
+    assert provenance.read(out / clip.name) == expected(clip, m, video=True)
     r = translate(clip, "--model", m, "-o", out)
     assert r.exit_code == 0 and "translated 0, skipped 1" in r.output
     r = translate(clip, "--model", identity_model(tmp_path / "i.onnx", image_size=64), "-o", out)
     assert r.exit_code != 0 and "made by another model" in r.output
+
+
+def test_other_settings_or_another_export_of_the_checkpoint_are_refused(model, tmp_path):
+    """--split right after --split left, --tile after whole images: other pixels, refused;
+    a checkpoint exported with other pixel-changing metadata (norm mode) is another model,
+    its FP16/INT8 files (another precision) are not."""
+    from dataclasses import replace
+
+    src = noise(tmp_path / "in" / "p.png", 64, 32)  # an A|B pair
+    out = tmp_path / "out"
+    assert translate(src, "--model", model, "-o", out, "--split", "left").exit_code == 0
+    r = translate(src, "--model", model, "-o", out, "--split", "right")
+    assert r.exit_code != 0 and f"Error: {out / 'p.png'}: made with other settings (--split, " \
+        "--model-size, --tile, --tile-overlap): " in r.output
+    r = translate(src, "--model", model, "-o", out, "--split", "left", "--tile")
+    assert r.exit_code != 0 and "made with other settings" in r.output
+    assert translate(src, "--model", model, "-o", out, "--split", "left").exit_code == 0
+
+    meta = replace(read_metadata(model), checkpoint_sha256="ab" * 32)
+    same = provenance.model_id(meta, model)
+    assert provenance.model_id(replace(meta, precision="int8", input_dtype="float16",
+                                       calibration_images=48), model) == same
+    assert provenance.model_id(replace(meta, norm_mode="running"), model) != same
+    assert provenance.model_id(replace(meta, dynamic_size=True), model) != same
+
+
+def test_what_is_not_a_file_at_an_output_path_fails_that_input_only(model, tmp_path):
+    """A folder or a FIFO where an output would go is never opened (a FIFO would block the
+    run forever) nor counted as done: that input fails, the others are translated."""
+    src = tmp_path / "in"
+    for i in range(3):
+        noise(src / f"{i}.png", seed=i)
+    out = tmp_path / "out"
+    (out / "0.png").mkdir(parents=True)
+    os.mkfifo(out / "1.png")
+    for extra in ([], ["--overwrite"]):
+        r = translate(src, "--model", model, "-o", out, *extra)
+        assert r.exit_code == 1, r.output
+        assert "translated 1, skipped 0, failed 2" in r.output
+        assert f"failed: {src / '0.png'}: cannot write {out / '0.png'}: a folder is in the way" \
+            in r.output
+        assert f"cannot write {out / '1.png'}: something not a file is in the way" in r.output
+    r = process("grayscale", "--input", src, "--output", out, "--overwrite")
+    assert r.exit_code == 1 and "1 written, 0 skipped" in r.output
+    assert f"{src / '0.png'}: cannot write {out / '0.png'}: a folder is in the way" in r.output
+
+
+def test_a_p2p_process_output_is_not_a_translation(model, tmp_path):
+    src = noise(tmp_path / "in" / "x.png")
+    out = tmp_path / "out"
+    assert process("grayscale", "--input", src.parent, "--output", out).exit_code == 0
+    r = translate(src, "--model", model, "-o", out)
+    assert r.exit_code != 0 and "made by p2p-process, not p2p-translate" in r.output
+
+
+def test_an_edit_in_the_middle_of_a_large_input_is_seen(tmp_path):
+    p = tmp_path / "big.tif"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8))
+    p.write_bytes(data)
+    before = provenance.file_id(p)
+    data[(3 << 20) // 2] ^= 1
+    p.write_bytes(data)
+    assert provenance.file_id(p) != before
 
 
 def test_file_id_sees_both_ends_of_a_large_file(tmp_path):
@@ -189,7 +260,7 @@ def test_geotiffs_carry_the_record_beside_their_georeference(model, tmp_path, ti
                   *(["--tile"] if tile else []))
     assert r.exit_code == 0, r.output
     out = tmp_path / "out" / "scene.tif"
-    assert provenance.read(out) == expected(src, model)
+    assert provenance.read(out) == expected(src, model, tile=tile)
     with rasterio.open(out) as d:
         assert d.crs.to_epsg() == 32633 and d.transform.a == 2
 
@@ -212,7 +283,8 @@ def test_p2p_process_skips_only_what_these_inputs_and_settings_made(tmp_path):
     r = process("resize", "--input", a.parent, "--output", out, "--size", "16")
     assert r.exit_code == 0 and "0 written, 1 skipped" in r.output
     r = process("resize", "--input", a.parent, "--output", out, "--size", "24")
-    assert r.exit_code == 1 and f"Error: {out / 'x.png'}: made by another operation " in r.output
+    assert r.exit_code == 1 and f"Error: {out / 'x.png'}: made with other settings (--size, " \
+        "--pad, --resample): " in r.output
     r = process("resize", "--input", b.parent, "--output", out, "--size", "16")
     assert r.exit_code == 1 and \
         f"Error: {out / 'x.png'}: made from another input than {b} " in r.output

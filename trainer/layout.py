@@ -63,7 +63,8 @@ def translated_folders(root: Path) -> list[Path]:
     ``list_images`` never reads them, and the note says so."""
     skipped: list[Path] = []
     listing.list_images(root, skip_dir=listing.is_output_folder, skipped=skipped)
-    return sorted(d for d in skipped if listing.list_images(d))
+    # A link to a folder is never followed anyway: renaming it would not make it data.
+    return sorted(d for d in skipped if not d.is_symlink() and listing.list_images(d))
 
 
 def left_out(root: Path, held: Path | None) -> list[str]:

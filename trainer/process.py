@@ -302,10 +302,10 @@ def split_assignment(rels: list[Path], ratios, seed: int) -> dict[str, list[Path
     return {SPLIT_NAMES[i]: names[cuts[i]:cuts[i + 1]] for i in range(len(ratios))}
 
 
-def save_halves(src: Path, out: Path, rel: Path, by: str) -> None:
+def save_halves(src: Path, out: Path, rel: Path, maker: provenance.Maker) -> None:
     """An A|B image (exactly 2:1, the rule of every command) as ``out/A/rel`` and
     ``out/B/rel``; any other shape is a DataError naming it."""
-    record = provenance.for_output((src,), by)
+    record = maker.record((src,))
     a = load(src)
     problem = images.ab_pair_problem(src, (a.shape[1], a.shape[0]))
     if problem:
@@ -326,9 +326,10 @@ def check_earlier_split(out: Path, assignment: dict[str, list[Path]]) -> None:
     if stale:
         (path, part), n = stale[0], len(stale)
         more = f" (and {n - 1} more)" if n > 1 else ""
-        raise DataError(f"{path}: an earlier split (other --ratios or --seed) put this image "
-                        f"there; this one puts it in {part}/{more}: it would be in two splits, "
-                        "a held-out image trained on; give another --output")
+        raise DataError(f"{path}: an earlier split (other --ratios or --seed, or other images "
+                        f"in the input) put this image there; this one puts it in {part}/"
+                        f"{more}: it would be in two splits, a held-out image trained on; "
+                        "give another --output")
 
 
 def _copy_checked(src: Path, dst: Path) -> None:
@@ -336,21 +337,24 @@ def _copy_checked(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def operation(cfg: ProcessConfig) -> str | None:
-    """``provenance.operation_id`` of ``cfg``'s operation and the settings that change its
-    pixels; None for ``split``'s copies (an output is its source's bytes: no record)."""
-    if cfg.op == "split":
-        return provenance.operation_id("split-halves") if cfg.halves else None
-    if cfg.op == "resize":
-        return provenance.operation_id("resize", cfg.size, cfg.pad, cfg.resample)
-    return provenance.operation_id(cfg.op)
+def operation(cfg: ProcessConfig) -> provenance.Maker | None:
+    """What makes ``cfg``'s outputs (``provenance.Maker``: the operation and the settings
+    that change its pixels); None for ``split``'s copies (an output is its source's bytes,
+    compared by content)."""
+    if cfg.op == "split" and not cfg.halves:
+        return None
+    name = "split --halves" if cfg.op == "split" else cfg.op
+    settings, flags = ((cfg.size, cfg.pad, cfg.resample), "--size, --pad, --resample") \
+        if cfg.op == "resize" else ((), "none")
+    return provenance.Maker("process", provenance.digest(name), provenance.digest(*settings),
+                            "operation", flags)
 
 
 def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object, tuple]]:
     """(name shown on failure, destination, zero-argument work function, its sources) for
     every output."""
     out = Path(cfg.output)
-    by = operation(cfg)
+    maker = operation(cfg)
     if cfg.op == "combine":
         a_root, b_root = Path(cfg.a), Path(cfg.b)
         a_rels, b_rels = list_images(a_root, report), list_images(b_root, report)
@@ -368,7 +372,7 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object, tu
             pa, pb, dst = a_root / ra, b_root / b_of[ra], out / rel
             jobs.append((str(pa), dst, lambda dst=dst, pa=pa, pb=pb: save(
                 combine(load(pa), load(pb), str(pa), str(pb)), dst,
-                provenance.for_output((pa, pb), by)), (pa, pb)))
+                maker.record((pa, pb))), (pa, pb)))
         return jobs
 
     root = Path(cfg.input)
@@ -378,7 +382,7 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object, tu
     if cfg.op == "split" and cfg.halves:
         # Halves are PNG whatever the source (A and B of one 8-bit image).
         return [(str(root / rel), out / "A" / dst,
-                 lambda src=root / rel, dst=dst: save_halves(src, out, dst, by), (root / rel,))
+                 lambda src=root / rel, dst=dst: save_halves(src, out, dst, maker), (root / rel,))
                 for rel, dst in _targets(rels, root, report, lambda r: f"{out / 'A' / r} and "
                                          f"{out / 'B' / r}", suffix=lambda src: ".png")]
     if cfg.op == "split":
@@ -404,18 +408,18 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object, tu
         fn = lambda a, src: op(a)  # noqa: E731
     return [(str(root / rel), out / dst,
              lambda src=root / rel, dst=out / dst: save(
-                 fn(load(src), src), dst, provenance.for_output((src,), by)), (root / rel,))
+                 fn(load(src), src), dst, maker.record((src,))), (root / rel,))
             for rel, dst in _targets(rels, root, report, lambda r: out / r)]
 
 
 # ---------------------------------------------------------------------------- run
 
 
-def elsewhere(dst: Path, sources: tuple, by: str | None) -> str | None:
+def elsewhere(dst: Path, sources: tuple, maker: provenance.Maker | None) -> str | None:
     """Why the existing ``dst`` is not what this run would write (``provenance``), or None.
-    ``split``'s copies (``by`` None) are compared by content."""
-    if by is not None:
-        return provenance.made_elsewhere(dst, sources, by, "operation")
+    ``split``'s copies (``maker`` None) are compared by content."""
+    if maker is not None:
+        return maker.made_elsewhere(dst, sources)
     try:
         if provenance.file_id(dst) == provenance.file_id(sources[0]):
             return None
@@ -440,13 +444,15 @@ def run(cfg: ProcessConfig) -> Report:
     jobs = plan(cfg, report)
     out = Path(cfg.output).resolve()
     todo, foreign = [], []
-    by = operation(cfg)
+    maker = operation(cfg)
     for name, dst, work, sources in jobs:
         if not _inside(dst, out):
             report.failed.append((name, f"output {dst} escapes the output folder {cfg.output} "
                                         "(a link inside it points elsewhere); not written"))
+        elif (blocked := provenance.in_the_way(dst)) is not None:
+            report.failed.append((name, f"cannot write {dst}: {blocked}"))
         elif dst.exists() and not cfg.overwrite:
-            why = elsewhere(dst, sources, by)
+            why = elsewhere(dst, sources, maker)
             if why:
                 foreign.append((dst, why))
             report.skipped += 1
