@@ -64,29 +64,67 @@ class TranslateConfig:
     tile_overlap: int | None = None  # pixels shared by neighbouring tiles; None: the default
     video_codec: str = "auto"  # video outputs: an FFmpeg encoder name (p2p.runtime.video)
     crf: int | None = None  # video outputs: constant quality; None: the codec's default
-    # Set by translate(), not by the command line: what makes this run's image and video
-    # outputs (provenance.Maker), the record each output carries (None: they carry none).
-    makers: tuple | None = None
+    # Set by translate(), not by the command line: what makes this run's outputs (Makers),
+    # the record each output carries (None: they carry none).
+    makers: "Makers | None" = None
 
     def record(self, job: Job):
         """The provenance record for ``job``'s output (None: the run keeps none)."""
-        return None if self.makers is None else self.makers[bool(job.video)].record((job.src,))
+        return None if self.makers is None else self.makers.maker(job).record((job.src,))
 
 
-IMAGE_FLAGS = "--split, --model-size, --tile, --tile-overlap"  # what changes an image's pixels
-VIDEO_FLAGS = "--split, --model-size, --video-codec, --crf"  # ... and a video's
+class Makers:
+    """What makes this run's outputs (``provenance.Maker``): the model's id and, per input,
+    the settings that change its pixels as they resolve for it: the half ``--split``
+    picks (``auto`` read from the header: the same pair as an explicit ``right``), the
+    size, ``--tile`` and its overlap for images; the encoder and CRF ``auto`` and the
+    defaults resolve to for videos (``--tile`` tiles images only)."""
+
+    def __init__(self, cfg: "TranslateConfig", meta, model: Path, overlap: int | None):
+        self.cfg, self.meta, self.overlap = cfg, meta, overlap
+        self.by, self.label = provenance.model_id(meta, model), Path(model).name
+        self._codecs: dict[str, tuple[str, object]] = {}
+
+    def codec(self, suffix: str) -> tuple[str, object]:
+        """(encoder, CRF) a video output of ``suffix`` is written with."""
+        if suffix not in self._codecs:
+            from .videoenc import CRF_DEFAULT, pick_codec
+
+            codec = pick_codec(self.cfg.video_codec, suffix, self.cfg.crf)
+            crf = self.cfg.crf if self.cfg.crf is not None else CRF_DEFAULT.get(codec, "none")
+            self._codecs[suffix] = (codec, crf)
+        return self._codecs[suffix]
+
+    def maker(self, job: Job) -> provenance.Maker:
+        cfg = self.cfg
+        size = "model" if cfg.model_size else "input"
+        if job.video:
+            codec, crf = self.codec(video.output_suffix(job.src))
+            settings = provenance.settings(split=cfg.split, size=size, codec=codec, crf=crf)
+        else:
+            settings = provenance.settings(
+                split=effective_split(job.src, cfg.split, self.meta), size=size,
+                tile=self.overlap if cfg.tile else "none")
+        return provenance.Maker("translate", self.by, settings, "model", self.label)
 
 
-def makers(cfg: TranslateConfig, meta, model: Path, overlap: int | None) -> tuple:
-    """(images' Maker, videos' Maker): the model's id and the settings that change each
-    kind's output (``--tile`` tiles images only; the codec and quality apply to videos)."""
-    by = provenance.model_id(meta, model)
-    size = "model" if cfg.model_size else "input"
-    tile = f"tile {overlap}" if cfg.tile else "whole"
-    return (provenance.Maker("translate", by, provenance.digest(cfg.split, size, tile),
-                             "model", IMAGE_FLAGS),
-            provenance.Maker("translate", by, provenance.digest(
-                cfg.split, size, cfg.video_codec, cfg.crf), "model", VIDEO_FLAGS))
+def effective_split(src: Path, split: str, meta) -> str:
+    """The half ``split`` takes of ``src`` ('left', 'right', 'none'), ``auto`` resolved from
+    the file's header (upright size, as the decoder sees it); ``split`` itself when the
+    header cannot be read with Pillow (the decoder names the problem, if any)."""
+    if split != "auto":
+        return split
+    from PIL import Image
+
+    try:
+        images.check_regular_file(src)
+        with Image.open(src) as im:
+            w, h = im.size
+            if images.orientation(im) in (5, 6, 7, 8):  # stored on its side
+                w, h = h, w
+    except Exception:  # noqa: BLE001
+        return split
+    return images.choose_half((w, h), split, meta) or "none"
 
 
 @dataclass
@@ -158,7 +196,7 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         from .tiles import check_tiling
 
         overlap = check_tiling(meta, cfg.tile_overlap, model)
-    cfg = replace(cfg, makers=makers(cfg, meta, model, overlap))
+    cfg = replace(cfg, makers=Makers(cfg, meta, model, overlap))
     outputs: list[Path] = []
     jobs, refused = plan(cfg, outputs)
     for root in sorted({j.root for j in jobs if not j.root.is_dir()}):
@@ -172,13 +210,13 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         if (why := provenance.in_the_way(job.dst)) is not None:
             refused.append((job.src, f"{job.src}: cannot write {job.dst}: {why}"))
             blocked.add(id(job))
-        elif cfg.overwrite or not job.dst.exists():
-            todo.append(job)
+        elif cfg.overwrite or not job.dst.exists() or provenance.unreadable(job.src):
+            todo.append(job)  # (an unreadable input runs: the decoder names its problem)
         else:
             skipped.append(job)
     jobs = [j for j in jobs if id(j) not in blocked]
     foreign = [(j.dst, why) for j in skipped
-               if (why := cfg.makers[bool(j.video)].made_elsewhere(j.dst, (j.src,)))]
+               if (why := cfg.makers.maker(j).made_elsewhere(j.dst, (j.src,)))]
     if foreign:
         n = len(foreign)
         more = f" (and {n - 1} more)" if n > 1 else ""
@@ -188,11 +226,8 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
     moving = [j for j in jobs if j.video]
     # PyAV and the encoder before the model loads: a codec that cannot encode these
     # frames (or a --crf it lacks) is one line, not one failure per video.
-    if moving:
-        from .videoenc import pick_codec
-
-        for suffix in sorted({video.output_suffix(j.src) for j in moving}):
-            pick_codec(cfg.video_codec, suffix, cfg.crf)
+    for suffix in sorted({video.output_suffix(j.src) for j in moving}):
+        cfg.makers.codec(suffix)  # videoenc.pick_codec, remembered for the records
     engine = Engine(model, cfg.provider, cfg.batch_size, cfg.threads, precision=cfg.precision)
     log(f"model {model} ({engine.metadata.direction}, {engine.metadata.image_size}px"
         f"{', dynamic size' if engine.metadata.dynamic_size else ''}) on {engine.describe()}")

@@ -7,9 +7,10 @@ settings made (a second folder with the same names into one output folder, a ret
 model, ``--split right`` after ``--split left``): such a skip would pass an old result off
 as this run's.
 
-    maker = Maker("translate", model_id(meta, path), settings_id(...), "model", "--split, ...")
+    maker = Maker("translate", model_id(meta, path), settings(split="right", size="input"),
+                  "model", "generator.onnx")
     maker.record(sources).text()   # 'p2p-provenance/1 tool=translate source=9f2c... by=41ab...
-                                   #  settings=07d1...'
+                                   #  settings=split=right,size=input'
     read(dst)                      # the Record in an output file, or None (none written: an
                                    # output of p2p before this record, or someone else's file)
     maker.made_elsewhere(dst, sources)   # why dst is not this run's, or None
@@ -22,7 +23,8 @@ their ids in order. A model: its source checkpoint's SHA-256 with the metadata t
 its pixels (norm mode, dynamic size, sizes, ranges), so the FP32, FP16 and INT8 exports of
 one checkpoint share it (a run resumed at another precision keeps its outputs) but a
 ``--norm-mode running`` export does not; the file itself when the metadata names no
-checkpoint. Settings: the values of the flags that change the pixels.
+checkpoint. Settings, in clear (``split=right,size=input``): the values the flags that
+change the pixels resolved to for that input, so a refusal can say which one differs.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ _EDGE = 1 << 20  # larger ones: this much at each end ...
 _BLOCK, _BLOCKS = 64 << 10, 64  # ... and this many blocks of this size spread between
 _XMP_NS = "https://github.com/p2p/provenance/1.0/"
 _TEXT = re.compile(rf"{KEY}/(\d+) tool=([a-z]+) source=([0-9a-f]+) by=([0-9a-f]+) "
-                   r"settings=([0-9a-f]+)")
+                   r"settings=([\w.=,+-]*)")
 # What a model file's metadata says that changes its pixels (not its precision: the FP32,
 # FP16 and INT8 exports of one checkpoint are one model here).
 _MODEL_FIELDS = ("direction", "image_size", "size_multiple", "dynamic_size", "color_space",
@@ -102,12 +104,22 @@ def model_id(meta, model_path) -> str:
     return digest(sha.lower(), *(getattr(meta, f, "") for f in _MODEL_FIELDS))
 
 
+def settings(**values) -> str:
+    """``k=v,k=v`` of the settings that change an output's pixels, in the given order
+    (values are flag values: names and numbers, no spaces or commas)."""
+    return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def _settings_dict(text: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in text.split(",") if "=" in kv)
+
+
 @dataclass(frozen=True)
 class Record:
     tool: str  # "translate" or "process": the p2p command that wrote the output
     source: str  # source_id of the input(s)
     by: str  # model_id, or p2p-process's operation: what made the output
-    settings: str  # digest of the settings that change the pixels
+    settings: str  # ``settings()``: what the flags that change the pixels resolved to
 
     def text(self) -> str:
         return (f"{KEY}/{VERSION} tool={self.tool} source={self.source} by={self.by} "
@@ -132,14 +144,14 @@ class Record:
 @dataclass(frozen=True)
 class Maker:
     """What a run makes its outputs with: the command (``tool``), the model or operation
-    (``by``, named ``noun`` in messages) and the settings (``settings``, a digest of the
-    values of ``flags``, which messages name)."""
+    (``by``; ``noun`` and ``label`` name it in messages: "model", "generator.onnx") and the
+    settings (``settings()``)."""
 
     tool: str
     by: str
     settings: str
     noun: str  # "model" or "operation"
-    flags: str  # "--split, --model-size, --tile, --tile-overlap"
+    label: str  # this run's model file name, or p2p-process operation
 
     def record(self, sources) -> Record | None:
         """The record for an output of ``sources`` (paths), or None when an input cannot
@@ -161,12 +173,15 @@ class Maker:
         if rec.tool != self.tool:
             return f"made by p2p-{rec.tool}, not p2p-{self.tool}"
         if rec.by != self.by:
-            return f"made by another {self.noun} ({rec.by[:8]}, this run's {self.by[:8]})"
+            return f"made by another {self.noun} than this run's {self.label}"
         if rec.settings != self.settings:
-            return f"made with other settings ({self.flags})"
+            old, new = _settings_dict(rec.settings), _settings_dict(self.settings)
+            diff = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+            return "made with other settings (" + ", ".join(
+                f"{k} {old.get(k, '?')}, this run {new.get(k, '?')}" for k in diff) + ")"
         try:
             source = source_id(sources)
-        except OSError:  # unreadable now: the run's decoder says so if it ever reads it
+        except OSError:  # the caller runs an unreadable input (``unreadable``): not here
             return None
         if rec.source == source:
             return None
@@ -174,6 +189,18 @@ class Maker:
             return f"made from another input than {sources[0]} (or from an earlier version of it)"
         return (f"made from other inputs than {' and '.join(map(str, sources))} (or from "
                 "earlier versions of them)")
+
+
+def unreadable(path) -> bool:
+    """Whether an input is not a regular file one can open (a dangling link, a FIFO, gone,
+    no permission): its existing output is never skipped as done, the run reads it and
+    names the problem."""
+    try:
+        _regular(path)
+        with open(path, "rb"):
+            return False
+    except OSError:
+        return True
 
 
 def in_the_way(dst) -> str | None:

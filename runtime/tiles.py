@@ -228,8 +228,7 @@ class CanvasSink:
             raise ImageError(f"{self.job.src}: only {self.blender.emitted} of "
                              f"{self.canvas.shape[0]} rows were translated")
         try:
-            data = images.encode(self.canvas, self.fmt,
-                                 self.record)
+            data = images.encode(self.canvas, self.fmt, self.record)
         except ValueError as e:  # a format that cannot hold this depth or band count
             raise ImageError(f"{self.job.src}: {e}") from None
         write_bytes(self.job, data)

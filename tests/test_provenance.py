@@ -47,13 +47,16 @@ def _cache(tmp_path_factory, monkeypatch):
 def expected(src: Path, model: Path, video: bool = False, **flags) -> provenance.Record:
     """The record a run of ``model`` with ``flags`` (TranslateConfig fields; the defaults
     otherwise) writes for ``src``."""
-    from p2p.runtime.pipeline import TranslateConfig, makers
+    from p2p.runtime.pipeline import Makers, TranslateConfig
+    from p2p.runtime.plan import plan
     from p2p.runtime.tiles import check_tiling
 
-    cfg = TranslateConfig(inputs=(src,), model=model, **flags)
+    cfg = TranslateConfig(inputs=(src,), model=model, **{"fmt": "png", **flags})
     meta = read_metadata(model)
     overlap = check_tiling(meta, cfg.tile_overlap) if cfg.tile else None
-    return makers(cfg, meta, model, overlap)[video].record((src,))
+    (job,), _ = plan(cfg, [])
+    assert job.video == video
+    return Makers(cfg, meta, model, overlap).maker(job).record((src,))
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "tif"])
@@ -129,8 +132,8 @@ def test_an_edited_input_or_another_model_is_refused(model, tmp_path):
     mine = provenance.model_id(read_metadata(model), model)
     theirs = provenance.model_id(read_metadata(other), other)
     assert r.exit_code != 0 and mine != theirs
-    assert (f"Error: {out / '0.png'}: made by another model ({mine[:8]}, this run's "
-            f"{theirs[:8]}) (and 2 more): ") in r.output
+    assert (f"Error: {out / '0.png'}: made by another model than this run's retrained.onnx "
+            "(and 2 more): ") in r.output
     noise(src / "1.png", seed=9)  # edited since
     r = translate(src, "--model", model, "-o", out)
     assert r.exit_code != 0 and f"Error: {out / '1.png'}: made from another input than " \
@@ -166,6 +169,11 @@ def test_videos_carry_the_record_and_resume(tmp_path, suffix):
     assert r.exit_code == 0 and "translated 0, skipped 1" in r.output
     r = translate(clip, "--model", identity_model(tmp_path / "i.onnx", image_size=64), "-o", out)
     assert r.exit_code != 0 and "made by another model" in r.output
+    # the encoder and CRF that auto and the default resolve to, given explicitly: the same
+    r = translate(clip, "--model", m, "-o", out, "--video-codec", "libx264", "--crf", "18")
+    assert r.exit_code == 0 and "skipped 1" in r.output, r.output
+    r = translate(clip, "--model", m, "-o", out, "--crf", "30")
+    assert r.exit_code != 0 and "(crf 18, this run 30)" in r.output
 
 
 def test_other_settings_or_another_export_of_the_checkpoint_are_refused(model, tmp_path):
@@ -178,11 +186,16 @@ def test_other_settings_or_another_export_of_the_checkpoint_are_refused(model, t
     out = tmp_path / "out"
     assert translate(src, "--model", model, "-o", out, "--split", "left").exit_code == 0
     r = translate(src, "--model", model, "-o", out, "--split", "right")
-    assert r.exit_code != 0 and f"Error: {out / 'p.png'}: made with other settings (--split, " \
-        "--model-size, --tile, --tile-overlap): " in r.output
+    assert r.exit_code != 0 and f"Error: {out / 'p.png'}: made with other settings (split " \
+        "left, this run right): " in r.output
     r = translate(src, "--model", model, "-o", out, "--split", "left", "--tile")
-    assert r.exit_code != 0 and "made with other settings" in r.output
+    assert r.exit_code != 0 and "made with other settings (tile none, this run 8)" in r.output
     assert translate(src, "--model", model, "-o", out, "--split", "left").exit_code == 0
+    # auto picks the model's input half of a 2:1 pair (AtoB: left): the same settings
+    r = translate(src, "--model", model, "-o", out)
+    assert r.exit_code == 0 and "skipped 1" in r.output
+    r = translate(src, "--model", model, "-o", out, "--split", "none")
+    assert r.exit_code != 0 and "(split left, this run none)" in r.output
 
     meta = replace(read_metadata(model), checkpoint_sha256="ab" * 32)
     same = provenance.model_id(meta, model)
@@ -211,6 +224,23 @@ def test_what_is_not_a_file_at_an_output_path_fails_that_input_only(model, tmp_p
     r = process("grayscale", "--input", src, "--output", out, "--overwrite")
     assert r.exit_code == 1 and "1 written, 0 skipped" in r.output
     assert f"{src / '0.png'}: cannot write {out / '0.png'}: a folder is in the way" in r.output
+
+
+def test_an_input_that_cannot_be_read_is_never_skipped_as_done(model, tmp_path):
+    """A dangling link where an input was, with its output there: the input fails with the
+    decoder's reason, exit 1; never "skipped", exit 0 (p2p-process the same)."""
+    src = tmp_path / "in"
+    noise(src / "0.png")
+    out = tmp_path / "out"
+    assert translate(src, "--model", model, "-o", out).exit_code == 0
+    assert process("grayscale", "--input", src, "--output", tmp_path / "g").exit_code == 0
+    (src / "0.png").unlink()
+    (src / "0.png").symlink_to(tmp_path / "gone.png")
+    r = translate(src, "--model", model, "-o", out)
+    assert r.exit_code == 1 and "translated 0, skipped 0, failed 1" in r.output, r.output
+    assert f"failed: {src / '0.png'}: " in r.output
+    r = process("grayscale", "--input", src, "--output", tmp_path / "g")
+    assert r.exit_code == 1 and "0 skipped" in r.output, r.output
 
 
 def test_a_p2p_process_output_is_not_a_translation(model, tmp_path):
@@ -283,8 +313,10 @@ def test_p2p_process_skips_only_what_these_inputs_and_settings_made(tmp_path):
     r = process("resize", "--input", a.parent, "--output", out, "--size", "16")
     assert r.exit_code == 0 and "0 written, 1 skipped" in r.output
     r = process("resize", "--input", a.parent, "--output", out, "--size", "24")
-    assert r.exit_code == 1 and f"Error: {out / 'x.png'}: made with other settings (--size, " \
-        "--pad, --resample): " in r.output
+    assert r.exit_code == 1 and f"Error: {out / 'x.png'}: made with other settings (size 16, " \
+        "this run 24): " in r.output
+    r = process("grayscale", "--input", a.parent, "--output", out)
+    assert r.exit_code == 1 and "made by another operation than this run's grayscale" in r.output
     r = process("resize", "--input", b.parent, "--output", out, "--size", "16")
     assert r.exit_code == 1 and \
         f"Error: {out / 'x.png'}: made from another input than {b} " in r.output

@@ -24,8 +24,9 @@ carries: its sources and the operation with its settings; ``split``'s copies: th
 bytes); one made from other inputs or settings refuses the run in one line. A bad file is
 recorded and the run goes on; each write is atomic (temp file + rename).
 
-This module must stay torch-free (``p2p.trainer`` has an empty ``__init__``), and OpenCV is
-imported only by ``edges`` so every other operation works without the ``process`` extra.
+The operations themselves are ``p2p.trainer.imageops`` (re-exported here). This module must
+stay torch-free (``p2p.trainer`` has an empty ``__init__``), and OpenCV is imported only by
+``edges`` so every other operation works without the ``process`` extra.
 """
 
 from __future__ import annotations
@@ -40,21 +41,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from p2p.runtime import images, listing, pixels, provenance
+from p2p.runtime import images, listing, provenance
 from p2p.runtime.errors import DataError, P2PError, choices, one_line
 from p2p.runtime.files import atomic_write, check_writable
 from p2p.runtime.images import SHOWN_EXTS
-from p2p.runtime.metadata import DATA_DEPTHS
 from p2p.runtime.plan import output_names
+
+from .imageops import (LABEL_MAP_COLOURS, PER_IMAGE, _cv2, blank, combine,  # noqa: F401
+                       edges, grayscale, is_label_map, resize)  # (public here too)
 
 OPS = ("resize", "combine", "split", "grayscale", "edges", "blank")
 RESAMPLES = ("auto", "bicubic", "nearest")
-# auto: an image of at most this many distinct colours is a label map (or an edge map, a
-# drawing): bicubic would blend its classes into colours no label has, so it is resized
-# nearest-neighbour. Photos have thousands (a JPEG label map too: compression noise).
-LABEL_MAP_COLOURS = 256
 SPLIT_NAMES = ("train", "val", "test")
-CANNY_SIGMA = 0.33  # the median rule: thresholds at (1 -/+ sigma) * median intensity
 
 
 @dataclass(frozen=True)
@@ -155,109 +153,6 @@ def save(a: np.ndarray, path: Path, record: provenance.Record | None = None) -> 
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-# ---------------------------------------------------------------------------- operations
-
-
-def is_label_map(a: np.ndarray) -> bool:
-    """At most ``LABEL_MAP_COLOURS`` distinct colours in the (H, W, C) image: a label map,
-    not a photo."""
-    pixels_ = np.ascontiguousarray(a).reshape(-1, a.shape[2])
-    as_one = pixels_.view(np.dtype((np.void, pixels_.dtype.itemsize * pixels_.shape[1])))
-    return len(np.unique(as_one)) <= LABEL_MAP_COLOURS
-
-
-def _nearest(a: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, C) -> (size, size, C) nearest-neighbour at pixel centres (Pillow's NEAREST):
-    no colour that was not there (label maps stay label maps)."""
-    h, w = a.shape[:2]
-    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(np.intp), w - 1)
-    return a[rows][:, cols]
-
-
-def resize(a: np.ndarray, size: int, pad: bool = False, resample: str = "bicubic") -> np.ndarray:
-    """Square (H, W, C) ``a`` (centre crop, or white padding) at ``size``, same depth;
-    ``resample`` is bicubic or nearest (``plan`` decides auto per image with
-    ``is_label_map``)."""
-    h, w = a.shape[:2]
-    if pad:
-        # White, not black: the classic sets (facades, edges2*) have light backgrounds and a
-        # black border would read as a strong edge the generator has to learn.
-        side = max(w, h)
-        canvas = np.full((side, side, a.shape[2]), pixels.white(a.dtype), a.dtype)
-        top, left = (side - h) // 2, (side - w) // 2
-        canvas[top:top + h, left:left + w] = a
-        a = canvas
-    else:
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        a = a[top:top + side, left:left + side]
-    if a.shape[:2] == (size, size):
-        return a
-    return _nearest(a, size) if resample == "nearest" else images.resize(a, (size, size))
-
-
-def grayscale(a: np.ndarray) -> np.ndarray:
-    """One band: Pillow's ITU-R 601-2 luma (``images.match_bands``), at the image's depth."""
-    if a.shape[2] not in (1, 3):
-        raise DataError(f"{a.shape[2]} bands: grayscale takes greyscale or RGB images")
-    return images.match_bands(a, 1)
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise P2PError("edges needs OpenCV: pip install 'p2p[process]' "
-                       "(opencv-python-headless)") from None
-    return cv2
-
-
-def edges(a: np.ndarray) -> np.ndarray:
-    """Canny with automatic thresholds, black edges on white like pix2pix's edges2* sets
-    (8-bit, one band, whatever the source's depth).
-
-    pix2pix used HED edges (a network not available offline); Canny on a lightly blurred
-    grayscale is the usual stand-in. Thresholds follow the median rule: an image's median
-    intensity v sets low=(1-0.33)v and high=(1+0.33)v, so dark and bright photos both give
-    sensible maps without per-image tuning.
-    """
-    cv2 = _cv2()
-    gray = grayscale(pixels.to_uint8(a))[..., 0]
-    blurred = cv2.GaussianBlur(gray, (3, 3), 0)
-    v = float(np.median(blurred))
-    low = int(max(0, (1.0 - CANNY_SIGMA) * v))
-    high = int(min(255, (1.0 + CANNY_SIGMA) * v))
-    return (255 - cv2.Canny(blurred, low, high))[..., None]
-
-
-def blank(a: np.ndarray) -> np.ndarray:
-    """White out the centre (half width x half height), as pix2pix-tensorflow's ``blank``."""
-    h, w = a.shape[:2]
-    out = a.copy()
-    out[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = pixels.white(a.dtype)
-    return out
-
-
-def combine(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> np.ndarray:
-    """A|B side by side. Greyscale beside RGB becomes RGB; two depths become the deeper."""
-    if a.shape[:2] != b.shape[:2]:
-        raise DataError(f"size mismatch: A {a_name} is {a.shape[1]}x{a.shape[0]}, "
-                        f"B {b_name} is {b.shape[1]}x{b.shape[0]}")
-    if a.shape[2] != b.shape[2]:
-        if {a.shape[2], b.shape[2]} != {1, 3}:
-            raise DataError(f"band mismatch: A {a_name} has {images.bands_text(a.shape[2], a_name)}"
-                            f", B {b_name} {images.bands_text(b.shape[2], b_name)}")
-        a, b = images.match_bands(a, 3), images.match_bands(b, 3)
-    if a.dtype != b.dtype:
-        deeper = max(a.dtype.name, b.dtype.name, key=DATA_DEPTHS.index)
-        a, b = (pixels.from_unit(pixels.to_unit(x), deeper) for x in (a, b))
-    return np.concatenate([a, b], axis=1)
-
-
-PER_IMAGE = {"grayscale": grayscale, "edges": edges, "blank": blank}
-
-
 # ---------------------------------------------------------------------------- planning
 
 
@@ -344,10 +239,9 @@ def operation(cfg: ProcessConfig) -> provenance.Maker | None:
     if cfg.op == "split" and not cfg.halves:
         return None
     name = "split --halves" if cfg.op == "split" else cfg.op
-    settings, flags = ((cfg.size, cfg.pad, cfg.resample), "--size, --pad, --resample") \
-        if cfg.op == "resize" else ((), "none")
-    return provenance.Maker("process", provenance.digest(name), provenance.digest(*settings),
-                            "operation", flags)
+    settings = provenance.settings(size=cfg.size, pad=cfg.pad, resample=cfg.resample) \
+        if cfg.op == "resize" else ""
+    return provenance.Maker("process", provenance.digest(name), settings, "operation", name)
 
 
 def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object, tuple]]:
@@ -451,7 +345,9 @@ def run(cfg: ProcessConfig) -> Report:
                                         "(a link inside it points elsewhere); not written"))
         elif (blocked := provenance.in_the_way(dst)) is not None:
             report.failed.append((name, f"cannot write {dst}: {blocked}"))
-        elif dst.exists() and not cfg.overwrite:
+        elif dst.exists() and not cfg.overwrite and \
+                not any(provenance.unreadable(src) for src in sources):
+            # (an unreadable input runs: the decoder names its problem, never "skipped")
             why = elsewhere(dst, sources, maker)
             if why:
                 foreign.append((dst, why))
