@@ -100,7 +100,8 @@ def plan(cfg,
             refused.append((src, f"{src}: cannot read: a symbolic link loop"))
             continue
         if not real.is_relative_to(root):
-            refused.append((src, f"{src}: output path {dst} escapes the output folder {root}"))
+            refused.append((src, f"{src}: output path {dst} escapes the output folder {root} "
+                                 "(a link inside it points elsewhere); not written"))
         elif real == src_real:
             refused.append((src, f"{src}: the output would overwrite the input itself"))
         elif real in seen:

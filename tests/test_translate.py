@@ -190,6 +190,7 @@ def test_outputs_stay_inside_output_and_names_never_collide(models, tmp_path):
     r = translate(tmp_path / "d", tmp_path / "x.png", "--model", models["atob"],
                   "-o", tmp_path / "o2")
     assert r.exit_code == 1 and "escapes the output folder" in r.stdout
+    assert "(a link inside it points elsewhere); not written" in r.stdout
     assert list(outside.iterdir()) == []
 
 
