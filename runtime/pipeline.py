@@ -76,9 +76,9 @@ class TranslateConfig:
 class Makers:
     """What makes this run's outputs (``provenance.Maker``): the model's id and, per input,
     the settings that change its pixels as they resolve for it: the half ``--split``
-    picks (``auto`` read from the header: the same pair as an explicit ``right``), the
-    size, ``--tile`` and its overlap for images; the encoder and CRF ``auto`` and the
-    defaults resolve to for videos (``--tile`` tiles images only)."""
+    picks (``auto`` read from the header, or a video's first frame: the same pair as an
+    explicit ``right``), the size, ``--tile`` and its overlap for images; the encoder and
+    CRF ``auto`` and the defaults resolve to for videos (``--tile`` tiles images only)."""
 
     def __init__(self, cfg: "TranslateConfig", meta, model: Path, overlap: int | None):
         self.cfg, self.meta, self.overlap = cfg, meta, overlap
@@ -100,7 +100,9 @@ class Makers:
         size = "model" if cfg.model_size else "input"
         if job.video:
             codec, crf = self.codec(video.output_suffix(job.src))
-            settings = provenance.settings(split=cfg.split, size=size, codec=codec, crf=crf)
+            settings = provenance.settings(
+                split=effective_split(job.src, cfg.split, self.meta, moving=True), size=size,
+                codec=codec, crf=crf)
         else:
             settings = provenance.settings(
                 split=effective_split(job.src, cfg.split, self.meta), size=size,
@@ -108,20 +110,31 @@ class Makers:
         return provenance.Maker("translate", self.by, settings, "model", self.label)
 
 
-def effective_split(src: Path, split: str, meta) -> str:
+def effective_split(src: Path, split: str, meta, moving: bool = False) -> str:
     """The half ``split`` takes of ``src`` ('left', 'right', 'none'), ``auto`` resolved from
-    the file's header (upright size, as the decoder sees it); ``split`` itself when the
-    header cannot be read with Pillow (the decoder names the problem, if any)."""
+    the file's header (upright size, as the decoder sees it), or for a video or animation
+    (``moving``) from its first frame (upright); ``split`` itself when that cannot be read
+    (the decoder names the problem, if any)."""
     if split != "auto":
         return split
     from PIL import Image
 
     try:
         images.check_regular_file(src)
-        with Image.open(src) as im:
-            w, h = im.size
-            if images.orientation(im) in (5, 6, 7, 8):  # stored on its side
-                w, h = h, w
+        if moving:
+            reader = video.VideoReader(src)
+            try:
+                first = next(iter(reader), None)
+            finally:
+                reader.close()
+            if first is None:
+                return split
+            h, w = first.rgb.shape[:2]
+        else:
+            with Image.open(src) as im:
+                w, h = im.size
+                if images.orientation(im) in (5, 6, 7, 8):  # stored on its side
+                    w, h = h, w
     except Exception:  # noqa: BLE001
         return split
     return images.choose_half((w, h), split, meta) or "none"

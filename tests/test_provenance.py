@@ -174,6 +174,11 @@ def test_videos_carry_the_record_and_resume(tmp_path, suffix):
     assert r.exit_code == 0 and "skipped 1" in r.output, r.output
     r = translate(clip, "--model", m, "-o", out, "--crf", "30")
     assert r.exit_code != 0 and "(crf 18, this run 30)" in r.output
+    # --split auto on a square clip takes the whole frame: the same as --split none
+    r = translate(clip, "--model", m, "-o", out, "--split", "none")
+    assert r.exit_code == 0 and "skipped 1" in r.output, r.output
+    r = translate(clip, "--model", m, "-o", out, "--split", "left")
+    assert r.exit_code != 0 and "(split none, this run left)" in r.output
 
 
 def test_other_settings_or_another_export_of_the_checkpoint_are_refused(model, tmp_path):
