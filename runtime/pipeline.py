@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import files, gallery, images, provenance, video
 from .engine import Engine
-from .errors import DataError, ModelError, P2PError
+from .errors import ModelError, P2PError
 from .modelfile import read_metadata
 from .pieces import (FileSink, FileSource, Opener, Piece, Sink, Source,  # noqa: F401  (public here)
                      file_opener, max_whole_pixels, write_bytes)
@@ -228,14 +228,9 @@ def translate(cfg: TranslateConfig, log=None) -> Summary:
         else:
             skipped.append(job)
     jobs = [j for j in jobs if id(j) not in blocked]
-    foreign = [(j.dst, why) for j in skipped
-               if (why := cfg.makers.maker(j).made_elsewhere(j.dst, (j.src,)))]
-    if foreign:
-        n = len(foreign)
-        more = f" (and {n - 1} more)" if n > 1 else ""
-        raise DataError(f"{foreign[0][0]}: {foreign[0][1]}{more}: an existing output is "
-                        "skipped as done only when this input, model and settings made it; "
-                        "--overwrite replaces it, or give another --output")
+    provenance.refuse([(j.dst, why) for j in skipped
+                       if (why := cfg.makers.maker(j).made_elsewhere(j.dst, (j.src,)))],
+                      "this input, model and settings")
     moving = [j for j in jobs if j.video]
     # PyAV and the encoder before the model loads: a codec that cannot encode these
     # frames (or a --crf it lacks) is one line, not one failure per video.

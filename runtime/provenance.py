@@ -36,6 +36,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import DataError
+
 KEY = "p2p-provenance"  # the PNG tEXt keyword; the record's text starts with it too
 VERSION = 1
 WHOLE = 64 << 20  # inputs up to this size are hashed whole
@@ -189,6 +191,17 @@ class Maker:
             return f"made from another input than {sources[0]} (or from an earlier version of it)"
         return (f"made from other inputs than {' and '.join(map(str, sources))} (or from "
                 "earlier versions of them)")
+
+
+def refuse(elsewhere: list[tuple[Path, str]], made_by: str) -> None:
+    """One DataError line for existing outputs ``made_elsewhere`` (``(output, why)``, in job
+    order) when there are any: the first named, the count of the rest, what counts as done
+    (``made_by``: "this input, model and settings") and the two ways on."""
+    if elsewhere:
+        (dst, why), n = elsewhere[0], len(elsewhere)
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        raise DataError(f"{dst}: {why}{more}: an existing output is skipped as done only when "
+                        f"{made_by} made it; --overwrite replaces it, or give another --output")
 
 
 def unreadable(path) -> bool:

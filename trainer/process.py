@@ -354,12 +354,8 @@ def run(cfg: ProcessConfig) -> Report:
             report.skipped += 1
         else:
             todo.append((name, work))
-    if foreign:  # never skipped as done: refused before anything is written
-        n = len(foreign)
-        more = f" (and {n - 1} more)" if n > 1 else ""
-        raise DataError(f"{foreign[0][0]}: {foreign[0][1]}{more}: an existing output is "
-                        "skipped as done only when these inputs and settings made it; "
-                        "--overwrite replaces it, or give another --output")
+    # never skipped as done: refused before anything is written
+    provenance.refuse(foreign, "these inputs and settings")
     if todo:
         check_writable(Path(cfg.output))  # one line now, not one failure per image
     workers = cfg.workers or os.cpu_count() or 1
