@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+from .host import file_sha256
 
 KEY = "p2p-provenance"  # the PNG tEXt keyword; the record's text starts with it too
 VERSION = 1
@@ -73,20 +74,19 @@ def _regular(path) -> os.stat_result:
 
 def file_id(path) -> str:
     """16 hex digits naming a file's content (the module docstring says how much of it is
-    read). OSError when it is not a regular file or cannot be read."""
+    read; a file up to ``WHOLE``: ``host.file_sha256``, remembered within the process).
+    OSError when it is not a regular file or cannot be read."""
     size = _regular(path).st_size
+    if size <= WHOLE:
+        return file_sha256(Path(path))[:16]
     h = hashlib.sha256(str(size).encode())
+    step = (size - 2 * _EDGE) // (_BLOCKS + 1)
     with open(path, "rb") as f:
-        if size <= WHOLE:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        else:
-            step = (size - 2 * _EDGE) // (_BLOCKS + 1)
-            for offset, n in ([(0, _EDGE)] + [(_EDGE + k * step, _BLOCK)
-                                              for k in range(1, _BLOCKS + 1)]
-                              + [(size - _EDGE, _EDGE)]):
-                f.seek(offset)
-                h.update(f.read(n))
+        for offset, n in ([(0, _EDGE)] + [(_EDGE + k * step, _BLOCK)
+                                          for k in range(1, _BLOCKS + 1)]
+                          + [(size - _EDGE, _EDGE)]):
+            f.seek(offset)
+            h.update(f.read(n))
     return h.hexdigest()[:16]
 
 

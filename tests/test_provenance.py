@@ -5,6 +5,7 @@ never passed off as this run's (exit 0 with someone else's result)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -42,6 +43,20 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("P2P_CACHE", str(tmp_path_factory.getbasetemp() / "p2p-cache"))
+
+
+def edited(p: Path, data: bytes | None = None) -> Path:
+    """``data`` written to ``p`` (if given) as an edit: its mtime moves on, as a real edit's
+    does (file ids are remembered per path, size and mtime within a process; two writes in
+    one coarse clock tick would share an mtime)."""
+    if data is not None:
+        p.write_bytes(data)
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + next(_EDITS) * 1_000_000))
+    return p
+
+
+_EDITS = itertools.count(1)  # each edit's mtime offset: distinct even within one tick
 
 
 def expected(src: Path, model: Path, video: bool = False, **flags) -> provenance.Record:
@@ -134,7 +149,7 @@ def test_an_edited_input_or_another_model_is_refused(model, tmp_path):
     assert r.exit_code != 0 and mine != theirs
     assert (f"Error: {out / '0.png'}: made by another model than this run's retrained.onnx "
             "(and 2 more): ") in r.output
-    noise(src / "1.png", seed=9)  # edited since
+    edited(noise(src / "1.png", seed=9))  # edited since
     r = translate(src, "--model", model, "-o", out)
     assert r.exit_code != 0 and f"Error: {out / '1.png'}: made from another input than " \
         f"{src / '1.png'}" in r.output
@@ -259,25 +274,25 @@ def test_a_p2p_process_output_is_not_a_translation(model, tmp_path):
 def test_an_edit_in_the_middle_of_a_large_input_is_seen(tmp_path):
     p = tmp_path / "big.tif"
     data = bytearray(np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8))
-    p.write_bytes(data)
+    edited(p, data)
     before = provenance.file_id(p)
     data[(3 << 20) // 2] ^= 1
-    p.write_bytes(data)
+    edited(p, data)
     assert provenance.file_id(p) != before
 
 
 def test_file_id_sees_both_ends_of_a_large_file(tmp_path):
     p = tmp_path / "big.bin"
     data = bytearray(3 << 20)
-    p.write_bytes(data)
+    edited(p, data)
     first = provenance.file_id(p)
     data[-1] = 1
-    p.write_bytes(data)
+    edited(p, data)
     second = provenance.file_id(p)
     data[0] = 1
-    p.write_bytes(data)
+    edited(p, data)
     assert len({first, second, provenance.file_id(p)}) == 3
-    p.write_bytes(data + b"x")  # the size is part of it
+    edited(p, data + b"x")  # the size is part of it
     assert provenance.file_id(p) not in {first, second}
 
 
