@@ -18,7 +18,11 @@ from p2p.runtime.errors import ProviderError
 from p2p.runtime.precision import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
-FACADES = Path(os.environ.get("P2P_FACADES", REPO.parent / "shared" / "datasets" / "facades"))
+# The README's rule: $P2P_FACADES, else facades/ in $P2P_DATA (the folder `make` and
+# p2p-train read datasets from), else ../shared/datasets/facades beside the checkout.
+FACADES = Path(os.environ.get("P2P_FACADES") or (
+    Path(os.environ["P2P_DATA"]) / "facades" if os.environ.get("P2P_DATA")
+    else REPO.parent / "shared" / "datasets" / "facades"))
 BATCH_SIZES = (1, 8, 16)
 E2E_IMAGES = 64
 GFLOP_PER_IMAGE = 12.1  # 6.05 GMAC for one 256x256 image through U-Net-256, ngf 64

@@ -65,7 +65,8 @@ def private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def facades_val() -> Path:
     if not (FACADES / "val").is_dir():
-        pytest.fail(f"facades dataset not found at {FACADES}; set P2P_FACADES")
+        pytest.fail(f"facades dataset not found at {FACADES}; set P2P_DATA to the folder "
+                    "that holds facades/ (or P2P_FACADES to facades/ itself)")
     return FACADES / "val"
 
 

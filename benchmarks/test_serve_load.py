@@ -26,13 +26,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from benchlib import FACADES
 
 from p2p.runtime import telemetry as metrics
 
 CLIENTS = int(os.environ.get("P2P_SERVE_CLIENTS", 32))
 SECONDS = float(os.environ.get("P2P_SERVE_SECONDS", 20))
-FACADES = Path(os.environ.get("P2P_FACADES",
-                              Path(__file__).resolve().parents[2] / "shared/datasets/facades"))
 
 
 def free_port() -> int:
@@ -139,7 +138,8 @@ def run_load(model: Path, bodies: list[bytes], clients: int = CLIENTS, seconds: 
 def facades_bodies(n: int = 32) -> list[bytes]:
     files = sorted((FACADES / "val").glob("*.jpg"), key=lambda p: int(p.stem))[:n]
     if not files:
-        raise FileNotFoundError(f"no facades val images under {FACADES}; set P2P_FACADES")
+        raise FileNotFoundError(f"no facades val images under {FACADES}; set P2P_DATA (or "
+                                "P2P_FACADES)")
     return [f.read_bytes() for f in files]
 
 

@@ -31,18 +31,21 @@ def _term_as_interrupt():
         return
 
     signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    interrupted = []
 
     def interrupt(signum, frame):
         for s in signals:  # a second kill must not cut the clean-up short
             signal.signal(s, signal.SIG_IGN)
+        interrupted.append(signum)
         raise KeyboardInterrupt
 
     before = {s: signal.signal(s, interrupt) for s in signals}
     try:
         yield
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        if not interrupted:  # once killed, stay deaf until exit: a second kill arriving
+            for s, handler in before.items():  # after the clean-up ("Aborted!") would
+                signal.signal(s, handler)  # otherwise end the process by the signal
 
 
 @click.command(context_settings=CONTEXT)

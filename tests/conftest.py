@@ -9,14 +9,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FACADES = Path(os.environ.get("P2P_FACADES", REPO.parent / "shared" / "datasets" / "facades"))
+# The README's rule: $P2P_FACADES, else facades/ in $P2P_DATA (the folder `make` and
+# p2p-train read datasets from), else ../shared/datasets/facades beside the checkout.
+FACADES = Path(os.environ.get("P2P_FACADES") or (
+    Path(os.environ["P2P_DATA"]) / "facades" if os.environ.get("P2P_DATA")
+    else REPO.parent / "shared" / "datasets" / "facades"))
 
 
 @pytest.fixture(scope="session")
 def facades() -> Path:
     """The facades dataset folder (train/ and val/, 512x256 A|B JPEGs)."""
     if not (FACADES / "val").is_dir():
-        pytest.fail(f"facades dataset not found at {FACADES}; set P2P_FACADES")
+        pytest.fail(f"facades dataset not found at {FACADES}; set P2P_DATA to the folder "
+                    "that holds facades/ (or P2P_FACADES to facades/ itself)")
     return FACADES
 
 
