@@ -87,11 +87,10 @@ class FileSink:
         # (H, W, C) at the model's output depth (uint8, uint16 or float32)
         a = images.to_array(self.y, self.prep, self.meta, self.cfg.model_size)
         record = self.cfg.record(self.job)
-        if self.cfg.fmt == "tif" and self.prep.half is None and \
-                (a.shape[1], a.shape[0]) == tuple(self.prep.size):
-            from . import raster  # a georeferenced input keeps its CRS and transform
+        if self.cfg.fmt == "tif" and (a.shape[1], a.shape[0]) == tuple(self.prep.size):
+            from . import raster  # a georeferenced input (or its half) keeps its CRS and transform
 
-            georef = raster.georef_of(self.job.src)
+            georef = raster.georef_of(self.job.src, self.prep.half)
             if georef.present:
                 sink = raster.RasterSink(self.job.dst, self.job.src, a.shape[0], a.shape[1],
                                          a.shape[2], georef, a.dtype.name,

@@ -50,6 +50,17 @@ def on_white(rgb: np.ndarray, alpha: np.ndarray, premultiplied: bool = False) ->
     return np.clip(np.rint(out), 0, top).astype(rgb.dtype)
 
 
+def check_sample_type(dtype, where) -> None:
+    """An ImageError naming the file unless ``dtype`` is one p2p reads: uint8, uint16 or a
+    float type (checked for 0..1 by ``check_float``). The one wording of every reader's
+    refusal (Pillow, tifffile, rasterio): signed or 32-bit integers have no natural range
+    p2p could map to the model's values."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" and dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{where}: {dtype.name} samples (p2p reads 8-bit, 16-bit and float "
+                         "images)")
+
+
 def check_float(a: np.ndarray, where) -> np.ndarray:
     """A float image as float32 whose values lie in 0..1 (p2p's rule for float images), else
     an ImageError naming the file: a clip would be a silent wrong result."""
@@ -107,18 +118,32 @@ def to_srgb(im: Image.Image, where) -> Image.Image:
         return im  # an unusable profile: shown as sRGB by viewers, so read as sRGB too
 
 
+def keyed_on_white(a: np.ndarray, key) -> np.ndarray:
+    """(H, W, C) with the pixels equal to a PNG tRNS ``key`` (an int for grey, a tuple for
+    RGB; compared at the image's own depth, PNG spec 11.3.2.1) made white: the same result as
+    Pillow's conversion of an 8-bit image with a transparent colour. No key: unchanged."""
+    if key is None or isinstance(key, bytes):  # bytes: a palette's tRNS (8-bit only)
+        return a
+    key = np.asarray(key if isinstance(key, tuple) else (key,), a.dtype)
+    if key.size != a.shape[2]:
+        return a
+    opaque = ~np.all(a == key, axis=2, keepdims=True)
+    return on_white(a, opaque.astype(a.dtype) * a.dtype.type(white(a.dtype)))
+
+
 def from_pillow(im: Image.Image, where) -> np.ndarray:
     """A loaded Pillow image -> (H, W, C) uint8 | uint16 | float32 at full precision."""
     im = to_srgb(im, where)
     mode = im.mode
     if mode in _16BIT_MODES:
-        return np.asarray(im).astype(np.uint16)[..., None]
-    if mode == "I":
+        a = np.asarray(im).astype(np.uint16)[..., None]
+        return keyed_on_white(a, im.info.get("transparency"))
+    if mode == "I":  # 16-bit greyscale PNG (and PGM) in some Pillow versions
         a = np.asarray(im)
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise ImageError(f"{where}: 32-bit integer samples (p2p reads 8-bit, 16-bit and "
                              "float images)")
-        return a.astype(np.uint16)[..., None]
+        return keyed_on_white(a.astype(np.uint16)[..., None], im.info.get("transparency"))
     if mode == "F":
         return check_float(np.asarray(im), where)[..., None]
     grey = mode in ("1", "L", "LA", "La")
@@ -168,15 +193,17 @@ def png16(open_again, im: Image.Image, where) -> np.ndarray:
     a = (high << 8) | low
     if a.shape[-1] == 4:
         return on_white(a[..., :3], a[..., 3:])
-    return a
+    return keyed_on_white(a, im.info.get("transparency"))
 
 
 # --- TIFF through tifffile -----------------------------------------------------------------
 
 def needs_tifffile(im: Image.Image) -> bool:
     """Whether Pillow would read this TIFF wrongly: colour samples of more than 8 bits
-    (truncated to 8), or more samples than its mode has bands (RGB + an unspecified extra
-    sample opens as RGBX and the band is dropped)."""
+    (truncated to 8), more samples than its mode has bands (RGB + an unspecified extra
+    sample opens as RGBX and the band is dropped), signed or 32-bit integer greyscale (mode
+    I: read as if unsigned 16-bit), or deeper than 8-bit 'white is zero' greyscale (Pillow
+    inverts MINISWHITE at 1 and 8 bits only). ``tiff`` reads, inverts or refuses them."""
     if im.format != "TIFF":
         return False
     tags = getattr(im, "tag_v2", {})
@@ -184,7 +211,10 @@ def needs_tifffile(im: Image.Image) -> bool:
     bits = bits if isinstance(bits, tuple) else (bits,)
     samples = tags.get(277, 1)
     if im.mode in _16BIT_MODES + ("I", "F") and samples == 1:
-        return False
+        fmt = tags.get(339, 1)
+        fmt = fmt[0] if isinstance(fmt, tuple) else fmt
+        integer = fmt in (1, 2) and im.mode != "F"
+        return int(tags.get(262, 1)) == 0 or (integer and (fmt == 2 or max(bits) > 16))
     return max(bits) > 8 or samples != len(im.getbands()) or im.mode == "RGBX"
 
 
@@ -291,11 +321,9 @@ def tiff(src, where, limit: int) -> np.ndarray:
                          "page: height, width and samples)")
     a = a.transpose([axes.index(c) for c in "YX" + ("S" if "S" in axes else "")])
     a = a[..., None] if a.ndim == 2 else a
+    check_sample_type(a.dtype, where)
     if a.dtype.kind == "f":
         a = check_float(a, where)
-    elif a.dtype not in (np.uint8, np.uint16):
-        raise ImageError(f"{where}: {a.dtype} samples (p2p reads 8-bit, 16-bit and float "
-                         "images)")
     if photometric == 0:  # MINISWHITE: 0 is white
         a = (1 - a) if a.dtype == np.float32 else np.iinfo(a.dtype).max - a
     elif photometric not in (1, 2):  # MINISBLACK, RGB

@@ -5,6 +5,7 @@ Imported only where a TIFF is streamed (``p2p-translate --tile`` on a .tif, or
 absence is one line naming the extra (``cli/common.EXTRAS``).
 
     reader = RasterReader(path)           # header only: height, width, bands, dtype, georef
+    reader.decoder_only                   # why only images.decode reads it right, or None
     reader.read_rows(y0, y1)              # (y1 - y0, W, bands) array, one strip of rows
     sink = RasterSink(job, h, w, c, georef)  # a tiled, deflate-compressed GeoTIFF
     sink.write_rows(y0, rows)             # (n, W, c) uint8, in order; written by one thread
@@ -102,6 +103,12 @@ class RasterReader:
         self.height, self.width = ds.height, ds.width
         self.bands = ds.count - (self._alpha is not None)
         self.dtype = np.dtype(ds.dtypes[0])
+        try:
+            pixels.check_sample_type(self.dtype, self.path)  # int16, int32: the decoder's line
+        except ImageError:
+            ds.close()
+            raise
+        self.decoder_only = decoder_only(self.path)
         gcps = ds.gcps if ds.gcps and ds.gcps[0] else None
         self.georef = Georef(ds.crs, ds.transform, gcps)
         self.strips_read = 0
@@ -131,8 +138,45 @@ class RasterReader:
             self._ds = None
 
 
-def georef_of(path: Path) -> Georef:
-    """The georeferencing of ``path`` (empty when it has none or is not a raster)."""
+def decoder_only(path: Path) -> str | None:
+    """Why a TIFF must be decoded whole by ``images.decode`` to mean what it means to every
+    other command, or None: GDAL's strips are the raw samples, and these tags change them
+    (a palette's indices, 'white is zero', the Orientation tag, a non-sRGB colour profile).
+    Reads the first IFD's tags only (Pillow's TIFF directory reader, which parses any
+    sample layout and size: no image is opened)."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(8)
+            if head[2:4] in (b"+\0", b"\0+"):  # BigTIFF: a 16-byte header
+                head += fp.read(8)
+            tags = TiffImagePlugin.ImageFileDirectory_v2(head)
+            fp.seek(tags.next)
+            tags.load(fp)
+            photometric, orientation = int(tags.get(262, 1)), int(tags.get(274, 1) or 1)
+            icc = tags.get(34675)
+    except Exception:  # noqa: BLE001 - GDAL opened it; a header Pillow cannot parse streams
+        return None
+    if photometric in (0, 3):
+        return "a 'white is zero' TIFF" if photometric == 0 else "a palette TIFF"
+    if orientation != 1:
+        return f"a TIFF with Orientation {orientation}"
+    if not pixels.is_srgb(bytes(icc) if icc else None):
+        return "a TIFF with a non-sRGB colour profile"
+    return None
+
+
+def half_x0(width: int, half: str | None) -> int:
+    """The first column of ``half`` of a ``width``-wide A|B image (``images.half_box``)."""
+    from .images import half_box
+
+    return half_box(width, 1, half)[0] if half else 0
+
+
+def georef_of(path: Path, half: str | None = None) -> Georef:
+    """The georeferencing of ``path``, or of its ``half`` ('left', 'right': the transform
+    shifted to that half's first column); empty when it has none or is not a raster."""
     if not (is_raster_name(path) and available()):
         return Georef()
     try:
@@ -140,7 +184,7 @@ def georef_of(path: Path) -> Georef:
     except ImageError:
         return Georef()
     try:
-        return r.georef
+        return r.georef.shifted(half_x0(r.width, half)) if half else r.georef
     finally:
         r.close()
 

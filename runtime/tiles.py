@@ -323,17 +323,22 @@ def tile_opener(meta: ModelMetadata, cfg, log=None):
         if streams and raster.is_raster_name(job.src):
             images.check_regular_file(job.src)
             reader = raster.RasterReader(job.src)
+            if reader.decoder_only:  # a palette, Orientation, ...: decoded whole, as always
+                reader.close()
+                reader = None
+        if reader is not None:
             h, w, georef = reader.height, reader.width, reader.georef
             half = images.choose_half((w, h), cfg.split, meta)  # the rule of every image
-            x0 = 0 if half in (None, "left") else w - w // 2
+            x0 = raster.half_x0(w, half)
             w = w // 2 if half else w
-            if half:
-                georef = georef.shifted(x0)
+            georef = georef.shifted(x0) if half else georef
             read_rows = lambda y0, y1, r=reader.read_rows: r(y0, y1)[:, x0:x0 + w]  # noqa: E731
         else:
             a = images.decode(job.src)  # full depth and bands: images.normalize takes them
-            a = images.crop_half(a, images.choose_half((a.shape[1], a.shape[0]), cfg.split, meta))
-            (h, w), georef = a.shape[:2], None
+            half = images.choose_half((a.shape[1], a.shape[0]), cfg.split, meta)
+            a = images.crop_half(a, half)
+            h, w = a.shape[:2]
+            georef = raster.georef_of(job.src, half) if streams else None
             read_rows = lambda y0, y1: a[y0:y1]  # noqa: E731
         try:
             grid = Grid(h, w, tile, overlap)

@@ -336,3 +336,61 @@ def test_without_tifffile_a_deep_tiff_names_the_extra(tmp_path, monkeypatch):
                                              r"not installed: pip install 'p2p\[tiff\]'"):
             images.decode(tmp_path / name)
     assert images.decode(tmp_path / "8.tif").shape == (8, 8, 3)  # Pillow reads 8-bit RGB
+
+
+@pytest.mark.parametrize("dtype", ["int16", "int32", "uint32"])
+def test_signed_and_32_bit_integer_greyscale_is_refused_not_read_as_16_bit(tmp_path, dtype):
+    """Pillow opens one-band int16/int32/uint32 TIFFs as mode I, which read as unsigned
+    16-bit: a 0..255 image came out nearly black, exit 0. They are refused, in the
+    decoder's words, whatever their values."""
+    f = tmp_path / f"{dtype}.tif"
+    tifffile.imwrite(f, np.arange(64 * 64, dtype=dtype).reshape(64, 64) % 256)
+    with pytest.raises(ImageError, match=rf"{dtype}.tif: {dtype} samples \(p2p reads 8-bit, "
+                                          "16-bit and float images\\)"):
+        images.decode(f)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_white_is_zero_greyscale_reads_the_same_at_every_depth(tmp_path, dtype):
+    """MINISWHITE (0 is white): Pillow inverts it at 8 bits only; 16-bit and float came
+    back as the negative."""
+    g = rng().integers(0, 256, (40, 48)).astype(np.uint8)
+    top = 65535 if dtype == "uint16" else 1.0
+    raw = (top - g.astype(np.float64) * (257 if dtype == "uint16" else 1 / 255)).astype(dtype)
+    tifffile.imwrite(tmp_path / "mw.tif", raw, photometric="miniswhite")
+    tifffile.imwrite(tmp_path / "mw8.tif", 255 - g, photometric="miniswhite")
+    want = images.decode(tmp_path / "mw8.tif")[..., 0]
+    np.testing.assert_array_equal(want, g)
+    got = images.decode(tmp_path / "mw.tif")[..., 0]
+    scale = 257 if dtype == "uint16" else 1 / 255
+    assert np.abs(got / scale - g).max() < 1e-3
+
+
+def _png_with_key(path, a: np.ndarray, key: tuple) -> None:
+    """A PNG of ``a`` (grey or RGB, 8 or 16 bits) with a tRNS transparent colour ``key``."""
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    h, w = a.shape[:2]
+    depth = 16 if a.dtype == np.uint16 else 8
+    raw = b"".join(b"\0" + a[y].astype(">u2" if depth == 16 else "u1").tobytes()
+                   for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth,
+                                                  2 if a.ndim == 3 else 0, 0, 0, 0))
+                     + chunk(b"tRNS", b"".join(struct.pack(">H", v) for v in key))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_a_transparent_colour_is_white_at_16_bits_as_at_8(tmp_path, grey):
+    a = rng().integers(0, 256, (30, 40) if grey else (30, 40, 3)).astype(np.uint8)
+    key = tuple(int(v) for v in np.atleast_1d(a[10, 10]))
+    _png_with_key(tmp_path / "k8.png", a, key)
+    _png_with_key(tmp_path / "k16.png", a.astype(np.uint16) * 257, tuple(v * 257 for v in key))
+    eight, sixteen = images.decode(tmp_path / "k8.png"), images.decode(tmp_path / "k16.png")
+    assert (eight[10, 10] == 255).all() and (sixteen[10, 10] == 65535).all()
+    np.testing.assert_array_equal(sixteen, eight.astype(np.uint16) * 257)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from onnx_models import conv_model, identity_model
 from p2p.cli.translate import main
-from p2p.runtime import raster, tiles
+from p2p.runtime import images, raster, tiles
 
 rasterio = pytest.importorskip("rasterio", reason="GeoTIFF streaming needs p2p[geo]")
 from rasterio.crs import CRS  # noqa: E402
@@ -257,3 +257,54 @@ def test_tile_failures_name_the_file_once_with_the_reason(models, tmp_path):
     assert lines[trunc].startswith(f"failed: {trunc}: cannot read rows 0..") and \
         "IReadBlock failed" in lines[trunc] and "previous exception" not in lines[trunc], \
         r.output
+
+
+def test_tiffs_whose_tags_change_their_pixels_read_the_same_streamed(models, tmp_path):
+    """GDAL's strips are the raw samples: a palette's indices, 'white is zero', the
+    Orientation tag and a non-sRGB colour profile changed the streamed (--tile) result
+    against the decoder's (exit 0). Such TIFFs are decoded whole, as without --tile; an
+    int16 raster is refused in the decoder's words, not with a KeyError."""
+    import tifffile
+
+    from test_icc import ADOBE
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    grey = rgb[..., 0]
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rgb).quantize(16).save(src / "palette.tif")
+    tifffile.imwrite(src / "white0.tif", 255 - grey, photometric="miniswhite")
+    tifffile.imwrite(src / "turned.tif", np.ascontiguousarray(np.rot90(rgb)), photometric="rgb",
+                     extratags=[(274, "H", 1, 6, True)])
+    Image.fromarray(rgb).save(src / "adobe.tif", icc_profile=ADOBE)
+    for name in ("palette", "white0", "turned", "adobe"):
+        assert raster.decoder_only(src / f"{name}.tif"), name
+    geotiff(src / "plain.tif", 64, 64)
+    assert raster.decoder_only(src / "plain.tif") is None
+    # The identity model in 32 px tiles gives back exactly what it reads: what the image
+    # decoder makes of each file (grey repeated into the model's 3 bands).
+    r = translate(src, "-m", models["ident"], "--format", "tif", "--tile", "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    for name in ("palette", "white0", "turned", "adobe", "plain"):
+        want = images.match_bands(images.decode(src / f"{name}.tif"), 3)
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"), want,
+                                      err_msg=name)
+    tifffile.imwrite(tmp_path / "i16.tif", grey.astype(np.int16))
+    r = translate(tmp_path / "i16.tif", "-m", models["conv"], "--tile")
+    assert r.exit_code == 1
+    assert "i16.tif: int16 samples (p2p reads 8-bit, 16-bit and float images)" in r.output
+
+
+def test_an_a_b_pair_raster_keeps_its_half_georeferenced_without_tile(models, tmp_path):
+    geotiff(tmp_path / "pair.tif", 40, 80)
+    r = translate(tmp_path / "pair.tif", "-m", models["btoa"], "--format", "tif")
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "pair-translated" / "pair.tif") as ds:
+        assert (ds.height, ds.width, ds.crs) == (40, 40, CRS_UTM)
+        assert ds.transform == Affine(10.0, 0.0, 500400.0, 0.0, -10.0, 4600000.0)
+    r = translate(tmp_path / "pair.tif", "-m", models["btoa"], "--format", "tif", "--split",
+                  "left", "-o", tmp_path / "left")
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "left" / "pair.tif") as ds:  # the left half: the origin
+        assert (ds.crs, ds.transform) == (CRS_UTM, TRANSFORM)

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
 from blocking import run_without
 from p2p.cli.process import main
+from p2p.runtime import images
 from p2p.trainer.process import split_assignment
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -279,6 +281,40 @@ def test_resize_keeps_label_maps_crisp_and_blends_photos(tmp_path):
                                   str(tmp_path / "blend"), "--size", "40", "--resample",
                                   "bicubic", "--quiet"])
     assert r.exit_code == 0 and colours(tmp_path / "blend" / "labels.png") > 12
+
+
+def test_resize_tells_greyscale_photos_from_greyscale_label_maps(tmp_path, facades):
+    """An 8-bit greyscale photo has at most 256 levels, like a label map: the count alone
+    resized real photos nearest-neighbour (aliased). A real facades photo in greyscale
+    (8-bit, and 16-bit from it: still 256 levels) is blended; a 10-class grey label map and
+    an edge map stay crisp."""
+    ab = Image.open(facades / "val" / "1.jpg")
+    grey = np.asarray(ab.crop((0, 0, ab.width // 2, ab.height)).convert("L"))
+    rng = np.random.default_rng(0)
+    ids = (np.repeat(np.repeat(rng.integers(0, 10, (8, 8)), 32, 0), 32, 1) * 20).astype(np.uint8)
+    edge = np.full((256, 256), 255, np.uint8)
+    edge[::16] = 0
+    save(tmp_path / "in" / "photo8.png", grey)
+    tifffile.imwrite(tmp_path / "in" / "photo16.tif", grey.astype(np.uint16) * 257)
+    save(tmp_path / "in" / "ids.png", ids)
+    save(tmp_path / "in" / "edges.png", edge)
+    r = CliRunner().invoke(main, ["resize", "--input", str(tmp_path / "in"), "--output",
+                                  str(tmp_path / "out"), "--size", "100", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "2 label map(s) resized nearest-neighbour" in r.output
+    out = {p.stem: images.decode(p)[..., 0] for p in (tmp_path / "out").iterdir()}
+    assert len(np.unique(out["ids"])) == 10 and set(np.unique(out["edges"])) <= {0, 255}
+    expected = images.resize(grey[..., None], (100, 100))[..., 0]  # bicubic, as documented
+    np.testing.assert_array_equal(out["photo8"], expected)
+    assert np.abs(out["photo16"] / 257.0 - expected).max() <= 1.0
+
+
+def test_edges_refusal_names_edges(tmp_path):
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "t4.tif", np.zeros((32, 32, 4), np.uint8),
+                     photometric="rgb", extrasamples=["unspecified"])
+    r = invoke("edges", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    assert r.exit_code == 1 and "t4.tif: 4 bands: edges takes greyscale or RGB images" in r.output
 
 
 def test_split_halves_cuts_ab_images_into_a_and_b(tmp_path):

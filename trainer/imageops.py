@@ -12,19 +12,32 @@ from p2p.runtime import images, pixels
 from p2p.runtime.errors import DataError, P2PError
 from p2p.runtime.metadata import DATA_DEPTHS
 
-# auto: an image of at most this many distinct colours is a label map (or an edge map, a
-# drawing): bicubic would blend its classes into colours no label has, so it is resized
-# nearest-neighbour. Photos have thousands (a JPEG label map too: compression noise).
+# auto: an image of at most this many distinct colours, most of whose pixels repeat their
+# neighbours, is a label map (or an edge map, a drawing): bicubic would blend its classes
+# into colours no label has, so it is resized nearest-neighbour. Colour photos have
+# thousands of colours (a JPEG label map too: compression noise); a greyscale photo has at
+# most 256 levels at 8 bits, so the count alone cannot tell it apart: its neighbouring
+# pixels differ (facades val photos as greyscale: at most 40% of neighbour pairs equal;
+# their label maps, cleanly coloured, 85-95%).
 LABEL_MAP_COLOURS = 256
+LABEL_MAP_FLAT = 0.5  # the share of equal neighbour pairs (across and down) a label map has
 CANNY_SIGMA = 0.33  # the median rule: thresholds at (1 -/+ sigma) * median intensity
 
 
 def is_label_map(a: np.ndarray) -> bool:
-    """At most ``LABEL_MAP_COLOURS`` distinct colours in the (H, W, C) image: a label map,
-    not a photo."""
+    """A label map, not a photo: at most ``LABEL_MAP_COLOURS`` distinct colours in the
+    (H, W, C) image, and at least ``LABEL_MAP_FLAT`` of its neighbouring pixel pairs (each
+    pixel with the one to its right and the one below) equal: regions of one class, not the
+    texture of a photo (which a greyscale photo's 256 levels alone would not show)."""
     pixels_ = np.ascontiguousarray(a).reshape(-1, a.shape[2])
     as_one = pixels_.view(np.dtype((np.void, pixels_.dtype.itemsize * pixels_.shape[1])))
-    return len(np.unique(as_one)) <= LABEL_MAP_COLOURS
+    if len(np.unique(as_one)) > LABEL_MAP_COLOURS:
+        return False
+    pairs = equal = 0
+    for x, y in ((a[:, 1:], a[:, :-1]), (a[1:], a[:-1])):
+        pairs += x.shape[0] * x.shape[1]
+        equal += int(np.all(x == y, axis=2).sum())
+    return not pairs or equal >= LABEL_MAP_FLAT * pairs
 
 
 def _nearest(a: np.ndarray, size: int) -> np.ndarray:
@@ -58,10 +71,11 @@ def resize(a: np.ndarray, size: int, pad: bool = False, resample: str = "bicubic
     return _nearest(a, size) if resample == "nearest" else images.resize(a, (size, size))
 
 
-def grayscale(a: np.ndarray) -> np.ndarray:
-    """One band: Pillow's ITU-R 601-2 luma (``images.match_bands``), at the image's depth."""
+def grayscale(a: np.ndarray, op: str = "grayscale") -> np.ndarray:
+    """One band: Pillow's ITU-R 601-2 luma (``images.match_bands``), at the image's depth.
+    DataError for other band counts, naming ``op`` (the p2p-process operation asked for)."""
     if a.shape[2] not in (1, 3):
-        raise DataError(f"{a.shape[2]} bands: grayscale takes greyscale or RGB images")
+        raise DataError(f"{a.shape[2]} bands: {op} takes greyscale or RGB images")
     return images.match_bands(a, 1)
 
 
@@ -84,7 +98,7 @@ def edges(a: np.ndarray) -> np.ndarray:
     sensible maps without per-image tuning.
     """
     cv2 = _cv2()
-    gray = grayscale(pixels.to_uint8(a))[..., 0]
+    gray = grayscale(pixels.to_uint8(a), "edges")[..., 0]
     blurred = cv2.GaussianBlur(gray, (3, 3), 0)
     v = float(np.median(blurred))
     low = int(max(0, (1.0 - CANNY_SIGMA) * v))
