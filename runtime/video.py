@@ -100,6 +100,61 @@ def _hms(text: str) -> float:
     return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else 0.0
 
 
+def display_matrix(frame) -> np.ndarray | None:
+    """The 3x3 display matrix a frame carries (FFmpeg's AV_FRAME_DATA_DISPLAYMATRIX: nine
+    int32, a b u / c d v / x y w, a-d in 16.16 fixed point), or None."""
+    for sd in getattr(frame, "side_data", ()) or ():
+        if getattr(sd.type, "name", str(sd.type)).upper().endswith("DISPLAYMATRIX"):
+            m = np.frombuffer(bytes(sd), "<i4")
+            return m if m.size == 9 else None
+    return None
+
+
+def upright(rgb: np.ndarray, frame) -> np.ndarray:
+    """(H, W, 3) as a player shows it: the frame's display matrix applied by FFmpeg's own
+    rule (fftools' autorotate: a rotation by quarter turns, and the flips the matrix's
+    signs add; a front camera's mirror is a flip, not a half turn). Angles between quarter
+    turns go to the nearest one."""
+    m = display_matrix(frame)
+    rotation = float(frame.rotation or 0) if m is not None else 0.0
+    if m is None or np.isnan(rotation):
+        return rgb
+    theta = -round(rotation)
+    theta = int(round(theta - 360 * np.floor(theta / 360 + 0.9 / 360))) % 360
+    quarter = round(theta / 90) % 4
+    if quarter == 1:  # transpose=clock, or cclock_flip (a plain transpose) when mirrored
+        out = rgb.transpose(1, 0, 2) if m[3] > 0 else np.rot90(rgb, -1)
+    elif quarter == 2:
+        out = rgb[:, ::-1] if m[0] < 0 else rgb
+        out = out[::-1] if m[4] < 0 else out
+    elif quarter == 3:  # transpose=cclock, or clock_flip (the anti-transpose) when mirrored
+        out = np.rot90(rgb, -1)[::-1] if m[3] < 0 else np.rot90(rgb, 1)
+    else:
+        out = rgb[::-1] if m[4] < 0 else rgb
+    return out if out is rgb else np.ascontiguousarray(out)
+
+
+def _cut_short(path: Path, fmt: str | None) -> str | None:
+    """Why an animation whose frames all decoded still ends early, or None: a GIF ends with
+    its trailer byte (0x3B), a PNG with its IEND chunk, a WebP where its RIFF header says.
+    A file cut between two frames decodes frame by frame without an error."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            fh.seek(max(0, size - 64))
+            tail = fh.read().rstrip(b"\0")  # padding after the end is harmless
+    except OSError:
+        return None
+    if fmt == "GIF" and not tail.endswith(b"\x3b"):
+        return "the file ends without the GIF trailer: cut short after its last whole frame"
+    if fmt == "PNG" and b"IEND" not in tail[-12:]:
+        return "the file ends without the PNG IEND chunk: cut short after its last whole frame"
+    if fmt == "WEBP" and head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 > size:
+        return "the file is shorter than its RIFF header says: cut short"
+    return None
+
+
 @dataclass(frozen=True)
 class Frame:
     pts: int  # in the reader's time_base
@@ -120,6 +175,7 @@ class VideoReader:
     rate: Fraction = Fraction(25)
     frames: int = 0
     has_audio: bool = False
+    sar: Fraction | None = None  # the stored pixels' aspect (non-square: anamorphic video)
     failed: list[tuple[int | None, str]] = field(default_factory=list)  # (pts, reason)
     # pts of the frames yielded: 8 bytes a frame (a 10-hour 60 frame/s video: 17 MB), kept
     # so that a bad frame's index counts the frames decoded after it but shown before it.
@@ -154,6 +210,8 @@ class VideoReader:
         self.frames = s.frames or (int(s.duration * self.time_base * self.rate)
                                    if s.duration else 0)
         self.has_audio = bool(self._c.streams.audio)
+        sar = s.sample_aspect_ratio or s.codec_context.sample_aspect_ratio
+        self.sar = Fraction(sar) if sar and sar != 1 else None
         self._index_counts = "mp4" in self._c.format.name
         # What the container says the whole file lasts (seconds; 0 unknown): a file cut
         # short keeps it (Matroska, WebM), so frames that end well before it are said.
@@ -182,8 +240,16 @@ class VideoReader:
             except Exception as e:  # noqa: BLE001 - the file breaks off here
                 self.failed.append((None, f"the file cannot be read past here: {_ff(e)}"))
                 break
+            if self._im.format == "WEBP":  # its plug-in reads a frame's duration on load
+                try:
+                    self._im.load()
+                except Exception as e:  # noqa: BLE001 - the file breaks off here
+                    self.failed.append((None, f"the file cannot be read past here: {_ff(e)}"))
+                    break
             # ms; APNG gives a float (its delay is a fraction): pts are whole ms
             durations.append(round(self._im.info.get("duration", 100) or 100) or 1)
+        if durations and not self.failed and (why := _cut_short(self.path, self._im.format)):
+            self.failed.append((None, why))  # whole frames up to a cut: no error above
         if not durations:
             raise ImageError(f"{self.path}: cannot decode: {self.failed[-1][1]}")
         self.frames = len(durations)
@@ -219,11 +285,7 @@ class VideoReader:
                 last = pts
                 self._last_duration = getattr(f, "duration", None) or 0  # ticks; 0 unknown
                 self.decoded.append(pts)
-                rgb = f.to_ndarray(format="rgb24")
-                turn = round((f.rotation or 0) / 90) % 4
-                if turn:  # a phone's display matrix: upright, as images follow EXIF
-                    rgb = np.ascontiguousarray(np.rot90(rgb, turn))
-                yield Frame(pts, rgb)
+                yield Frame(pts, upright(f.to_ndarray(format="rgb24"), f))
 
     def _frames_animation(self):
         t = 0

@@ -155,6 +155,12 @@ class VideoWriter:
             self._v.pix_fmt = self.pix_fmt = _pix_fmt(codec, w, h)
             self._v.time_base = self.tb
             self._v.codec_context.time_base = self.tb
+            sar = reader.sar  # anamorphic pixels display as the input's (a turned frame's
+            if sar and (w, h) != (reader.width, reader.height):  # aspect is the other way)
+                sar = 1 / sar
+            if sar:
+                self._v.codec_context.sample_aspect_ratio = sar
+                self._v.sample_aspect_ratio = sar  # the container's own field (MP4 pasp)
             self._v.options = encoder_options(codec, suffix, w, h, crf)
             self._audio = {}
             if reader.has_audio:  # (animations have none)

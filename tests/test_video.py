@@ -289,6 +289,119 @@ def test_display_rotation_is_applied(tmp_path):
     assert got[0][-8:, :8].mean() > 200 and got[0][:8, :8].mean() < 50  # now bottom-left
 
 
+def _matrix_clip(path, a: np.ndarray, **display) -> Path:
+    """Three frames of ``a`` (H.264) with a display matrix: ``set_display_rotation``'s
+    angle and flips (what phones and front cameras write)."""
+    import av
+
+    h, w = a.shape[:2]
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        v.options = {"crf": "0"}
+        v.set_display_rotation(display.pop("angle", 0), **display)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(a, format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("angle,hflip,vflip,want", [
+    (0, True, False, lambda a: a[:, ::-1]),  # a front camera's mirror: not a half turn
+    (0, False, True, lambda a: a[::-1]),
+    (90, False, False, lambda a: np.rot90(a, 1)),  # the angle is counterclockwise
+    (-90, False, False, lambda a: np.rot90(a, -1)),
+    (90, True, False, lambda a: np.rot90(a, 1)[:, ::-1]),  # turned, then mirrored
+    (180, False, False, lambda a: a[::-1, ::-1]),
+])
+def test_display_matrices_turn_and_flip_as_ffmpeg_does(tmp_path, angle, hflip, vflip, want):
+    """The whole display matrix by FFmpeg's own rule (fftools' autorotate), not its angle
+    alone: a mirrored front-camera clip came out turned upside down."""
+    a = np.zeros((32, 48, 3), np.uint8)  # (not 2:1: an A|B pair would be split)
+    a[:8, :16] = 255  # a white block in the top-left corner
+    a[-8:, -8:, 0] = 255  # a red one bottom-right
+    src = _matrix_clip(tmp_path / "m.mp4", a, angle=angle, hflip=hflip, vflip=vflip)
+    model = identity_model(tmp_path / "id.onnx", dynamic_size=True)
+    r = run(src, "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 0, r.output
+    got, _, _ = decode(tmp_path / "out" / "m.mp4")
+    expected = want(a)
+    assert got[0].shape == expected.shape
+    assert np.abs(got[0].astype(int) - expected).mean() < 8
+
+
+def test_non_square_pixels_keep_their_aspect(model, tmp_path):
+    """An anamorphic clip (128x128 stored, pixels twice as wide: shown 256x128) displays
+    as the input does; before, the output's pixels were square (shown squashed)."""
+    import av
+    from fractions import Fraction
+
+    src = tmp_path / "sar.mp4"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 128, 128, "yuv420p"
+        v.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(np.full((128, 128, 3), 60 * i, np.uint8),
+                                           format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+    for suffix in (".mp4", ".mkv"):
+        dst = src.with_suffix(suffix)
+        if suffix != ".mp4":
+            import shutil
+            shutil.copy(src, dst)  # an MP4 stream in a .mkv name: FFmpeg reads it the same
+        r = run(dst, "--model", model, "-o", tmp_path / "out", *CPU)
+        assert r.exit_code == 0, r.output
+        with av.open(str(tmp_path / "out" / dst.name)) as c:
+            s = c.streams.video[0]
+            assert (s.codec_context.width, s.codec_context.height) == (128, 128)
+            assert s.sample_aspect_ratio == Fraction(2, 1)
+
+
+def test_animated_webp_frames_keep_their_durations(model, tmp_path):
+    """Pillow's WebP plug-in reads a frame's duration when the frame loads, not on seek:
+    every frame became 100 ms (half speed for a 50 ms animation)."""
+    frames = [Image.fromarray(np.full((40, 48, 3), 30 * i, np.uint8)) for i in range(5)]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:],
+                   duration=[50, 50, 100, 200, 50], loop=0, lossless=True)
+    r = run(tmp_path / "anim.webp", "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 0, r.output
+    got, times, _ = decode(tmp_path / "out" / "anim.mp4")
+    assert len(got) == 5 and [float(t) for t in times] == [0, 0.05, 0.1, 0.2, 0.4]
+
+
+@pytest.mark.parametrize("fmt", ["gif", "png"])
+def test_an_animation_cut_between_two_frames_is_partial(model, tmp_path, fmt):
+    """A GIF cut exactly after a frame decodes without an error; its missing trailer says
+    it was cut: a partial video and exit 1, never the finished name (which a rerun would
+    skip as done). An APNG so cut (Pillow notices that one itself) likewise."""
+    ims = [Image.fromarray(np.full((40, 48, 3), 20 * i, np.uint8)) for i in range(8)]
+    ims[0].save(tmp_path / f"whole.{fmt}", save_all=True, append_images=ims[1:], duration=80)
+    data = (tmp_path / f"whole.{fmt}").read_bytes()
+    if fmt == "gif":  # each frame starts with a graphic control extension (21 F9)
+        cut = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\x21\xf9"][5]
+    else:  # each frame after the first starts with an fcTL chunk (length, type)
+        cut = [i - 4 for i in range(len(data) - 4) if data[i:i + 4] == b"fcTL"][5]
+    (tmp_path / f"cut.{fmt}").write_bytes(data[:cut])
+    r = run(tmp_path / f"cut.{fmt}", "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 1, r.output
+    assert ("cut short after its last whole frame" if fmt == "gif"
+            else "the file cannot be read past here") in r.output
+    assert not (tmp_path / "out" / "cut.mp4").exists()
+    kept, _, _ = decode(tmp_path / "out" / "cut.partial.mp4")
+    assert 1 < len(kept) < 8
+    r = run(tmp_path / f"whole.{fmt}", "--model", model, "-o", tmp_path / "out", *CPU)
+    assert r.exit_code == 0, r.output  # a whole animation has its end: no false alarm
+
+
 def test_pairs_follow_split_and_model_size_keeps_the_models(model, tmp_path):
     """A 2:1 clip is A|B pairs: auto takes the model's input half (AtoB: left), as for
     images; --split none keeps the whole frame; --model-size writes the model's 64x64."""
