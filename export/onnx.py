@@ -32,7 +32,8 @@ from onnx import helper
 from torch import nn
 
 from p2p.runtime import files
-from p2p.runtime.errors import ExportError, choices, one_line
+from p2p.runtime.errors import ExportError, ModelError, choices, one_line
+from p2p.runtime.modelfile import read_metadata
 from p2p.runtime.metadata import NATURAL_RANGE, NORM_MODES, ModelMetadata
 
 from .fp16 import to_fp16
@@ -258,6 +259,23 @@ def int8_model(cfg: ExportConfig, loaded: Loaded, graph: nn.Module, fp32: onnx.M
 
 # --- the stage ---------------------------------------------------------------------------
 
+def stale_siblings(out: Path, sha256: str) -> list[str]:
+    """The p2p exports beside ``out`` made from another checkpoint than ``sha256`` (an
+    FP32-only export after an earlier ``--fp16 --int8`` leaves those files older), as
+    'name (step N)'."""
+    stale = []
+    for path in sorted(out.parent.glob("*.onnx")) if out.parent.is_dir() else []:
+        if path == out or path.name.startswith("."):
+            continue
+        try:
+            meta = read_metadata(path)
+        except ModelError:
+            continue
+        if meta.checkpoint_sha256 and meta.checkpoint_sha256 != sha256:
+            stale.append(f"{path.name} (step {meta.training_step})")
+    return stale
+
+
 def main(cfg: ExportConfig) -> list[Path]:
     """Export, verify, then publish every file that passed; ExportError (after publishing
     those) naming each file that did not and why. A failure before the checks, or of every
@@ -299,6 +317,8 @@ def main(cfg: ExportConfig) -> list[Path]:
 
     temps: dict[Path, Path] = {}
     new_dirs = [d for d in {p.parent for p in models} if not d.exists()]
+    if out.parent.is_dir():  # a killed export's temps, whichever files it was writing
+        files.remove_stale_temps(out.parent)
     published: list[Path] = []
     try:
         for final, model in models.items():
@@ -334,6 +354,9 @@ def main(cfg: ExportConfig) -> list[Path]:
             with contextlib.suppress(OSError):  # only if empty: ours, and nothing else there
                 d.rmdir()
     written = list(published)
+    for name in stale_siblings(out, loaded.sha256):
+        print(f"note: {name} beside it was exported from another checkpoint: p2p-translate "
+              "passes it over; re-export it with this export's flags to refresh it")
     if cfg.triton and published:
         name = triton_name(cfg, loaded)
         for final in published:

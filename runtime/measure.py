@@ -53,11 +53,17 @@ def cache_file(engine, provider: str, candidates: tuple[str, ...]):
 
 
 def read_cached(path, candidates: tuple[str, ...]) -> dict | None:
-    """The stored answer, or None when absent, unreadable or not one of ``candidates``."""
+    """The stored answer, or None when absent, unreadable, of other types than this module
+    writes, or not one of ``candidates``: a cache entry that cannot be used is measured
+    again (the cache is safe to delete, and to find damaged)."""
     try:
         data = json.loads(path.read_text())
-        if data["precision"] in candidates and all(
-                float(data["images_per_s"][c]) > 0 for c in candidates):
+        ips = data["images_per_s"]
+        if not (isinstance(data, dict) and data["precision"] in candidates
+                and isinstance(ips, dict) and set(ips) == set(candidates)
+                and isinstance(data.get("measured", ""), str)):
+            return None
+        if all(type(v) in (int, float) and 0 < v < float("inf") for v in ips.values()):
             return data
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -87,12 +93,13 @@ def pick(measured: dict[str, float]) -> str:
     return fastest
 
 
-def _line(data: dict, cached: bool) -> str:
+def _line(data: dict, cached: bool, stored: bool = True) -> str:
     ips = data["images_per_s"]
     won = data["precision"]
     others = " vs ".join(f"{p} {ips[p]:.1f}" for p in sorted(ips, key=ips.get, reverse=True))
     how = (f"measured {data.get('measured', '?')[:10]}, cached" if cached
-           else "measured now, cached for the next start")
+           else "measured now, cached for the next start" if stored
+           else "measured now; the cache folder cannot be written, so every start measures")
     exact = "" if won == "fp32" else "; --precision fp32 for the exact path"
     flags = f"(no AMX, so BF16 speed is not known from the CPU flags; {how})"
     if won == "fp32" and max(ips, key=ips.get) != "fp32":  # faster, but not by the margin: say so
@@ -141,10 +148,11 @@ def race(engine, provider: str, choice, build):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+            stored = True
         except Exception:  # an unwritable cache costs a measurement next time, nothing more
-            pass
+            stored = False
         backend = built.pop(won)
-        return backend, won, _line(data, cached=False)
+        return backend, won, _line(data, cached=False, stored=stored)
     finally:
         for other in built.values():
             other.close()

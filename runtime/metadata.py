@@ -32,6 +32,18 @@ NATURAL_RANGE = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0), "float32": (0.
 _RANGES = ("value_range", "input_range", "output_range")
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)  # (JSON true is no 1)
+
+
+# The JSON type each field's annotation takes (ranges are checked in __post_init__).
+_JSON_TYPES = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     direction: str  # which half of an A|B dataset image is the input
@@ -80,9 +92,13 @@ class ModelMetadata:
         ):
             if value not in allowed:
                 raise ModelError(f"metadata {name}={value!r} is not one of {choices(allowed)}")
+        for name in ("image_size", "size_multiple", "in_channels", "out_channels"):
+            if getattr(self, name) < 1:
+                raise ModelError(f"metadata {name}={getattr(self, name)!r} is not a positive "
+                                 "integer")
         for name in _RANGES:
             r = getattr(self, name)
-            if (len(r) != 2 or not all(isinstance(v, (int, float)) for v in r)
+            if (len(r) != 2 or not all(_is_number(v) for v in r)
                     or not float(r[0]) < float(r[1]) or not all(abs(v) < 1e30 for v in r)):
                 raise ModelError(f"metadata {name}={list(r)!r} is not a finite [low, high] "
                                  "with low < high")
@@ -118,6 +134,13 @@ class ModelMetadata:
         missing = [k for k in required if k not in values]
         if missing:
             raise ModelError(f"{where}: metadata lacks {', '.join(PREFIX + k for k in missing)}")
+        for f in dataclasses.fields(cls):  # a JSON value of another type: one line here,
+            if f.name not in values:  # not a traceback or a wrong result further on
+                continue
+            value, kind = values[f.name], _JSON_TYPES.get(f.type)
+            if kind is not None and not kind[0](value):
+                raise ModelError(f"{where}: metadata {PREFIX + f.name}={json.dumps(value)} is "
+                                 f"not {kind[1]}")
         if values.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
             raise ModelError(
                 f"{where}: metadata schema {values['schema_version']} is newer than this p2p "

@@ -83,6 +83,8 @@ def read_model_file(path) -> ModelFile:
     not ONNX, reads outside its folder, lacks p2p metadata or contradicts it."""
     path = Path(path)
     if not path.is_file():
+        if path.exists() and not path.is_dir():  # (a folder is the caller's to resolve)
+            raise ModelError(f"{path}: not a regular file (an ONNX model is one)")
         raise ModelError(f"{path}: no such model file")
     scan = _scan(path)
     meta = ModelMetadata.from_props(scan.props, where=str(path))
@@ -96,6 +98,15 @@ def read_model_file(path) -> ModelFile:
             and hw != [s, s]:
         raise ModelError(f"{path}: graph input is {hw[0]}x{hw[1]} but its metadata says "
                          f"image_size {s}")
+    if meta.dynamic_size and len(hw) == 2 and all(isinstance(d, int) for d in hw):
+        raise ModelError(f"{path}: graph input is a fixed {hw[0]}x{hw[1]} but its metadata "
+                         "says dynamic_size")
+    for side, name, want in (("input", meta.input_name, meta.in_channels),
+                             ("output", meta.output_name, meta.out_channels)):
+        d = (scan.inputs if side == "input" else scan.outputs)[name]
+        if len(d) == 4 and isinstance(d[1], int) and d[1] != want:
+            raise ModelError(f"{path}: graph {side} has {d[1]} channels but its metadata "
+                             f"says {'in' if side == 'input' else 'out'}_channels {want}")
     folder = path.parent
     external = tuple(dict.fromkeys(folder / loc for loc in scan.locations
                                    if (folder / loc).is_file()))

@@ -268,6 +268,18 @@ def open_backend(engine, provider: str, requested: str | None):
     return backend, choice
 
 
+def _current_checkpoint(metas: dict) -> tuple[str, str, int] | None:
+    """(checkpoint SHA-256, file name, training step) of the float export, which every
+    p2p-export writes: the checkpoint the folder's other exports must come from. None when
+    there is no float export with a recorded checkpoint."""
+    floats = [(p, m) for p, m in metas.items()
+              if m.model_precision == "fp32" and m.checkpoint_sha256]
+    if not floats:
+        return None
+    path, meta = max(floats, key=lambda pm: pm[0].stat().st_mtime_ns)
+    return meta.checkpoint_sha256, path.name, meta.training_step
+
+
 def fastest_export(folder: Path, requested: str | None = "auto", provider: str = "auto"
                    ) -> tuple[Path, str]:
     """The fastest verified model among the exports in ``folder`` (a run folder's
@@ -291,12 +303,18 @@ def fastest_export(folder: Path, requested: str | None = "auto", provider: str =
     has_openvino = provider in ("auto", "openvino") and openvino_available()
     every = tuple(dict.fromkeys(p.file for p in REGISTRY.values()))
     wanted = (REGISTRY[requested].file,) if requested in REGISTRY else every
-    found, unverified, unfit = [], [], []
+    found, unverified, unfit, stale = [], [], [], []
+    metas = {}
     for path in sorted(p for p in where.glob("*.onnx") if not p.name.startswith(".")):
         try:
-            meta = read_metadata(path)
+            metas[path] = read_metadata(path)
         except ModelError:
             continue
+    current = _current_checkpoint(metas)
+    for path, meta in metas.items():
+        if current and meta.checkpoint_sha256 and meta.checkpoint_sha256 != current[0]:
+            stale.append(f"{path.name} (step {meta.training_step})")
+            continue  # an older export beside a newer one: never the newer model's stand-in
         if meta.model_precision not in wanted:
             unfit.append(path.name)
             continue
@@ -306,6 +324,9 @@ def fastest_export(folder: Path, requested: str | None = "auto", provider: str =
         found.append((model_rank(meta.model_precision, has_openvino, flags), path.name, path,
                       meta.model_precision))
     skipped = (f"; passed over (not verified): {', '.join(unverified)}" if unverified else "")
+    if stale:
+        skipped += (f"; passed over (exported from another checkpoint than {current[1]}, "
+                    f"step {current[2]}: re-export to refresh them): {', '.join(stale)}")
     if not found:
         what = ("p2p model (*.onnx with p2p metadata)" if requested == "auto" else
                 f"verified {'/'.join(wanted).upper()} model for --precision {requested}")

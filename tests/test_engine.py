@@ -189,3 +189,17 @@ def test_runtime_imports_and_runs_without_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert (tmp_path / "in-translated" / "a.png").is_file()
+
+
+def test_a_cache_path_under_a_file_costs_only_the_cache(tmp_path, monkeypatch):
+    """$P2P_CACHE pointing at a file: the CPU graph cache cannot be made there (ENOTDIR),
+    which escaped the 'load plainly' fallback as a traceback in translate, serve and
+    export. The model loads and runs without the cache."""
+    from onnx_models import conv_model
+
+    model = conv_model(tmp_path / "m.onnx")
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("P2P_CACHE", str(tmp_path / "afile"))
+    with Engine(model, "cpu", batch_size=2) as engine:
+        y = engine.run(np.zeros((2, 3, 32, 32), np.float32))
+    assert y.shape == (2, 3, 32, 32) and np.isfinite(y).all()

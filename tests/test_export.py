@@ -407,3 +407,38 @@ def test_fp16_refuses_an_initializer_shared_by_fp16_and_fp32_ops_in_either_order
     graph = helper.make_graph(nodes, "g", io[:1], io[1:], inits)
     with pytest.raises(ExportError, match="initializer s is shared by FP16 and FP32 ops"):
         to_fp16(helper.make_model(graph))
+
+
+def test_an_fp32_only_reexport_names_older_siblings_and_clears_dead_temps(tmp_path):
+    """After --fp16 at one step, an FP32-only export of a later checkpoint leaves the FP16
+    file of the earlier one: the export says so (p2p-translate passes it over), and a
+    killed export's temps of *any* file of the folder (here the FP16 one) are removed."""
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", size=32, step=40)
+    out = tmp_path / "out" / "g.onnx"
+    assert run_cli([ckpt, "-o", out, "--fp16"]).exit_code == 0
+    dead = out.with_name(".g.fp16.onnx.999999999.abcd1234.tmp.onnx")  # a pid that is gone
+    dead.write_bytes(b"half a model")
+    make_checkpoint(ckpt, size=32, step=120)  # trained on: new weights
+    r = run_cli([ckpt, "-o", out])
+    assert r.exit_code == 0, r.output
+    assert ("note: g.fp16.onnx (step 40) beside it was exported from another checkpoint: "
+            "p2p-translate passes it over") in r.output
+    assert not dead.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["g.fp16.onnx", "g.onnx"]
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: d["model"].update(ngf="8"), "bad model config in checkpoint: ngf '8' is not a "
+                                           "positive integer"),
+    (lambda d: d.update(step="forty"), "checkpoint step 'forty' is not a whole number >= 0"),
+    (lambda d: d.update(model=[1]), "checkpoint 'model' is not a dict"),
+])
+def test_checkpoint_values_of_the_wrong_type_are_one_line(tmp_path, edit, says):
+    ckpt = make_checkpoint(tmp_path / "c.pt", size=32)
+    state = torch.load(ckpt, weights_only=True)
+    edit(state)
+    torch.save(state, ckpt)
+    r = run_cli([ckpt, "-o", tmp_path / "g.onnx"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and says in lines[0], r.output
+    assert not (tmp_path / "g.onnx").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -149,3 +150,41 @@ def test_missing_graph_input_name_is_refused_before_any_backend(tmp_path):
     with pytest.raises(ModelError, match=r"renamed\.onnx: graph inputs/outputs are \['image'\]/"
                                         r"\['output'\] but its metadata says 'input'/'output'"):
         read_model_file(tmp_path / "renamed.onnx")
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("schema_version", '"1"', 'p2p.schema_version="1" is not an integer'),
+    ("checkpoint_sha256", "123", "p2p.checkpoint_sha256=123 is not a string"),
+    ("in_channels", '"3"', 'p2p.in_channels="3" is not an integer'),
+    ("image_size", "32.0", "p2p.image_size=32.0 is not an integer"),
+    ("verified", "1", "p2p.verified=1 is not true or false"),
+    ("out_channels", "0", "out_channels=0 is not a positive integer"),
+    ("input_range", "[false, true]", "input_range=[False, True] is not a finite"),
+    ("dynamic_size", "true", "graph input is a fixed 32x32 but its metadata says dynamic_size"),
+    ("out_channels", "1", "graph output has 3 channels but its metadata says out_channels 1"),
+])
+def test_metadata_of_the_wrong_type_is_one_line_at_load(tmp_path, key, value, says):
+    """Hand-edited or foreign metadata: a traceback (a string schema version, a numeric
+    hash), a contradiction per image ('3 bands, the model takes 3'), or a wrong result with
+    exit 0 (booleans read as a range, out_channels 0 writing TIFFs) before this check."""
+    import onnx
+
+    from onnx_models import identity_model
+    from p2p.runtime.modelfile import read_model_file
+
+    path = identity_model(tmp_path / "m.onnx", image_size=32)
+    m = onnx.load(path)
+    for prop in m.metadata_props:
+        if prop.key == "p2p." + key:
+            prop.value = value
+    onnx.save(m, path)
+    with pytest.raises(ModelError, match=re.escape(says)):
+        read_model_file(path)
+
+
+def test_a_fifo_as_the_model_is_not_called_missing(tmp_path):
+    from p2p.runtime.modelfile import read_model_file
+
+    os.mkfifo(tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="m.onnx: not a regular file"):
+        read_model_file(tmp_path / "m.onnx")

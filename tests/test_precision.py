@@ -324,3 +324,55 @@ def test_the_measured_line_says_what_was_measured(table, first, says):
     line = measure._line({"precision": won, "images_per_s": table}, cached=False)
     assert won == first and line.startswith(says), line
     assert "fastest" not in line or max(table, key=table.get) == won
+
+
+def test_an_older_checkpoints_exports_are_never_the_newer_ones_stand_in(tmp_path, monkeypatch):
+    """--fp16 --int8 at step 40, train on, then an FP32-only export at step 120: the old
+    INT8 file was served for the run as 'known to beat FP32' (25 dB from the new model),
+    exit 0. Exports of another checkpoint than the float export's are passed over, named."""
+    folder = tmp_path / "run" / "export"
+    folder.mkdir(parents=True)
+    conv_model(folder / "generator.int8.onnx", precision="int8", verified=True,
+               checkpoint_sha256="a" * 64, training_step=40)
+    conv_model(folder / "generator.onnx", verified=True, checkpoint_sha256="b" * 64,
+               training_step=120)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
+    path, why = fastest_export(folder.parent)
+    assert path.name == "generator.onnx"
+    assert ("passed over (exported from another checkpoint than generator.onnx, step 120: "
+            "re-export to refresh them): generator.int8.onnx (step 40)") in why
+    with pytest.raises(ModelError, match=r"no verified INT8 model .*generator.int8.onnx "
+                                         r"\(step 40\)"):
+        fastest_export(folder, "int8")
+    conv_model(folder / "generator.int8.onnx", precision="int8", verified=True,
+               checkpoint_sha256="b" * 64, training_step=120)  # re-exported: taken again
+    assert fastest_export(folder)[0].name == "generator.int8.onnx"
+
+
+@pytest.mark.parametrize("entry", [
+    {"measured": 0}, {"images_per_s": {"fp32": "1906.8", "bf16": 2000.0}},
+    {"images_per_s": {"fp32": 10.0, "bf16": 20.0, "int8": None}},
+    {"images_per_s": {"fp32": float("inf"), "bf16": 20.0}},
+    {"images_per_s": {"fp32": True, "bf16": 20.0}}, {"precision": ["bf16"]}, [1, 2]])
+def test_a_damaged_precision_cache_entry_is_measured_again(tmp_path, entry):
+    import json
+
+    from p2p.runtime.measure import read_cached
+
+    good = {"precision": "bf16", "images_per_s": {"fp32": 10.0, "bf16": 20.0},
+            "measured": "2026-12-07T10:00:00+00:00"}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(good))
+    assert read_cached(path, ("bf16", "fp32")) == good
+    path.write_text(json.dumps({**good, **entry} if isinstance(entry, dict) else entry))
+    assert read_cached(path, ("bf16", "fp32")) is None
+
+
+def test_an_unwritable_precision_cache_is_not_said_to_be_cached():
+    from p2p.runtime.measure import _line
+
+    data = {"precision": "bf16", "images_per_s": {"fp32": 10.0, "bf16": 20.0}}
+    assert "cached for the next start" in _line(data, cached=False)
+    line = _line(data, cached=False, stored=False)
+    assert "cached for" not in line and "cannot be written, so every start measures" in line

@@ -111,6 +111,11 @@ def check_checkpoint(state: dict, path: Path) -> dict:
     missing = [k for k in ("model", "task", "step", "generator") if k not in state]
     if missing:
         raise CheckpointError(f"{path}: p2p checkpoint lacks {', '.join(missing)}")
+    step = state["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: checkpoint step {step!r} is not a whole number >= 0")
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path}: checkpoint 'model' is not a dict of the model config")
     return state
 
 

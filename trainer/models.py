@@ -32,6 +32,10 @@ class ModelConfig:
     d_layers: int = 3  # 3 -> the 70x70 PatchGAN
 
     def __post_init__(self):
+        for name in ("in_channels", "out_channels", "image_size", "ngf", "ndf", "d_layers"):
+            v = getattr(self, name)  # (a checkpoint edited by hand: one line, no traceback)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} {v!r} is not a positive integer")
         if self.norm not in NORMS:
             raise ValueError(f"norm {self.norm!r} is not one of {choices(NORMS)}")
         if self.image_size < 32 or self.image_size & (self.image_size - 1):

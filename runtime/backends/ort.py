@@ -14,6 +14,8 @@ against recording fakes (tests/test_providers.py); they have not yet run on a GP
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 import re
@@ -143,7 +145,8 @@ class OrtBackend:
                 self.cached_graph = cached
                 return s
             except Exception:
-                cached.unlink(missing_ok=True)  # corrupt or stale: rebuild it below
+                with contextlib.suppress(OSError):  # corrupt or stale: rebuild it below
+                    cached.unlink(missing_ok=True)
         if cached is not None:
             # Written under a temporary name and renamed: a killed load leaves no torn cache.
             tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
@@ -159,7 +162,8 @@ class OrtBackend:
                 self._prune(cached.parent)
                 return s
             except Exception:  # unwritable cache or a bad model: load plainly (errors there)
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # (a cache path under a file: ENOTDIR)
+                    tmp.unlink(missing_ok=True)
         return self._create(self.path, self._options(), cpu)
 
     @staticmethod
