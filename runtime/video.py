@@ -308,7 +308,9 @@ class VideoReader:
         good = np.frombuffer(self.decoded, np.int64) if len(self.decoded) else np.zeros(0, int)
         bad = [p for p, _ in self.failed if p is not None]
         seen = len(good) + len(bad)
-        for pts, why in self.failed:
+        # Frames in presentation order (a decoder reports them in decode order: 8, 7, 9),
+        # then what ended the file.
+        for pts, why in sorted(self.failed, key=lambda f: (f[0] is None, f[0] or 0)):
             if pts is None:
                 lines.append(f"{self.path}: after frame {seen - 1}: {why}")
             else:

@@ -721,3 +721,19 @@ def test_the_progress_bar_ends_exactly_at_its_total(model, clip, tmp_path, monke
     (bar,) = FakeBar.made
     assert bar.asked == bar.total == bar.n == sum(bar.updates) == 24 + 5 + images
     assert bar.closed
+
+
+def test_bad_frames_are_listed_in_presentation_order(tmp_path):
+    """A decoder reports bad frames in decode order (B-frames: 8, 7, 9); the failure list
+    reads in presentation order, what ended the file last."""
+    from array import array
+
+    from p2p.runtime.video import VideoReader
+
+    reader = VideoReader(make_clip(tmp_path / "c.mp4", frames=4, size=64, audio=False))
+    reader.decoded = array("q", [0, 1, 2])
+    reader.failed = [(None, "the file cannot be read past here: x"), (8, "b"), (7, "a"),
+                     (9, "c")]
+    lines = [line for line in reader.problems() if "frame" in line]
+    assert [line.split(": ", 1)[1][:7] for line in lines[:4]] == [
+        "frame 3", "frame 4", "frame 5", "after f"]
