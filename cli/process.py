@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from p2p.cli.common import CONTEXT, handle_errors
-from p2p.trainer.process import LABEL_MAP_COLOURS, LABEL_MAP_FLAT, RESAMPLES, ProcessConfig, run
+from p2p.trainer.process import LABEL_MAP_COLOURS, RESAMPLES, ProcessConfig, run
 
 DIR = click.Path(path_type=Path, file_okay=False)
 
@@ -68,8 +68,8 @@ def main():
               help="Pad to square with white instead of centre-cropping.")
 @click.option("--resample", type=click.Choice(RESAMPLES), default="auto", show_default=True,
               help=f"auto: nearest-neighbour for label maps (at most {LABEL_MAP_COLOURS} "
-                   f"distinct colours, and at least {LABEL_MAP_FLAT:.0%} of neighbouring pixels "
-                   "equal: no blended classes), bicubic for photos (greyscale ones too).")
+                   "distinct colours, changing in steps between flat regions: no blended "
+                   "classes), bicubic for photos (greyscale ones too).")
 @click.pass_context
 @handle_errors
 def resize(ctx, input_dir, output, workers, overwrite, quiet, size, pad, resample):

@@ -33,7 +33,7 @@ from torch import nn
 
 from p2p.runtime import files
 from p2p.runtime.errors import ExportError, ModelError, choices, one_line
-from p2p.runtime.modelfile import read_metadata
+from p2p.runtime.modelfile import EXPORT_NAME, read_metadata
 from p2p.runtime.metadata import NATURAL_RANGE, NORM_MODES, ModelMetadata
 
 from .fp16 import to_fp16
@@ -203,7 +203,7 @@ def with_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> onnx.ModelProt
 
 
 def default_output(loaded: Loaded) -> Path:
-    return loaded.run_dir / "export" / "generator.onnx"
+    return loaded.run_dir / "export" / EXPORT_NAME
 
 
 def model_path(output: Path) -> Path:

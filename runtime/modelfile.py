@@ -34,6 +34,10 @@ from .metadata import ModelMetadata
 
 # Message-typed fields on the way from a ModelProto to a TensorProto's external_data
 # (onnx.proto3 field numbers; tests/test_untrusted.py checks them against onnx's descriptors).
+# The float export's name that p2p-export gives by default (RUN/export/generator.onnx) and
+# p2p-pretrained keeps; the FP16/INT8 files are named from it (generator.int8.onnx).
+EXPORT_NAME = "generator.onnx"
+
 _TENSOR_PATHS = {
     "model": {7: "graph", 20: "training", 25: "function"},  # .graph, .training_info, .functions
     "training": {1: "graph", 2: "graph"},  # TrainingInfoProto.initialization, .algorithm

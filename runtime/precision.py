@@ -269,14 +269,19 @@ def open_backend(engine, provider: str, requested: str | None):
 
 
 def _current_checkpoint(metas: dict) -> tuple[str, str, int] | None:
-    """(checkpoint SHA-256, file name, training step) of the float export, which every
-    p2p-export writes: the checkpoint the folder's other exports must come from. None when
-    there is no float export with a recorded checkpoint."""
+    """(checkpoint SHA-256, file name, training step) of the folder's float export, which
+    every p2p-export writes: the checkpoint its other exports must come from. The one by the
+    default name (``EXPORT_NAME``) where it is there, so a model copied in beside it never
+    takes the run over; else the newest float export. None when there is no float export
+    with a recorded checkpoint."""
+    from .modelfile import EXPORT_NAME
+
     floats = [(p, m) for p, m in metas.items()
               if m.model_precision == "fp32" and m.checkpoint_sha256]
     if not floats:
         return None
-    path, meta = max(floats, key=lambda pm: pm[0].stat().st_mtime_ns)
+    path, meta = max(floats, key=lambda pm: (pm[0].name == EXPORT_NAME,
+                                             pm[0].stat().st_mtime_ns))
     return meta.checkpoint_sha256, path.name, meta.training_step
 
 
@@ -325,8 +330,9 @@ def fastest_export(folder: Path, requested: str | None = "auto", provider: str =
                       meta.model_precision))
     skipped = (f"; passed over (not verified): {', '.join(unverified)}" if unverified else "")
     if stale:
-        skipped += (f"; passed over (exported from another checkpoint than {current[1]}, "
-                    f"step {current[2]}: re-export to refresh them): {', '.join(stale)}")
+        skipped += (f"; passed over (made from another checkpoint than {current[1]}, step "
+                    f"{current[2]}; an older export of this run is refreshed by exporting "
+                    f"again): {', '.join(stale)}")
     if not found:
         what = ("p2p model (*.onnx with p2p metadata)" if requested == "auto" else
                 f"verified {'/'.join(wanted).upper()} model for --precision {requested}")

@@ -23,12 +23,13 @@ from pathlib import Path
 
 from .host import cache_root
 from .errors import ModelError
+from .modelfile import EXPORT_NAME
 
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch"
 LICENCE = ("BSD, per junyanz/pytorch-CycleGAN-and-pix2pix's LICENSE; the training images "
            "keep their own dataset's terms")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-ONNX_NAME = "generator.onnx"
+ONNX_NAME = EXPORT_NAME
 
 
 @dataclass(frozen=True)

@@ -135,24 +135,65 @@ def upright(rgb: np.ndarray, frame) -> np.ndarray:
 
 
 def _cut_short(path: Path, fmt: str | None) -> str | None:
-    """Why an animation whose frames all decoded still ends early, or None: a GIF ends with
-    its trailer byte (0x3B), a PNG with its IEND chunk, a WebP where its RIFF header says.
-    A file cut between two frames decodes frame by frame without an error."""
+    """Why an animation whose frames all decoded still ends early, or None: its blocks
+    (GIF: extensions and images up to the trailer, GIF89a spec section 27; PNG: chunks up to
+    IEND) are walked from the start, so a file cut exactly between two frames, which decodes
+    frame by frame without an error, is told from a whole one; bytes after the end are not
+    looked at. A WebP must be as long as its RIFF header says."""
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as fh:
+            if fmt == "GIF":
+                return _gif_cut(fh)
+            if fmt == "PNG":
+                return _png_cut(fh)
             head = fh.read(12)
-            fh.seek(max(0, size - 64))
-            tail = fh.read().rstrip(b"\0")  # padding after the end is harmless
+            if fmt == "WEBP" and head[:4] == b"RIFF" and \
+                    int.from_bytes(head[4:8], "little") + 8 > os.fstat(fh.fileno()).st_size:
+                return "the file is shorter than its RIFF header says: cut short"
     except OSError:
         return None
-    if fmt == "GIF" and not tail.endswith(b"\x3b"):
-        return "the file ends without the GIF trailer: cut short after its last whole frame"
-    if fmt == "PNG" and b"IEND" not in tail[-12:]:
-        return "the file ends without the PNG IEND chunk: cut short after its last whole frame"
-    if fmt == "WEBP" and head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 > size:
-        return "the file is shorter than its RIFF header says: cut short"
     return None
+
+
+def _gif_cut(fh) -> str | None:
+    def sub_blocks() -> bool:  # skip data sub-blocks up to the empty one: False if cut
+        while (size := fh.read(1)):
+            if size == b"\0":
+                return True
+            fh.seek(size[0], 1)
+        return False
+
+    head = fh.read(13)
+    if len(head) < 13:
+        return None  # Pillow would not have opened it
+    if head[10] & 0x80:  # a global colour table
+        fh.seek(3 << ((head[10] & 7) + 1), 1)
+    while (kind := fh.read(1)):
+        if kind == b"\x3b":  # the trailer: whole
+            return None
+        if kind == b"\x21":  # an extension: its label, then sub-blocks
+            if not fh.read(1) or not sub_blocks():
+                break
+        elif kind == b"\x2c":  # an image: descriptor, local colour table, LZW code size, data
+            desc = fh.read(9)
+            if len(desc) < 9:
+                break
+            if desc[8] & 0x80:
+                fh.seek(3 << ((desc[8] & 7) + 1), 1)
+            if not fh.read(1) or not sub_blocks():
+                break
+        else:
+            return None  # not a block this walk knows: leave it to the decoder
+    return "the file ends without the GIF trailer: cut short after its last whole frame"
+
+
+def _png_cut(fh) -> str | None:
+    fh.seek(8)
+    while len(chunk := fh.read(8)) == 8:
+        if chunk[4:8] == b"IEND":
+            return None
+        fh.seek(int.from_bytes(chunk[:4], "big") + 4, 1)  # data and CRC
+    return "the file ends without the PNG IEND chunk: cut short after its last whole frame"
 
 
 @dataclass(frozen=True)

@@ -340,14 +340,19 @@ def test_an_older_checkpoints_exports_are_never_the_newer_ones_stand_in(tmp_path
     monkeypatch.setattr(backends, "openvino_available", lambda: True)
     path, why = fastest_export(folder.parent)
     assert path.name == "generator.onnx"
-    assert ("passed over (exported from another checkpoint than generator.onnx, step 120: "
-            "re-export to refresh them): generator.int8.onnx (step 40)") in why
+    assert ("passed over (made from another checkpoint than generator.onnx, step 120; an "
+            "older export of this run is refreshed by exporting again): generator.int8.onnx "
+            "(step 40)") in why
     with pytest.raises(ModelError, match=r"no verified INT8 model .*generator.int8.onnx "
                                          r"\(step 40\)"):
         fastest_export(folder, "int8")
     conv_model(folder / "generator.int8.onnx", precision="int8", verified=True,
                checkpoint_sha256="b" * 64, training_step=120)  # re-exported: taken again
     assert fastest_export(folder)[0].name == "generator.int8.onnx"
+    # A model of another run copied in (newer on disk) never takes the run over.
+    conv_model(folder / "downloaded.onnx", verified=True, checkpoint_sha256="c" * 64)
+    path, why = fastest_export(folder)
+    assert path.name == "generator.int8.onnx" and "downloaded.onnx (step 0)" in why
 
 
 @pytest.mark.parametrize("entry", [

@@ -286,8 +286,8 @@ def test_resize_keeps_label_maps_crisp_and_blends_photos(tmp_path):
 def test_resize_tells_greyscale_photos_from_greyscale_label_maps(tmp_path, facades):
     """An 8-bit greyscale photo has at most 256 levels, like a label map: the count alone
     resized real photos nearest-neighbour (aliased). A real facades photo in greyscale
-    (8-bit, and 16-bit from it: still 256 levels) is blended; a 10-class grey label map and
-    an edge map stay crisp."""
+    (8-bit, 16-bit from it: still 256 levels, and with 78% of it white: mostly flat) is
+    blended; a 10-class grey label map and an edge map stay crisp."""
     ab = Image.open(facades / "val" / "1.jpg")
     grey = np.asarray(ab.crop((0, 0, ab.width // 2, ab.height)).convert("L"))
     rng = np.random.default_rng(0)
@@ -295,6 +295,9 @@ def test_resize_tells_greyscale_photos_from_greyscale_label_maps(tmp_path, facad
     edge = np.full((256, 256), 255, np.uint8)
     edge[::16] = 0
     save(tmp_path / "in" / "photo8.png", grey)
+    white = grey.copy()
+    white[:200] = 255  # a photo on a white background: mostly flat, still a photo
+    save(tmp_path / "in" / "white.png", white)
     tifffile.imwrite(tmp_path / "in" / "photo16.tif", grey.astype(np.uint16) * 257)
     save(tmp_path / "in" / "ids.png", ids)
     save(tmp_path / "in" / "edges.png", edge)
@@ -306,6 +309,7 @@ def test_resize_tells_greyscale_photos_from_greyscale_label_maps(tmp_path, facad
     assert len(np.unique(out["ids"])) == 10 and set(np.unique(out["edges"])) <= {0, 255}
     expected = images.resize(grey[..., None], (100, 100))[..., 0]  # bicubic, as documented
     np.testing.assert_array_equal(out["photo8"], expected)
+    np.testing.assert_array_equal(out["white"], images.resize(white[..., None], (100, 100))[..., 0])
     assert np.abs(out["photo16"] / 257.0 - expected).max() <= 1.0
 
 

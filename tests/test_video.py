@@ -400,6 +400,12 @@ def test_an_animation_cut_between_two_frames_is_partial(model, tmp_path, fmt):
     assert 1 < len(kept) < 8
     r = run(tmp_path / f"whole.{fmt}", "--model", model, "-o", tmp_path / "out", *CPU)
     assert r.exit_code == 0, r.output  # a whole animation has its end: no false alarm
+    for name, extra in (("nl", b"\n"), ("junk", b"appended text\0\x21\x2c;"),
+                        ("zeros", bytes(200))):  # bytes after the end: still whole
+        (tmp_path / f"{name}.{fmt}").write_bytes(data + extra)
+        r = run(tmp_path / f"{name}.{fmt}", "--model", model, "-o", tmp_path / "out", *CPU)
+        assert r.exit_code == 0, (name, r.output)
+        assert len(decode(tmp_path / "out" / f"{name}.mp4")[0]) == 8
 
 
 def test_pairs_follow_split_and_model_size_keeps_the_models(model, tmp_path):

@@ -47,7 +47,7 @@ from p2p.runtime.files import atomic_write, check_writable
 from p2p.runtime.images import SHOWN_EXTS
 from p2p.runtime.plan import output_names
 
-from .imageops import (LABEL_MAP_COLOURS, LABEL_MAP_FLAT, PER_IMAGE,  # noqa: F401
+from .imageops import (LABEL_MAP_COLOURS, LABEL_MAP_TEXTURE, PER_IMAGE,  # noqa: F401
                        _cv2, blank, combine, edges, grayscale, is_label_map,
                        resize)  # (public here too)
 
