@@ -32,7 +32,8 @@ FILE = click.Path(path_type=Path, dir_okay=False)
 @click.option("--json", "json_path", type=FILE, help="Write the means (and conventions) here.")
 @click.option("--resize-pred", is_flag=True,
               help="Resize predictions to the target size instead of failing on a mismatch.")
-@click.option("--workers", default=0, show_default=True, help="Threads (0 = one per CPU).")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Threads (0 = one per CPU).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @handle_errors
 def main(pred_dir, target_dir, targets_from, direction, model, pattern, csv_path, json_path,

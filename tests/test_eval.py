@@ -302,3 +302,13 @@ def test_predictions_named_after_their_targets_whole_name_pair_with_them(tmp_pat
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["count"] == 3 and s["psnr"] == 100, s
+
+
+def test_negative_workers_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from p2p.cli.eval import main as eval_main
+
+    (tmp_path / "a").mkdir()
+    r = CliRunner().invoke(eval_main, [str(tmp_path / "a"), str(tmp_path / "a"), "--workers", "-1"])
+    assert r.exit_code == 2 and "-1 is not in the range x>=0" in r.output

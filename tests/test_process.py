@@ -367,3 +367,30 @@ def test_same_stem_sources_follow_translates_naming_rule(tmp_path):
         f"{tmp_path / 'in/v01.png.png'}: same output {out / 'A/v01.png.png'} and "
         f"{out / 'B/v01.png.png'} as {tmp_path / 'in/v01.png'}; rename one of them"
         in r.output), r.output
+
+
+def test_nan_ratios_are_one_line(tmp_path):
+    save(tmp_path / "in" / "x.png", bands(8, 8))
+    for ratios in ("nan,1", "0.5,0.5,nan"):
+        r = invoke("split", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                   "--ratios", ratios)
+        assert r.exit_code != 0 and f"--ratios {ratios}: need 2 or 3 non-negative" in r.output
+        assert "Traceback" not in r.output
+
+
+def test_split_halves_keeps_float_and_n_band_tiffs(tmp_path):
+    """Halves were PNG whatever the source: float and 4-band TIFF pairs failed ('png cannot
+    hold float32 samples: use --format tif', a flag p2p-process does not have)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    f = rng.random((16, 32), dtype=np.float32)
+    m4 = rng.integers(0, 256, (16, 32, 4), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in" / "f.tif", f)
+    tifffile.imwrite(tmp_path / "in" / "m4.tif", m4, photometric="rgb",
+                     extrasamples=["unspecified"])
+    r = invoke("split", "--halves", "--input", str(tmp_path / "in"), "--output",
+               str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(images.decode(tmp_path / "out" / "A" / "f.tif")[..., 0],
+                                  f[:, :16])
+    np.testing.assert_array_equal(images.decode(tmp_path / "out" / "B" / "m4.tif"), m4[:, 16:])

@@ -221,6 +221,12 @@ def test_samples_leave_training_state_untouched():
     (["--data-a", "{tmp}/empty"], "--data-a and --data-b go together"),
     (["--image-size", "48"], "48 is not a power of two"),
     (["--resume"], "no run to resume here"),
+    (["--lr", "nan"], "--lr nan: must be a positive number"),
+    (["--lr", "-1"], "--lr -1.0: must be a positive number"),
+    (["--beta1", "1.5"], "--beta1 1.5: must be in [0, 1)"),
+    (["--epochs", "0", "--epochs-decay", "0"], "--epochs 0 --epochs-decay 0: nothing to train"),
+    (["--data-a", "{tmp}/odd", "--data-b", "{tmp}/odd/"], "--data-a and --data-b are one folder"),
+    (["--data", "{tmp}/odd/x.png"], "odd/x.png: not a folder"),
 ])
 def test_errors_are_one_line_and_exit_nonzero(tmp_path, pairs, args, message):
     (tmp_path / "empty").mkdir()
@@ -236,6 +242,37 @@ def test_errors_are_one_line_and_exit_nonzero(tmp_path, pairs, args, message):
     assert r.exit_code != 0 and message in r.output, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
     assert len(lines) == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists() or "--resume" in args  # nothing left behind
+
+
+def test_data_and_two_folders_exclude_each_other(tmp_path, pairs):
+    make_pairs(tmp_path / "A", 2)
+    r = run(*TINY, "--data", pairs, "--data-a", tmp_path / "A", "--data-b", tmp_path / "A",
+            "--max-steps", 1, "-o", tmp_path / "run", ok=False)
+    assert r.exit_code == 1 and "--data and --data-a/--data-b are two ways" in r.output
+
+
+def test_resume_finds_the_runs_data_from_any_folder(tmp_path, monkeypatch):
+    """--data as typed was relative to where the run started: a resume from elsewhere failed
+    ('neither a data folder nor a known dataset name'), or trained on another folder of the
+    same name, exit 0; the same folder spelled another way was refused. The run's recorded
+    folder is used, and the data compare as the folders they name."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    make_pairs(here / "d", 3)
+    make_pairs(elsewhere / "d", 5, seed=1)  # another folder that is also called d
+    monkeypatch.chdir(here)
+    out = tmp_path / "run"
+    run(*TINY, "--data", "d", "--max-steps", 2, "--workers", 0, "-o", out)
+    monkeypatch.chdir(elsewhere)
+    run("--resume", "-o", out, "--max-steps", 4, "--quiet")
+    config = json.loads((out / "config.json").read_text())
+    assert config["data_path"] == str(here / "d") and config["train_images"] == 3
+    run("--resume", "-o", out, "--data", here / "d", "--max-steps", 6, "--quiet")
+    monkeypatch.chdir(here)
+    run("--resume", "-o", out, "--data", "./d/", "--max-steps", 8, "--quiet")
+    r = run("--resume", "-o", out, "--data", elsewhere / "d", "--max-steps", 10, "--quiet",
+            ok=False)
+    assert r.exit_code == 1 and f"data_root={str(here / 'd')!r}" in r.output
 
 
 def test_console_error_has_no_traceback(tmp_path):

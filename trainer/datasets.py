@@ -51,6 +51,9 @@ def locate(data: str) -> Path | None:
 def resolve(data: str) -> Path:
     """A folder path wins; else a classic dataset name (downloaded when needed)."""
     path = locate(data)
+    if path is not None and not path.is_dir() and path.exists():
+        raise DataError(f"{path}: not a folder (--data takes a folder of images, or a "
+                        "dataset name)")
     if path is not None:
         return path
     path = Path(data).expanduser()

@@ -39,7 +39,8 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
     would train on the held-out images."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: no such data folder")
+        raise DataError(f"{root}: not a folder" if root.exists() else
+                        f"{root}: no such data folder")
     held = [s for s in ("val", "test") if (root / s).is_dir()]
     if (root / "train").is_dir():
         return root / "train", root / held[0] if held else None

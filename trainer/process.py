@@ -115,7 +115,8 @@ def validate(cfg: ProcessConfig) -> None:
 
 def check_ratios(ratios) -> tuple[float, ...]:
     r = tuple(float(x) for x in ratios)
-    if len(r) not in (2, 3) or any(x < 0 for x in r) or abs(sum(r) - 1.0) > 1e-6:
+    # Written so that NaN fails it (every comparison with NaN is False).
+    if len(r) not in (2, 3) or not all(x >= 0 for x in r) or not abs(sum(r) - 1.0) <= 1e-6:
         raise DataError(f"--ratios {','.join(f'{x:g}' for x in r)}: need 2 or 3 non-negative "
                         "numbers (train,val[,test]) that sum to 1, e.g. 0.8,0.1,0.1")
     return r
@@ -275,11 +276,11 @@ def plan(cfg: ProcessConfig, report: Report) -> list[tuple[str, Path, object, tu
     if not rels:
         raise DataError(f"{root}: no images ({SHOWN_EXTS})")
     if cfg.op == "split" and cfg.halves:
-        # Halves are PNG whatever the source (A and B of one 8-bit image).
+        # Halves keep the source's kind as every operation does (TIFF: any depth, N bands).
         return [(str(root / rel), out / "A" / dst,
                  lambda src=root / rel, dst=dst: save_halves(src, out, dst, maker), (root / rel,))
                 for rel, dst in _targets(rels, root, report, lambda r: f"{out / 'A' / r} and "
-                                         f"{out / 'B' / r}", suffix=lambda src: ".png")]
+                                         f"{out / 'B' / r}")]
     if cfg.op == "split":
         assignment = split_assignment(rels, cfg.ratios, cfg.seed)
         check_earlier_split(out, assignment)

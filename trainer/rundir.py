@@ -56,10 +56,20 @@ def lock_run(out: Path):
 
 
 def load_run_config(output: Path) -> dict:
-    """The TrainConfig fields a previous run saved in ``output/config.json``."""
+    """The TrainConfig fields a previous run saved in ``output/config.json``, its data as
+    the run resolved it (the absolute folders its ``task`` records; ``--data`` as typed was
+    relative to the folder the run started in, and names another folder, or none, from
+    anywhere else)."""
     path = Path(output) / "config.json"
     try:
-        return json.loads(path.read_text())["train"]
+        config = json.loads(path.read_text())
+        train = dict(config["train"])
+        task = config.get("task") or {}
+        if task.get("data_a") and task.get("data_b"):
+            train["data_a"], train["data_b"] = task["data_a"], task["data_b"]
+        elif task.get("data_root") and train.get("data"):
+            train["data"] = task["data_root"]
+        return train
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no run to resume here (no config.json)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:

@@ -149,8 +149,15 @@ class Trainer:
                                   "(a weights-only file?)")
         saved = state.get("train", {})
         mine = asdict(self.cfg)
+        # The data compare as the folders they resolve to (recorded absolute in ``task``),
+        # not as typed: 'd', './d' and '/abs/d' are one folder, 'd' from elsewhere another.
+        theirs = state.get("task") or {}
+        where = [k for k in ("data_root", "data_a", "data_b") if theirs.get(k)]
         diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE
-                if saved.get(k, RECIPE_DEFAULTS.get(k)) != mine[k]]
+                if not (where and k in ("data", "data_a", "data_b"))
+                and saved.get(k, RECIPE_DEFAULTS.get(k)) != mine[k]]
+        diff += [f"{k}={theirs[k]!r} (asked {self.task.get(k)!r})" for k in where
+                 if theirs[k] != self.task.get(k)]
         if diff:
             raise CheckpointError(f"{path}: this run was trained with {'; '.join(diff)}; "
                                   "drop those flags or use another --output")
@@ -336,8 +343,23 @@ def main(cfg: TrainConfig) -> Trainer:
 
 
 def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
+    # Before the run folder is made: a bad value is one line, and leaves nothing behind.
+    if not (0 < cfg.lr < float("inf")):
+        raise DataError(f"--lr {cfg.lr}: must be a positive number (the paper: 0.0002)")
+    if not (0 <= cfg.beta1 < 1):
+        raise DataError(f"--beta1 {cfg.beta1}: must be in [0, 1) (the paper: 0.5)")
+    if not cfg.resume and cfg.epochs + cfg.epochs_decay < 1:
+        raise DataError("--epochs 0 --epochs-decay 0: nothing to train (the paper: 100 + 100)")
+    if cfg.data and (cfg.data_a or cfg.data_b):
+        raise DataError("--data and --data-a/--data-b are two ways to give the training data: "
+                        "give one")
+    if cfg.data_a and cfg.data_b and Path(cfg.data_a).resolve() == Path(cfg.data_b).resolve():
+        raise DataError(f"--data-a and --data-b are one folder ({cfg.data_a}): the model would "
+                        "learn to copy its input")
     if cfg.lab_colorization and cfg.direction != "AtoB":
-        raise DataError("--direction has no meaning with --lab-colorization (L -> ab)")
+        whose = " (the resumed run's)" if cfg.resume else ""
+        raise DataError(f"--direction {cfg.direction}{whose} has no meaning with "
+                        "--lab-colorization (L -> ab)")
     if cfg.lab_colorization and (cfg.data_a or cfg.data_b):
         raise DataError("--lab-colorization takes one folder of colour images (--data)")
     if cfg.lab_colorization and (cfg.in_channels, cfg.out_channels) != (3, 3):
