@@ -85,6 +85,11 @@ def test_run_folder_and_lr_schedule(pairs, tmp_path):
     assert samples == ["step_000000.png", "step_000005.png", "step_000010.png",
                        "step_000012.png"]
     assert cfg["sample_source"] == "val" and cfg["sample_metric"] == "val_L1"
+    # A step's loss line and sample line name one epoch (at step 12, an epoch's last).
+    epochs = {}
+    for r in losses(out):
+        epochs.setdefault(r["step"], set()).add(r["epoch"])
+    assert all(len(e) == 1 for e in epochs.values()) and epochs[12] == {1}, epochs
     assert Image.open(out / "samples" / "step_000010.png").size == (3 * 32, 2 * 32)
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["latest.pt", "step_000008.pt"]
@@ -221,8 +226,8 @@ def test_samples_leave_training_state_untouched():
     (["--data-a", "{tmp}/empty"], "--data-a and --data-b go together"),
     (["--image-size", "48"], "48 is not a power of two"),
     (["--resume"], "no run to resume here"),
-    (["--lr", "nan"], "--lr nan: must be a positive number"),
-    (["--lr", "-1"], "--lr -1.0: must be a positive number"),
+    (["--lr", "nan"], "--lr nan: must be a number >= 0"),
+    (["--lr", "-1"], "--lr -1.0: must be a number >= 0"),
     (["--beta1", "1.5"], "--beta1 1.5: must be in [0, 1)"),
     (["--epochs", "0", "--epochs-decay", "0"], "--epochs 0 --epochs-decay 0: nothing to train"),
     (["--data-a", "{tmp}/odd", "--data-b", "{tmp}/odd/"], "--data-a and --data-b are one folder"),

@@ -251,12 +251,12 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
             if t.step % cfg.log_every == 0 or t.step == steps_per_epoch * t.schedule_epochs:
                 t.window.zero_()
                 t.window_n, t.tick = 0, now
+        if sample_due and t.dist.main:  # (before the epoch moves on: the loss line's epoch)
+            sample_line(t, samples, out, log)
         if t.step % steps_per_epoch == 0:  # end of epoch: the LR schedule moves per epoch
             t.sched_g.step()
             t.sched_d.step()
             t.epoch += 1
-        if sample_due and t.dist.main:
-            sample_line(t, samples, out, log)
         if save_due:
             state = t.dist.checkpoint_state(t)  # under torchrun: every rank, rank 0 saves
             if state is not None:
@@ -344,8 +344,8 @@ def main(cfg: TrainConfig) -> Trainer:
 
 def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
     # Before the run folder is made: a bad value is one line, and leaves nothing behind.
-    if not (0 < cfg.lr < float("inf")):
-        raise DataError(f"--lr {cfg.lr}: must be a positive number (the paper: 0.0002)")
+    if not (0 <= cfg.lr < float("inf")):  # (0: the weights stay as they are)
+        raise DataError(f"--lr {cfg.lr}: must be a number >= 0 (the paper: 0.0002)")
     if not (0 <= cfg.beta1 < 1):
         raise DataError(f"--beta1 {cfg.beta1}: must be in [0, 1) (the paper: 0.5)")
     if not cfg.resume and cfg.epochs + cfg.epochs_decay < 1:
