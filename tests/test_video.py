@@ -263,32 +263,6 @@ def test_without_pyav_one_line_names_the_extra(model, clip, tmp_path):
     assert (tmp_path / "img" / "x.png").is_file()
 
 
-def test_display_rotation_is_applied(tmp_path):
-    """A phone clip stored landscape with a 90 degree display matrix comes out upright
-    (the matrix turns it counterclockwise), as an image follows its EXIF orientation."""
-    import av
-
-    a = np.zeros((32, 64, 3), np.uint8)
-    a[:8, :8] = 255  # a white top-left corner
-    src = tmp_path / "phone.mp4"
-    with av.open(str(src), "w") as out:
-        v = out.add_stream("libx264", rate=24)
-        v.width, v.height, v.pix_fmt = 64, 32, "yuv420p"
-        v.set_display_rotation(90)
-        for i in range(3):
-            f = av.VideoFrame.from_ndarray(a, format="rgb24")
-            f.pts = i
-            for p in v.encode(f):
-                out.mux(p)
-        for p in v.encode():
-            out.mux(p)
-    model = identity_model(tmp_path / "id.onnx", dynamic_size=True)
-    assert run(src, "--model", model, "-o", tmp_path / "out", *CPU).exit_code == 0
-    got, _, info = decode(tmp_path / "out" / "phone.mp4")
-    assert info["size"] == (32, 64) and len(got) == 3
-    assert got[0][-8:, :8].mean() > 200 and got[0][:8, :8].mean() < 50  # now bottom-left
-
-
 def _matrix_clip(path, a: np.ndarray, **display) -> Path:
     """Three frames of ``a`` (H.264) with a display matrix: ``set_display_rotation``'s
     angle and flips (what phones and front cameras write)."""
@@ -308,6 +282,19 @@ def _matrix_clip(path, a: np.ndarray, **display) -> Path:
         for p in v.encode():
             out.mux(p)
     return path
+
+
+def test_display_rotation_is_applied(tmp_path):
+    """A phone clip stored landscape with a 90 degree display matrix comes out upright
+    (the matrix turns it counterclockwise), as an image follows its EXIF orientation."""
+    a = np.zeros((32, 64, 3), np.uint8)
+    a[:8, :8] = 255  # a white top-left corner
+    src = _matrix_clip(tmp_path / "phone.mp4", a, angle=90)
+    model = identity_model(tmp_path / "id.onnx", dynamic_size=True)
+    assert run(src, "--model", model, "-o", tmp_path / "out", *CPU).exit_code == 0
+    got, _, info = decode(tmp_path / "out" / "phone.mp4")
+    assert info["size"] == (32, 64) and len(got) == 3
+    assert got[0][-8:, :8].mean() > 200 and got[0][:8, :8].mean() < 50  # now bottom-left
 
 
 @pytest.mark.parametrize("angle,hflip,vflip,want", [
