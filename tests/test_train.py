@@ -304,3 +304,43 @@ def test_resume_before_the_first_checkpoint_says_how_to_start_over(pairs, tmp_pa
     assert "Traceback" not in r.output
     run(*common, "--overwrite")
     assert (out / "checkpoints" / "latest.pt").is_file()
+
+
+def test_resume_of_an_earlier_versions_run_finds_its_data_from_any_folder(tmp_path,
+                                                                         monkeypatch):
+    """Runs made before checkpoints recorded data_root: config.json's data_path is the
+    folder, so a resume from elsewhere neither fails nor trains on another d/."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    make_pairs(here / "d", 3)
+    make_pairs(elsewhere / "d", 5, seed=1)
+    monkeypatch.chdir(here)
+    out = tmp_path / "run"
+    run(*TINY, "--data", "d", "--max-steps", 2, "--workers", 0, "-o", out)
+    latest = out / "checkpoints" / "latest.pt"
+    state = torch.load(latest, weights_only=True)
+    del state["task"]["data_root"], state["train_images"]  # as earlier versions wrote them
+    torch.save(state, latest)
+    config = json.loads((out / "config.json").read_text())
+    del config["task"]["data_root"]
+    (out / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(elsewhere)
+    run("--resume", "-o", out, "--max-steps", 3, "--quiet")
+    config = json.loads((out / "config.json").read_text())
+    assert config["data_path"] == str(here / "d") and config["train_images"] == 3
+
+
+def test_resume_on_data_of_another_size_is_refused_not_spun_on(tmp_path):
+    """A run's steps count in its own epoch length: with fewer pairs a resume landed past
+    the end of its epoch and spun without a step (a hang); with more it went on, exit 0.
+    A resume that has nothing to do leaves the run's config.json as it was."""
+    data = make_pairs(tmp_path / "d", 3)
+    out = tmp_path / "run"
+    run(*TINY, "--data", data, "--max-steps", 2, "--workers", 0, "-o", out)
+    make_pairs(tmp_path / "more", 1, seed=3)
+    (tmp_path / "more" / "000.png").rename(data / "extra.png")
+    r = run("--resume", "-o", out, "--max-steps", 4, "--quiet", ok=False)
+    assert r.exit_code == 1 and "the run's data now holds 4 training pairs, it had 3" in r.output
+    (data / "extra.png").unlink()
+    before = (out / "config.json").read_bytes()
+    r = run("--resume", "-o", out, "--epochs", 0, "--epochs-decay", 0, "--quiet")
+    assert "nothing to do" in r.output and (out / "config.json").read_bytes() == before

@@ -67,13 +67,25 @@ def load_run_config(output: Path) -> dict:
         task = config.get("task") or {}
         if task.get("data_a") and task.get("data_b"):
             train["data_a"], train["data_b"] = task["data_a"], task["data_b"]
-        elif task.get("data_root") and train.get("data"):
-            train["data"] = task["data_root"]
+        elif train.get("data") and (task.get("data_root") or config.get("data_path")):
+            # (runs of earlier versions record the resolved folder as data_path only)
+            train["data"] = task.get("data_root") or config["data_path"]
         return train
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no run to resume here (no config.json)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a p2p run config ({e})") from None
+
+
+def previous_run(output: Path) -> dict:
+    """What ``output/config.json`` says of the run's data before a resume rewrites it:
+    ``data_path`` (the folder it resolved, absolute; '' or None when unknown) and
+    ``train_images``; empty when there is no readable config."""
+    try:
+        config = json.loads((Path(output) / "config.json").read_text())
+        return {k: config.get(k) for k in ("data_path", "train_images")}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _step_of(line: str) -> int | None:

@@ -36,7 +36,7 @@ from p2p.trainer.cpu_convs import use_matmul_convs
 from p2p.trainer.finite import FiniteGuard
 from p2p.trainer.models import ModelConfig, PatchDiscriminator, UnetGenerator, init_weights
 from p2p.trainer.rundata import recorded_task
-from p2p.trainer.rundir import NullLog, RunLog, lock_run, prepare_output
+from p2p.trainer.rundir import NullLog, RunLog, lock_run, prepare_output, previous_run
 from p2p.trainer.samples import sample_line, sample_metric
 
 LOSSES = ("loss_G_GAN", "loss_G_L1", "loss_D_real", "loss_D_fake")
@@ -119,6 +119,7 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=cfg.amp)
         self.bce, self.l1 = nn.BCEWithLogitsLoss(), nn.L1Loss()
         self.step = self.epoch = 0
+        self.train_images = 0  # the training set's size: a resume must find the same
         self.schedule_epochs = cfg.epochs + cfg.epochs_decay
         self.window = torch.zeros(len(LOSSES), device=device)  # loss sums since the last log
         self.window_n = 0
@@ -132,7 +133,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "model": asdict(self.model_cfg), "task": dict(self.task), "train": asdict(self.cfg),
-            "step": self.step, "epoch": self.epoch,
+            "step": self.step, "epoch": self.epoch, "train_images": self.train_images,
             "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
@@ -141,7 +142,10 @@ class Trainer:
             "window": {"sum": self.window.cpu(), "n": self.window_n},
         }
 
-    def load_state_dict(self, state: dict, path: Path) -> None:
+    def load_state_dict(self, state: dict, path: Path, data_path: str | None = None) -> None:
+        """Resume from ``state``: CheckpointError when it is not a full training state or
+        the recipe differs. ``data_path``: the folder the run's config.json recorded, for
+        checkpoints of earlier versions that record ``--data`` only as typed."""
         missing = [k for k in ("discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng")
                    if k not in state]
         if missing:
@@ -151,7 +155,10 @@ class Trainer:
         mine = asdict(self.cfg)
         # The data compare as the folders they resolve to (recorded absolute in ``task``),
         # not as typed: 'd', './d' and '/abs/d' are one folder, 'd' from elsewhere another.
-        theirs = state.get("task") or {}
+        theirs = dict(state.get("task") or {})
+        if data_path and not (theirs.get("data_root") or theirs.get("data_a")) \
+                and saved.get("data") and "|" not in str(saved["data"]):
+            theirs["data_root"] = data_path  # an earlier version's run: its config's folder
         where = [k for k in ("data_root", "data_a", "data_b") if theirs.get(k)]
         diff = [f"{k}={saved.get(k)!r} (asked {mine[k]!r})" for k in RECIPE
                 if not (where and k in ("data", "data_a", "data_b"))
@@ -268,7 +275,9 @@ def train_one_epoch(t: Trainer, loader, steps_per_epoch: int, total: int, out: P
             return
 
 
-def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
+def fit(t: Trainer, train_ds, sample_ds, out: Path, begin=lambda: None) -> None:
+    """Train ``t`` to the end of its schedule (or ``--max-steps``); ``begin()`` runs once it
+    is known that there is something to train."""
     cfg = t.cfg
     sampler = data.EpochSampler(len(train_ds), cfg.seed, t.dist.rank, t.dist.world)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
@@ -292,6 +301,7 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
                                             cfg.max_steps, schedule_steps))
         log.close()
         return
+    begin()
 
     pid = os.getpid()
 
@@ -317,7 +327,13 @@ def fit(t: Trainer, train_ds, sample_ds, out: Path) -> None:
         while t.step < total and not t.stop:
             # Resume lands mid-epoch: skip the samples this epoch already consumed.
             sampler.epoch = t.epoch
-            sampler.start = (t.step - t.epoch * steps_per_epoch) * cfg.batch_size
+            at = t.step - t.epoch * steps_per_epoch
+            if not 0 <= at < steps_per_epoch:  # a resume on a data set of another size
+                raise DataError(f"{out}: step {t.step} is not in epoch {t.epoch} of "
+                                f"{steps_per_epoch} steps: the run's data no longer holds "
+                                "the pairs it was trained on; restore them, or start a new run "
+                                "from its weights with --init-from")
+            sampler.start = at * cfg.batch_size
             train_one_epoch(t, loader, steps_per_epoch, total, out, samples, log, bar, guard)
     finally:
         for sig, handler in previous.items():
@@ -352,7 +368,8 @@ def _check_flags(cfg: TrainConfig, env: distributed.Job) -> None:
         raise DataError("--epochs 0 --epochs-decay 0: nothing to train (the paper: 100 + 100)")
     if cfg.data and (cfg.data_a or cfg.data_b):
         raise DataError("--data and --data-a/--data-b are two ways to give the training data: "
-                        "give one")
+                        "give one" + (" (a resumed run brings its own: drop the one typed)"
+                                      if cfg.resume else ""))
     if cfg.data_a and cfg.data_b and Path(cfg.data_a).resolve() == Path(cfg.data_b).resolve():
         raise DataError(f"--data-a and --data-b are one folder ({cfg.data_a}): the model would "
                         "learn to copy its input")
@@ -416,9 +433,21 @@ def _start(cfg: TrainConfig, env: distributed.Job, root, train_ds, sample_ds,
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     t = Trainer(cfg, model_cfg, task, device)
+    t.train_images = len(train_ds)
     env.seed(cfg.seed)
+    before = previous_run(out) if state is not None else {}
     if state is not None:
-        env.agree(lambda: t.load_state_dict(env.resume_state(state, latest), latest))
+        env.agree(lambda: t.load_state_dict(env.resume_state(state, latest), latest,
+                                            before.get("data_path") or None))
+        had = state.get("train_images")  # (checkpoints of earlier versions: fit's check)
+        if isinstance(had, int) and had != len(train_ds):
+            # Steps and epochs count in the run's own epoch length: with another count the
+            # position in the epoch is wrong (with fewer pairs, past its end: no step could
+            # ever be taken), and the run would not continue as it would have.
+            raise DataError(f"{out}: the run's data now holds {len(train_ds)} training "
+                            f"pairs, it had {had}: --resume continues a run on its own data; "
+                            "restore it, or start a new run from this one's weights with "
+                            f"--init-from {latest}")
         if env.main:
             print(f"resuming {out} at step {t.step} (epoch {t.epoch})")
     elif cfg.init_from:  # every rank loads the same file before DDP wraps the networks
@@ -435,15 +464,18 @@ def _start(cfg: TrainConfig, env: distributed.Job, root, train_ds, sample_ds,
                 "world_size": env.world,
                 "train_images": len(train_ds), "sample_images": len(sample_ds),
                 "sample_source": sample_ds.source, "sample_metric": sample_metric(sample_ds)}
-    if env.main:
-        checkpoint.atomic_write(out / "config.json",
-                                lambda tmp: tmp.write_text(json.dumps(run_info, indent=2) + "\n"))
-        print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
-        for note in getattr(train_ds, "notes", ()):
-            print(note)
-        if sample_ds.source == "train":
-            print("no val/ folder: samples and their L1 (train_L1 in metrics.jsonl) are on "
-                  "training images, not held-out ones")
-    env.announce(cfg.batch_size)
-    fit(t, train_ds, sample_ds, out)
+
+    def begin() -> None:  # once there is something to train: a resume that has nothing
+        if env.main:  # left to do leaves the run's config as it was
+            checkpoint.atomic_write(out / "config.json", lambda tmp: tmp.write_text(
+                json.dumps(run_info, indent=2) + "\n"))
+            print(f"{len(train_ds)} training pairs from {root or cfg.data_a}; run folder {out}")
+            for note in getattr(train_ds, "notes", ()):
+                print(note)
+            if sample_ds.source == "train":
+                print("no val/ folder: samples and their L1 (train_L1 in metrics.jsonl) are "
+                      "on training images, not held-out ones")
+        env.announce(cfg.batch_size)
+
+    fit(t, train_ds, sample_ds, out, begin)
     return t
