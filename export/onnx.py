@@ -356,7 +356,8 @@ def main(cfg: ExportConfig) -> list[Path]:
     written = list(published)
     for name in stale_siblings(out, loaded.sha256):
         print(f"note: {name} beside it was exported from another checkpoint: p2p-translate "
-              "passes it over; re-export it with this export's flags to refresh it")
+              "passes it over; export again with the flag that made it (--fp16, --int8) to "
+              "refresh it")
     if cfg.triton and published:
         name = triton_name(cfg, loaded)
         for final in published:

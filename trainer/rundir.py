@@ -79,11 +79,11 @@ def load_run_config(output: Path) -> dict:
 
 def previous_run(output: Path) -> dict:
     """What ``output/config.json`` says of the run's data before a resume rewrites it:
-    ``data_path`` (the folder it resolved, absolute; '' or None when unknown) and
-    ``train_images``; empty when there is no readable config."""
+    ``data_path`` (the folder it resolved, absolute; '' or None when unknown); empty when
+    there is no readable config."""
     try:
         config = json.loads((Path(output) / "config.json").read_text())
-        return {k: config.get(k) for k in ("data_path", "train_images")}
+        return {"data_path": config.get("data_path")}
     except (OSError, ValueError, AttributeError):
         return {}
 
