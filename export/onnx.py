@@ -32,8 +32,8 @@ from onnx import helper
 from torch import nn
 
 from p2p.runtime import files
-from p2p.runtime.errors import ExportError, ModelError, choices, one_line
-from p2p.runtime.modelfile import EXPORT_NAME, read_metadata
+from p2p.runtime.errors import ExportError, choices, one_line
+from p2p.runtime.modelfile import EXPORT_NAME, read_exports
 from p2p.runtime.metadata import NATURAL_RANGE, NORM_MODES, ModelMetadata
 
 from .fp16 import to_fp16
@@ -263,17 +263,9 @@ def stale_siblings(out: Path, sha256: str) -> list[str]:
     """The p2p exports beside ``out`` made from another checkpoint than ``sha256`` (an
     FP32-only export after an earlier ``--fp16 --int8`` leaves those files older), as
     'name (step N)'."""
-    stale = []
-    for path in sorted(out.parent.glob("*.onnx")) if out.parent.is_dir() else []:
-        if path == out or path.name.startswith("."):
-            continue
-        try:
-            meta = read_metadata(path)
-        except ModelError:
-            continue
-        if meta.checkpoint_sha256 and meta.checkpoint_sha256 != sha256:
-            stale.append(f"{path.name} (step {meta.training_step})")
-    return stale
+    return [f"{path.name} (step {meta.training_step})"
+            for path, meta in read_exports(out.parent).items()
+            if path != out and meta.checkpoint_sha256 and meta.checkpoint_sha256 != sha256]
 
 
 def main(cfg: ExportConfig) -> list[Path]:

@@ -122,6 +122,21 @@ def read_metadata(path) -> ModelMetadata:
     return read_model_file(path).metadata
 
 
+def read_exports(folder: Path) -> dict[Path, ModelMetadata]:
+    """The p2p models in ``folder`` (``*.onnx``, sorted) with their metadata: files without
+    p2p metadata, or that fail its checks, are not models of ours and are left out, and
+    dot-files are an export's temps (``files.stage``)."""
+    found = {}
+    for path in sorted(Path(folder).glob("*.onnx")):
+        if path.name.startswith("."):
+            continue
+        try:
+            found[path] = read_metadata(path)
+        except ModelError:
+            continue
+    return found
+
+
 def read_metadata_props(path: Path) -> dict[str, str]:
     """The model's metadata_props, after checking that any external data stays in its folder."""
     return _scan(Path(path)).props

@@ -299,7 +299,7 @@ def fastest_export(folder: Path, requested: str | None = "auto", provider: str =
     not models of ours and are skipped. ModelError when none fits.
     """
     from .backends import openvino_available
-    from .modelfile import read_metadata
+    from .modelfile import read_exports
 
     requested = requested or "auto"
     folder = Path(folder)
@@ -309,12 +309,7 @@ def fastest_export(folder: Path, requested: str | None = "auto", provider: str =
     every = tuple(dict.fromkeys(p.file for p in REGISTRY.values()))
     wanted = (REGISTRY[requested].file,) if requested in REGISTRY else every
     found, unverified, unfit, stale = [], [], [], []
-    metas = {}
-    for path in sorted(p for p in where.glob("*.onnx") if not p.name.startswith(".")):
-        try:
-            metas[path] = read_metadata(path)
-        except ModelError:
-            continue
+    metas = read_exports(where)
     current = _current_checkpoint(metas)
     for path, meta in metas.items():
         if current and meta.checkpoint_sha256 and meta.checkpoint_sha256 != current[0]:

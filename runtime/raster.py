@@ -4,8 +4,8 @@ Imported only where a TIFF is streamed (``p2p-translate --tile`` on a .tif, or
 ``--format tif`` for a georeferenced input), so the runtime works without rasterio; its
 absence is one line naming the extra (``cli/common.EXTRAS``).
 
+    decoder_only(path)                    # why only images.decode reads it right, or None
     reader = RasterReader(path)           # header only: height, width, bands, dtype, georef
-    reader.decoder_only                   # why only images.decode reads it right, or None
     reader.read_rows(y0, y1)              # (y1 - y0, W, bands) array, one strip of rows
     sink = RasterSink(job, h, w, c, georef)  # a tiled, deflate-compressed GeoTIFF
     sink.write_rows(y0, rows)             # (n, W, c) uint8, in order; written by one thread
@@ -108,7 +108,6 @@ class RasterReader:
         except ImageError:
             ds.close()
             raise
-        self.decoder_only = decoder_only(self.path)
         gcps = ds.gcps if ds.gcps and ds.gcps[0] else None
         self.georef = Georef(ds.crs, ds.transform, gcps)
         self.strips_read = 0

@@ -322,10 +322,8 @@ def tile_opener(meta: ModelMetadata, cfg, log=None):
         reader = None
         if streams and raster.is_raster_name(job.src):
             images.check_regular_file(job.src)
-            reader = raster.RasterReader(job.src)
-            if reader.decoder_only:  # a palette, Orientation, ...: decoded whole, as always
-                reader.close()
-                reader = None
+            if not raster.decoder_only(job.src):  # (a palette, Orientation...: decoded whole)
+                reader = raster.RasterReader(job.src)
         if reader is not None:
             h, w, georef = reader.height, reader.width, reader.georef
             half = images.choose_half((w, h), cfg.split, meta)  # the rule of every image

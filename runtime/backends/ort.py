@@ -15,7 +15,6 @@ against recording fakes (tests/test_providers.py); they have not yet run on a GP
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import os
 import re
